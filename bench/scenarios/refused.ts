@@ -1,0 +1,115 @@
+// refused: the key is held by someone else; what does a refused attempt cost
+// and how long does the caller wait for the "no"? The floor is one memcache
+// round trip, which a raw get measures.
+
+import type { BenchContext, Scenario, ScenarioReport } from '../types.js';
+import { lockValue, type Resources } from '../clients.js';
+import { NOT_ACQUIRED } from '../lib.js';
+import { errorCode, loopResult, type LoopSubject } from '../measure.js';
+import { fmtRatio, ratioOf } from '../report.js';
+import { compareVariants, defineScenario, findResult, loopCostColumns, scenarioReport, skip, targetNote } from '../scenario-kit.js';
+
+const NAME = 'refused';
+const VARIANTS = [
+  { label: 'sequential', concurrency: 1 },
+  { label: '64 in flight', concurrency: 64 },
+] as const;
+
+export const refused: Scenario = defineScenario({
+  name: NAME,
+  summary: 'latency and cost of a refused attempt on a held key (memlock, memjs-raw get, redlock without retries)',
+  needs: ['memcache', 'memlock', 'redis'],
+  run,
+});
+
+async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
+  const report = newReport();
+  const subjects: LoopSubject[] = [];
+  const key = `bench:${ctx.runId}:refused`;
+
+  if (ctx.memcache.ok) {
+    const mc = ctx.memcache.value;
+    if (ctx.memlock.ok) {
+      // The holder is another instance (its own connection and heartbeat), as another process would be.
+      const holder = res.memlock(ctx.memlock.value, { servers: mc.servers });
+      const held = await holder.acquire(key, 'holder');
+      res.defer(() => held.release());
+      const memlock = res.memlock(ctx.memlock.value, { servers: mc.servers });
+      const mustNotRun = (): void => {
+        throw new Error('fn ran although the key is held');
+      };
+      subjects.push({
+        name: 'memlock',
+        op: async () => {
+          try {
+            await memlock.tryWithLock(key, 'contender', mustNotRun);
+          } catch (err) {
+            if (errorCode(err) === NOT_ACQUIRED) return;
+            throw err;
+          }
+          throw new Error('tryWithLock resolved although the key is held');
+        },
+        serverOps: mc.ops,
+      });
+    } else skip(report, ctx.memlock.reason, 'memlock');
+
+    // The raw floor: one get of a held entry, the least a refusal can cost.
+    const memjs = res.memjs(mc.servers);
+    const rawKey = `${key}:raw`;
+    await memjs.set(rawKey, lockValue('holder'), { expires: 600 });
+    res.defer(() => memjs.delete(rawKey));
+    subjects.push({
+      name: 'memjs-raw',
+      op: async () => {
+        const { value } = await memjs.get(rawKey);
+        if (value === null) throw new Error('held raw entry vanished');
+      },
+      serverOps: mc.ops,
+    });
+  } else skip(report, ctx.memcache.reason, 'memlock', 'memjs-raw');
+
+  if (ctx.redis.ok) {
+    const { redlock } = await res.redlock(ctx.redis.value.url, { retryCount: 0 });
+    const held = await redlock.acquire([key], 600_000);
+    res.defer(() => held.release());
+    subjects.push({
+      name: 'redlock',
+      op: async () => {
+        try {
+          await redlock.acquire([key], 16_000);
+        } catch {
+          // ExecutionError: refused (redlock then also sends a release script for any partial state).
+          return;
+        }
+        throw new Error('redlock acquired a held key');
+      },
+      serverOps: ctx.redis.value.ops,
+    });
+  } else skip(report, ctx.redis.reason, 'redlock');
+
+  report.results.push(...(await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) => loopResult(NAME, variant, subject, rs, 'p50'))));
+
+  for (const v of VARIANTS) {
+    const ratio = ratioOf(findResult(report.results, 'memlock', v.label)?.p50Ms, findResult(report.results, 'memjs-raw', v.label)?.p50Ms);
+    if (ratio !== null) report.notes.push(targetNote(`memlock p50 <= 1.1x a raw get (${v.label})`, fmtRatio(ratio), ratio <= 1.1));
+  }
+  return report;
+}
+
+function newReport(): ScenarioReport {
+  return scenarioReport({
+    scenario: NAME,
+    title: 'Refused attempt on a held key',
+    baseline: 'memjs-raw',
+    primary: { header: 'p50 ms', value: (r) => r.p50Ms, higherIsBetter: false, format: 'ms' },
+    columns: [
+      { header: 'p99 ms', value: (r) => r.p99Ms, format: 'ms' },
+      { header: 'attempts/s', value: (r) => r.opsPerSec, format: 'rate' },
+      ...loopCostColumns('attempt'),
+    ],
+    notes: [
+      'memlock: tryWithLock on a key another instance holds (rejects with LockNotAcquiredError); memjs-raw: one get of a held entry; ' +
+        'redlock: acquire with retryCount 0 on a held key. Ratio: p50 relative to memjs-raw (lower is better); ± is the spread of the per-round p50.',
+    ],
+  });
+}

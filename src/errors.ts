@@ -1,0 +1,108 @@
+/**
+ * Error classes. One base class with a stable `code`, like undici: callers
+ * branch on `code` (or `instanceof`), never on messages. Contention
+ * (`LockNotAcquiredError`), backend failure (`MemcacheUnavailableError`) and
+ * loss (`LockLostError`) are distinct so a caller can tell "someone else has
+ * it" from "we cannot know" from "we had it and lost it".
+ */
+
+/** Base class of every error memlock creates. */
+export class MemlockError extends Error {
+  /** Stable machine-readable code, e.g. `ERR_MEMLOCK_LOST`. */
+  readonly code: string;
+
+  constructor(message: string, code: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/**
+ * The key is held by another client (or the wait timed out). `fn` was not called.
+ *
+ * An expected outcome on a hot path (a refusal costs one round trip), so it is
+ * created without a stack trace: capturing one cost about a fifth of a
+ * refused attempt's CPU. Create it with `notAcquired()`.
+ */
+export class LockNotAcquiredError extends MemlockError {
+  /** The memlock key (as passed by the caller). */
+  readonly key: string;
+  /** The holder's clientId when it could be read, else `undefined`. */
+  readonly holder: string | undefined;
+
+  constructor(key: string, holder?: string, options?: { cause?: unknown; message?: string }) {
+    super(options?.message ?? `Lock "${key}" is held by another client`, 'ERR_MEMLOCK_NOT_ACQUIRED', options);
+    this.key = key;
+    this.holder = holder;
+  }
+}
+
+/** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). */
+export function notAcquired(key: string, holder?: string, options?: { cause?: unknown; message?: string }): LockNotAcquiredError {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return new LockNotAcquiredError(key, holder, options);
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
+/** `clientId` was the empty string. Checked before any memcache traffic. */
+export class EmptyClientIdError extends MemlockError {
+  constructor() {
+    super('clientId must be a non-empty string', 'ERR_MEMLOCK_EMPTY_CLIENT_ID');
+  }
+}
+
+/**
+ * Why a held lock was lost:
+ * - `gone`: the entry disappeared (evicted, flushed, expired, deleted).
+ * - `taken`: the entry now holds another acquisition (another client, or a
+ *   takeover by the same clientId).
+ * - `unreachable`: renewals failed (server down or slow) until the lease could
+ *   have run out on the server.
+ * - `deadline`: no renewal was confirmed before the lease could have run out,
+ *   without a transport error (typically an event-loop stall).
+ * - `closed`: `memlock.close()` was called while the lock was held; the
+ *   entry was released.
+ */
+export type LockLostKind = 'gone' | 'taken' | 'unreachable' | 'deadline' | 'closed';
+
+/**
+ * Set as `signal.reason` on the signal handed to `fn` when the lock is lost.
+ * `kind` says which way; `cause` carries the transport error for `unreachable`.
+ */
+export class LockLostError extends MemlockError {
+  readonly key: string;
+  readonly kind: LockLostKind;
+
+  constructor(key: string, kind: LockLostKind, options?: { cause?: unknown }) {
+    super(`Lock "${key}" was lost: ${lostText[kind]}`, 'ERR_MEMLOCK_LOST', options);
+    this.key = key;
+    this.kind = kind;
+  }
+}
+
+const lostText: Record<LockLostKind, string> = {
+  gone: 'the entry is gone (evicted, flushed or deleted)',
+  taken: 'the entry was taken by another acquisition',
+  unreachable: 'memcache was unreachable until the lease could have expired',
+  deadline: 'no renewal was confirmed before the lease could have expired (event loop stalled?)',
+  closed: 'memlock.close() was called while it was held',
+};
+
+/**
+ * memcache could not be reached, timed out, or answered with an error. The
+ * outcome is unknown or failed; `cause` holds the underlying error.
+ */
+export class MemcacheUnavailableError extends MemlockError {
+  /** The server ('host:port') the operation was routed to, when known. */
+  readonly server: string | undefined;
+
+  constructor(message: string, options?: { cause?: unknown; server?: string }) {
+    super(message, 'ERR_MEMLOCK_UNAVAILABLE', options);
+    this.server = options?.server;
+  }
+}

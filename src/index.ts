@@ -1,0 +1,15 @@
+export { Memlock, tryWithLock, defaultMemlock } from './memlock.js';
+export type { WrapOptions, LockInfo } from './memlock.js';
+export type { Lock } from './lock.js';
+export type { MemlockOptions, LockOptions, WaitOptions } from './options.js';
+export { defaults } from './options.js';
+export {
+  MemlockError, LockNotAcquiredError, EmptyClientIdError, LockLostError, MemcacheUnavailableError,
+} from './errors.js';
+export type { LockLostKind } from './errors.js';
+export { channels } from './diagnostics.js';
+export type {
+  AcquiredMessage, RefusedMessage, StolenMessage, LostMessage, ReleasedMessage, ReleaseFailedMessage, HeartbeatErrorMessage,
+} from './diagnostics.js';
+export type { LockClient, Entry, WriteResult } from './client.js';
+export { MemjsLockClient } from './memjs-adapter.js';

@@ -1,0 +1,24 @@
+/**
+ * memcache key derivation (API.md "Keys"): `prefix + key` when it is at most
+ * 250 bytes and holds no whitespace or control characters (the text protocol
+ * forbids them, and other clients may read the same keys), otherwise
+ * `prefix + 'sha256:' + hex(sha256(key))`. The prefix is validated at
+ * construction, so a hashed key always fits.
+ */
+import { createHash } from 'node:crypto';
+
+/** memcached's key length limit in bytes. */
+export const MAX_KEY_BYTES = 250;
+
+// \s covers Unicode spaces; \p{Cc} covers C0, DEL and C1 controls.
+const FORBIDDEN = /[\s\p{Cc}]/u;
+
+/** Maps a caller's key to the memcache key. */
+export function memcacheKey(prefix: string, key: string): string {
+  const full = prefix + key;
+  // Cheap length bound first: a UTF-16 unit is at most 3 UTF-8 bytes.
+  if ((full.length * 3 <= MAX_KEY_BYTES || Buffer.byteLength(full) <= MAX_KEY_BYTES) && !FORBIDDEN.test(key)) {
+    return full;
+  }
+  return prefix + 'sha256:' + createHash('sha256').update(key).digest('hex');
+}

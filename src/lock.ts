@@ -1,0 +1,204 @@
+/**
+ * The life of one held lock: heartbeat, loss detection, release.
+ *
+ * Renewals happen every `heartbeatMs`, or more often when the whole-second
+ * TTL leaves a guaranteed lease shorter than two heartbeats (renewing at half
+ * the guaranteed lease at the latest). The lease deadline is tracked on the
+ * monotonic clock from the send time of the last confirmed write; when it
+ * passes without a newer confirmation (server down, slow, event loop
+ * stalled) the signal aborts, even while a renewal is still in flight.
+ */
+import type { LockClient } from './client.js';
+import { channels, publish } from './diagnostics.js';
+import { LockLostError, type LockLostKind } from './errors.js';
+import { reasonOf } from './options.js';
+import type { Scheduled, Scheduler } from './heartbeat.js';
+import { leaseDeadline, releaseEntry, renewEntry, type Held } from './protocol.js';
+
+/** A held lock, as returned by `memlock.acquire()`. */
+export interface Lock {
+  /** The caller's key. */
+  readonly key: string;
+  readonly clientId: string;
+  /** Aborts with a `LockLostError` when the lock is lost, or with the caller's reason when the caller aborts. */
+  readonly signal: AbortSignal;
+  /**
+   * Stops the heartbeat and deletes the entry (CAS-checked). Resolves `true`
+   * when our entry was deleted, `false` when it was already gone, taken, or
+   * memcache failed (reported on `memlock:release-failed`). Never rejects;
+   * calling it again returns the same promise.
+   */
+  release(): Promise<boolean>;
+  /** Same as `release()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** What a lock needs from its Memlock. */
+export interface LockContext {
+  readonly client: LockClient;
+  readonly scheduler: Scheduler;
+  /** Called once when the lock stops holding (lost or released). */
+  readonly onDone: (lock: HeldLock) => void;
+}
+
+/** Delay before retrying a failed renewal (bounded by the lease deadline). */
+const RETRY_MS = 100;
+
+/** Implementation of `Lock`, scheduled on the instance's heartbeat scheduler. */
+export class HeldLock implements Lock, Scheduled {
+  readonly key: string;
+  readonly clientId: string;
+  readonly signal: AbortSignal;
+  due = 0;
+  heapIndex = -1;
+
+  readonly #ctx: LockContext;
+  readonly #held: Held;
+  readonly #heartbeatMs: number;
+  readonly #controller = new AbortController();
+  readonly #acquiredAt = performance.now();
+  #deadline: number;
+  #inFlight: Promise<void> | undefined;
+  #lastError: unknown;
+  #lost: LockLostKind | undefined;
+  #release: Promise<boolean> | undefined;
+  #done = false;
+  #callerSignal: AbortSignal | undefined;
+  readonly #onCallerAbort = (): void => {
+    if (this.#callerSignal !== undefined) this.#controller.abort(reasonOf(this.#callerSignal));
+  };
+
+  constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined) {
+    this.#ctx = ctx;
+    this.key = key;
+    this.clientId = clientId;
+    this.#held = held;
+    this.#heartbeatMs = heartbeatMs;
+    this.signal = this.#controller.signal;
+    this.#deadline = leaseDeadline(held.sentAt, held.ttlSeconds);
+    if (callerSignal !== undefined) {
+      this.#callerSignal = callerSignal;
+      if (callerSignal.aborted) this.#onCallerAbort();
+      else callerSignal.addEventListener('abort', this.#onCallerAbort, { once: true });
+    }
+    this.#scheduleBeat();
+  }
+
+  /** The memcache key. */
+  get mkey(): string {
+    return this.#held.mkey;
+  }
+
+  /** `performance.now()` until which the lease is confirmed. */
+  get deadline(): number {
+    return this.#deadline;
+  }
+
+  /** Why the lock was lost, if it was. */
+  get lostKind(): LockLostKind | undefined {
+    return this.#lost;
+  }
+
+  #scheduleBeat(): void {
+    const base = this.#held.sentAt;
+    const due = Math.min(base + this.#heartbeatMs, base + (this.#deadline - base) / 2);
+    this.#ctx.scheduler.schedule(this, due);
+  }
+
+  /** Scheduler callback: lose at the deadline, else renew (or watch an in-flight renewal). */
+  fire(now: number): void {
+    if (this.#release !== undefined || this.#lost !== undefined) return;
+    if (now >= this.#deadline) {
+      this.lose(this.#lastError === undefined ? 'deadline' : 'unreachable', this.#lastError);
+      return;
+    }
+    if (this.#inFlight !== undefined) {
+      // A renewal is still out: make sure the deadline is watched meanwhile.
+      this.#ctx.scheduler.schedule(this, this.#deadline);
+      return;
+    }
+    this.#ctx.scheduler.schedule(this, this.#deadline);
+    this.#inFlight = this.#beat();
+  }
+
+  /** One renewal; never rejects. Clears `#inFlight` itself (cheaper than `.finally()` per beat). */
+  async #beat(): Promise<void> {
+    let result: 'renewed' | 'gone' | 'taken';
+    try {
+      result = await renewEntry(this.#ctx.client, this.#held);
+    } catch (error) {
+      this.#inFlight = undefined;
+      this.#lastError = error;
+      publish(channels.heartbeatError, () => ({ key: this.key, clientId: this.clientId, error: error as Error }));
+      if (this.#release === undefined && this.#lost === undefined) {
+        const now = performance.now();
+        if (now >= this.#deadline) this.lose('unreachable', error);
+        else this.#ctx.scheduler.schedule(this, Math.min(now + Math.min(RETRY_MS, this.#heartbeatMs), this.#deadline));
+      }
+      return;
+    }
+    this.#inFlight = undefined;
+    if (this.#release !== undefined || this.#lost !== undefined) return;
+    if (result === 'renewed') {
+      this.#lastError = undefined;
+      this.#deadline = leaseDeadline(this.#held.sentAt, this.#held.ttlSeconds);
+      if (performance.now() >= this.#deadline) this.lose('deadline', undefined);
+      else this.#scheduleBeat();
+    } else {
+      this.lose(result, undefined);
+    }
+    // Nothing above can throw (abort listeners and diagnostics subscribers
+    // report their own errors), so this promise never rejects: no unhandled
+    // rejection can come from a heartbeat.
+  }
+
+  /** Marks the lock lost and aborts the signal (once). */
+  lose(kind: LockLostKind, cause: unknown): void {
+    if (this.#lost !== undefined) return;
+    this.#lost = kind;
+    this.#ctx.scheduler.cancel(this);
+    const error = new LockLostError(this.key, kind, cause === undefined ? undefined : { cause });
+    this.#controller.abort(error);
+    publish(channels.lost, () => ({ key: this.key, clientId: this.clientId, kind, error }));
+    this.#finish();
+  }
+
+  #finish(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#callerSignal?.removeEventListener('abort', this.#onCallerAbort);
+    this.#ctx.onDone(this);
+  }
+
+  release(): Promise<boolean> {
+    this.#release ??= this.#doRelease();
+    return this.#release;
+  }
+
+  async #doRelease(): Promise<boolean> {
+    this.#ctx.scheduler.cancel(this);
+    // Stopping waits for the in-flight renewal so its CAS is the one we delete with.
+    if (this.#inFlight !== undefined) await this.#inFlight;
+    const lost = this.#lost;
+    let ok = false;
+    // Gone or taken: there is nothing of ours to delete; skip the round trip.
+    if (lost === 'gone' || lost === 'taken') {
+      publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: lost, error: undefined }));
+    } else {
+      try {
+        const result = await releaseEntry(this.#ctx.client, this.#held);
+        ok = result === 'released';
+        if (ok) publish(channels.released, () => ({ key: this.key, clientId: this.clientId, heldMs: performance.now() - this.#acquiredAt }));
+        else publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: result as 'gone' | 'taken', error: undefined }));
+      } catch (error) {
+        publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: 'error' as const, error: error as Error }));
+      }
+    }
+    this.#finish();
+    return ok;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release();
+  }
+}

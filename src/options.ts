@@ -1,0 +1,231 @@
+/**
+ * Option types, the one place for defaults, and validation. Validation runs
+ * before any memcache traffic so bad input touches nothing; errors name the
+ * option (`TypeError` for a wrong type, `RangeError` for a wrong value).
+ */
+import type { Client as MemjsClient } from 'memjs';
+import { EmptyClientIdError } from './errors.js';
+import type { LockClient } from './client.js';
+
+/** All defaults in one place. */
+export const defaults = Object.freeze({
+  prefix: 'memlock:',
+  leaseMs: 16_000,
+  heartbeatMs: 1000,
+  timeoutMs: 500,
+  servers: 'localhost:11211',
+  wait: Object.freeze({ timeoutMs: 30_000, minDelayMs: 10, maxDelayMs: 500 }),
+});
+
+/** Smallest lease: memcache expiry has 1 s granularity, so 2 s is the least that leaves a guaranteed 1 s. */
+export const MIN_LEASE_MS = 2000;
+/** memcache treats expiries above 30 days as absolute unix times. */
+export const MAX_LEASE_MS = 30 * 24 * 60 * 60 * 1000;
+
+/** Options of `new Memlock()`. */
+export interface MemlockOptions {
+  /**
+   * memcache servers, `'host:port'` or a list (comma-separated string or array).
+   * Several servers are placed on a consistent hash ring; no failover.
+   * @default process.env.MEMCACHE_SERVERS, else 'localhost:11211'
+   */
+  readonly servers?: string | readonly string[];
+  /**
+   * Bring your own memjs client instead of `servers`. memlock uses its
+   * server connections but never its retry/failover logic, and does not close it.
+   */
+  readonly client?: MemjsClient;
+  /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
+  readonly lockClient?: LockClient;
+  /** SASL username. @default process.env.MEMCACHE_USERNAME (as memjs reads it) */
+  readonly username?: string;
+  /** SASL password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
+  readonly password?: string;
+  /** Prefix of every memcache key. @default 'memlock:' */
+  readonly prefix?: string;
+  /** Lease length; the entry's expiry is this rounded up to whole seconds. 2 s to 30 days. @default 16000 */
+  readonly leaseMs?: number;
+  /** Renewal interval; at most `leaseMs / 2`. @default 1000 */
+  readonly heartbeatMs?: number;
+  /** Deadline of each memcache operation. @default 500 */
+  readonly timeoutMs?: number;
+  /**
+   * Whether open memcache connections keep the process alive. Pending
+   * operations always do. @default true (false for the shared default instance)
+   */
+  readonly ref?: boolean;
+}
+
+/** Wait options: retry a refused attempt with exponential backoff and jitter. */
+export interface WaitOptions {
+  /** Give up (with `LockNotAcquiredError`) after this long. `Infinity` waits until the caller's signal aborts. @default 30000 */
+  readonly timeoutMs?: number;
+  /** First backoff delay. @default 10 */
+  readonly minDelayMs?: number;
+  /** Largest backoff delay. @default 500 */
+  readonly maxDelayMs?: number;
+}
+
+/** Per-call options of `tryWithLock` and `acquire`. */
+export interface LockOptions {
+  /** Caller cancellation: aborts waiting, and aborts the signal handed to `fn` with the same reason. */
+  readonly signal?: AbortSignal | undefined;
+  /** Wait for the lock instead of failing at once. `true` uses the wait defaults. @default false */
+  readonly wait?: boolean | WaitOptions | undefined;
+  /** Take over a lock whose holder first acquired it longer ago than this (wall clock). @default undefined (never) */
+  readonly stealAfterMs?: number | undefined;
+  /** Per-call lease override, same bounds as the instance option. */
+  readonly leaseMs?: number | undefined;
+  /** Per-call heartbeat override, same bounds as the instance option. */
+  readonly heartbeatMs?: number | undefined;
+}
+
+/** Resolved, validated per-call settings. */
+export interface ResolvedLockOptions {
+  readonly leaseMs: number;
+  readonly heartbeatMs: number;
+  readonly ttlSeconds: number;
+  readonly stealAfterMs: number | undefined;
+  readonly wait: Required<WaitOptions> | undefined;
+  readonly signal: AbortSignal | undefined;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A finite number check that names the option. */
+export function checkNumber(name: string, value: unknown, min: number, max: number, allowInfinity = false): number {
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw new TypeError(`Expected \`${name}\` to be a number, got ${describe(value)}`);
+  }
+  if (!allowInfinity && !Number.isFinite(value)) {
+    throw new RangeError(`Expected \`${name}\` to be finite, got ${value}`);
+  }
+  if (value < min || value > max) {
+    throw new RangeError(`Expected \`${name}\` to be between ${min} and ${max}, got ${value}`);
+  }
+  return value;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return `string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
+  return typeof value;
+}
+
+/** Validates lease/heartbeat as a pair (heartbeat <= lease / 2). */
+export function checkLease(leaseMs: unknown, heartbeatMs: unknown): { leaseMs: number; heartbeatMs: number } {
+  const lease = checkNumber('leaseMs', leaseMs, MIN_LEASE_MS, MAX_LEASE_MS);
+  const beat = checkNumber('heartbeatMs', heartbeatMs, 0, Number.MAX_SAFE_INTEGER);
+  if (beat <= 0) throw new RangeError(`Expected \`heartbeatMs\` to be > 0, got ${beat}`);
+  if (beat > lease / 2) {
+    throw new RangeError(`Expected \`heartbeatMs\` to be at most leaseMs / 2 (${lease / 2}), got ${beat}`);
+  }
+  return { leaseMs: lease, heartbeatMs: beat };
+}
+
+/** Validated instance settings. */
+export interface ResolvedMemlockOptions {
+  readonly prefix: string;
+  readonly leaseMs: number;
+  readonly heartbeatMs: number;
+  readonly timeoutMs: number;
+  readonly servers: string[];
+  readonly username: string | undefined;
+  readonly password: string | undefined;
+  readonly ref: boolean;
+}
+
+/** Validates `new Memlock(options)`; throws before anything is opened. */
+export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions {
+  if (options === undefined) options = {};
+  if (!isPlainObject(options)) throw new TypeError(`Expected \`options\` to be an object, got ${describe(options)}`);
+  const o = options as MemlockOptions;
+  const prefix = o.prefix ?? defaults.prefix;
+  if (typeof prefix !== 'string') throw new TypeError(`Expected \`prefix\` to be a string, got ${describe(prefix)}`);
+  if (/[\s\p{Cc}]/u.test(prefix)) throw new RangeError('Expected `prefix` to hold no whitespace or control characters');
+  // Leave room for 'sha256:' + 64 hex digits so every key fits in 250 bytes.
+  if (Buffer.byteLength(prefix) > 250 - 71) throw new RangeError('Expected `prefix` to be at most 179 bytes');
+  const { leaseMs, heartbeatMs } = checkLease(o.leaseMs ?? defaults.leaseMs, o.heartbeatMs ?? defaults.heartbeatMs);
+  const timeoutMs = checkNumber('timeoutMs', o.timeoutMs ?? defaults.timeoutMs, 1, 60_000);
+  for (const name of ['username', 'password'] as const) {
+    if (o[name] !== undefined && typeof o[name] !== 'string') {
+      throw new TypeError(`Expected \`${name}\` to be a string, got ${describe(o[name])}`);
+    }
+  }
+  if (o.ref !== undefined && typeof o.ref !== 'boolean') throw new TypeError(`Expected \`ref\` to be a boolean, got ${describe(o.ref)}`);
+  let servers: string[] = [];
+  if (o.servers !== undefined) {
+    const list = typeof o.servers === 'string' ? o.servers.split(',') : o.servers;
+    if (!Array.isArray(list) || list.some((s) => typeof s !== 'string')) {
+      throw new TypeError(`Expected \`servers\` to be a string or an array of strings, got ${describe(o.servers)}`);
+    }
+    servers = (list as string[]).map((s) => s.trim()).filter((s) => s !== '');
+    if (servers.length === 0) throw new RangeError('Expected `servers` to name at least one server');
+  } else if (o.client === undefined && o.lockClient === undefined) {
+    servers = (process.env.MEMCACHE_SERVERS ?? defaults.servers).split(',').map((s) => s.trim()).filter(Boolean);
+  }
+  if (o.client !== undefined && !isMemjsClient(o.client)) {
+    throw new TypeError('Expected `client` to be a memjs Client (with a `servers` array)');
+  }
+  return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username: o.username, password: o.password, ref: o.ref ?? true };
+}
+
+function isMemjsClient(value: unknown): boolean {
+  return isPlainObjectLike(value) && Array.isArray((value as { servers?: unknown }).servers);
+}
+
+function isPlainObjectLike(value: unknown): value is object {
+  return typeof value === 'object' && value !== null;
+}
+
+/** Validates key, clientId and fn in the order API.md gives. */
+export function checkCallArgs(key: unknown, clientId: unknown): asserts key is string {
+  if (typeof key !== 'string') throw new TypeError(`Expected \`key\` to be a string, got ${describe(key)}`);
+  if (key === '') throw new TypeError('Expected `key` to be a non-empty string');
+  if (typeof clientId !== 'string') throw new TypeError(`Expected \`clientId\` to be a string, got ${describe(clientId)}`);
+  if (clientId === '') throw new EmptyClientIdError();
+}
+
+/** Resolves per-call options against the instance settings. */
+export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOptions): ResolvedLockOptions {
+  if (options === undefined || options === null) options = {};
+  if (!isPlainObject(options)) throw new TypeError(`Expected \`options\` to be an object, got ${describe(options)}`);
+  const o = options as LockOptions;
+  const { leaseMs, heartbeatMs } = checkLease(o.leaseMs ?? instance.leaseMs, o.heartbeatMs ?? (o.leaseMs === undefined ? instance.heartbeatMs : Math.min(instance.heartbeatMs, (o.leaseMs as number) / 2)));
+  const stealAfterMs = o.stealAfterMs === undefined ? undefined : checkNumber('stealAfterMs', o.stealAfterMs, 0, Number.MAX_SAFE_INTEGER);
+  const signal = o.signal ?? undefined;
+  if (signal !== undefined && !isSignalLike(signal)) {
+    throw new TypeError(`Expected \`signal\` to be an AbortSignal, got ${describe(signal)}`);
+  }
+  let wait: Required<WaitOptions> | undefined;
+  if (o.wait === true) {
+    wait = { ...defaults.wait };
+  } else if (o.wait !== undefined && o.wait !== false) {
+    if (!isPlainObject(o.wait)) throw new TypeError(`Expected \`wait\` to be a boolean or an object, got ${describe(o.wait)}`);
+    const w = o.wait as WaitOptions;
+    const minDelayMs = checkNumber('wait.minDelayMs', w.minDelayMs ?? defaults.wait.minDelayMs, 0, 3_600_000);
+    const maxDelayMs = checkNumber('wait.maxDelayMs', w.maxDelayMs ?? Math.max(defaults.wait.maxDelayMs, minDelayMs), 0, 3_600_000);
+    if (maxDelayMs < minDelayMs) throw new RangeError(`Expected \`wait.maxDelayMs\` (${maxDelayMs}) to be >= wait.minDelayMs (${minDelayMs})`);
+    wait = {
+      timeoutMs: checkNumber('wait.timeoutMs', w.timeoutMs ?? defaults.wait.timeoutMs, 0, Number.MAX_SAFE_INTEGER, true),
+      minDelayMs,
+      maxDelayMs,
+    };
+  }
+  return { leaseMs, heartbeatMs, ttlSeconds: Math.ceil(leaseMs / 1000), stealAfterMs, wait, signal };
+}
+
+/** Duck-typed so signals from the `abort-controller` package are accepted. */
+export function isSignalLike(value: unknown): value is AbortSignal {
+  return isPlainObjectLike(value)
+    && typeof (value as AbortSignal).aborted === 'boolean'
+    && typeof (value as AbortSignal).addEventListener === 'function'
+    && typeof (value as AbortSignal).removeEventListener === 'function';
+}
+
+/** The abort reason of a signal; polyfilled signals without `reason` get an AbortError. */
+export function reasonOf(signal: AbortSignal): unknown {
+  return (signal as { reason?: unknown }).reason ?? new DOMException('This operation was aborted', 'AbortError');
+}

@@ -1,0 +1,261 @@
+/**
+ * The lock protocol: small steps over a `LockClient`, no timers, no hidden state.
+ *
+ * Invariants:
+ * - Ownership: an entry is ours exactly when its value equals the bytes we
+ *   wrote. The value holds the clientId, the acquisition time and a random
+ *   token, so it is unique per acquisition; "same clientId" is never taken as
+ *   "ours" (that is a takeover, which writes a new value).
+ * - CAS: every write to an existing entry (takeover, steal, renewal) and every
+ *   delete is CAS-checked, so nobody renews or frees someone else's lock. A
+ *   CAS is only used on the connection it came from: memcached restarts its
+ *   CAS counter at 1 after a restart, so a CAS from before a reconnect is read
+ *   back first (value compared, fresh CAS adopted). The common path stays one
+ *   round trip.
+ * - Ambiguity: a write that timed out or lost its connection may have been
+ *   applied. It is never guessed and never re-sent blindly: the entry is read
+ *   back and compared.
+ * - TTL rounding: the expiry is `ceil(leaseMs / 1000)` = n seconds, and
+ *   memcached may expire such an entry as soon as n-1 seconds after the
+ *   request was sent (its clock ticks in whole seconds). So a write confirms
+ *   the lease only until `sentAt + (n - 1) s` on the monotonic clock.
+ * - Eviction: memcache may drop the entry at any moment (LRU, flush,
+ *   restart). Nothing here can prevent it; the next renewal detects it. This
+ *   is a best-effort lock: the real transaction stays the guard.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Entry, LockClient } from './client.js';
+import { MemcacheUnavailableError } from './errors.js';
+
+const VALUE_TAG = 'ml1';
+
+/** Who holds an entry, decoded from its value. */
+export interface Holder {
+  readonly clientId: string;
+  /** Wall-clock ms of the (first) acquisition. */
+  readonly acquiredAt: number;
+  readonly token: string;
+}
+
+/** What we know about an entry we hold; mutated by renewals. */
+export interface Held {
+  readonly mkey: string;
+  readonly value: Buffer;
+  readonly ttlSeconds: number;
+  cas: bigint;
+  /** Connection generation the CAS came over. */
+  conn: number;
+  /** `performance.now()` when the last confirmed write was sent. */
+  sentAt: number;
+  /** Set after an ambiguous write: the CAS may be stale, read back first. */
+  verify: boolean;
+}
+
+/** How an acquisition happened. */
+export type AcquireHow = 'added' | 'takeover' | 'stolen' | 'recovered';
+
+/** Outcome of one acquisition attempt. */
+export type AcquireOutcome =
+  | { readonly acquired: true; readonly held: Held; readonly how: AcquireHow; readonly previous: Holder | null }
+  | { readonly acquired: false; readonly holder: Holder | null };
+
+/** Encodes a value: `ml1:<acquiredAt>:<token>:<clientId>` (clientId last: it may hold ':'). */
+export function encodeValue(clientId: string, acquiredAt: number, token: string = randomUUID()): Buffer {
+  return Buffer.from(`${VALUE_TAG}:${acquiredAt}:${token}:${clientId}`);
+}
+
+/** Decodes a value written by `encodeValue`; `null` for anything else. */
+export function decodeValue(value: Buffer): Holder | null {
+  const text = value.toString('utf8');
+  const a = text.indexOf(':');
+  const b = text.indexOf(':', a + 1);
+  const c = text.indexOf(':', b + 1);
+  if (a === -1 || b === -1 || c === -1 || text.slice(0, a) !== VALUE_TAG) return null;
+  const acquiredAt = Number(text.slice(a + 1, b));
+  if (!Number.isFinite(acquiredAt)) return null;
+  return { acquiredAt, token: text.slice(b + 1, c), clientId: text.slice(c + 1) };
+}
+
+/** `performance.now()` until which a write sent at `sentAt` keeps the entry alive for sure. */
+export function leaseDeadline(sentAt: number, ttlSeconds: number): number {
+  return sentAt + (ttlSeconds - 1) * 1000;
+}
+
+/**
+ * How an attempt starts:
+ * - `add`: the add alone (an uncontended key: one round trip, one operation);
+ * - `pipelined`: add and read in one round trip (a refusal costs one round
+ *   trip instead of two; used while waiting, where a handoff must be fast);
+ * - `probe`: read first, add only if the key is free (a key refused recently:
+ *   a refusal costs one round trip and one operation, like a plain get).
+ */
+export type AcquireMode = 'add' | 'pipelined' | 'probe';
+
+/**
+ * One acquisition attempt: `add`; on "exists", one read decides between a
+ * takeover (same clientId), a steal (holder older than `stealAfterMs`) and a
+ * refusal.
+ */
+export async function acquireEntry(
+  client: LockClient,
+  mkey: string,
+  clientId: string,
+  ttlSeconds: number,
+  stealAfterMs: number | undefined,
+  mode: AcquireMode,
+): Promise<AcquireOutcome> {
+  // Built lazily: a probe that finds the key held never needs it.
+  let encoded: Buffer | undefined;
+  const valueOf = (): Buffer => (encoded ??= encodeValue(clientId, Date.now()));
+  // Two rounds at most: the second covers an entry that vanished between the
+  // add and the read, or a CAS write that lost a race.
+  let lastHolder: Holder | null = null;
+  for (let round = 0; round < 2; round++) {
+    let entry: Entry | null | undefined;
+    if (mode === 'probe' && round === 0) {
+      // A read is safe to repeat and changes nothing: its errors need no recovery.
+      entry = await client.get(mkey);
+    }
+    const sentAt = performance.now();
+    const value = entry != null ? undefined : valueOf();
+    try {
+      if (value === undefined) {
+        // Held: skip the add, decide below.
+      } else if (mode === 'pipelined') {
+        const both = await client.addThenGet(mkey, value, ttlSeconds);
+        if (both.add.status === 'ok') return added(mkey, value, ttlSeconds, both.add.cas, both.add.conn, sentAt);
+        entry = both.entry;
+      } else {
+        const add = await client.add(mkey, value, ttlSeconds);
+        if (add.status === 'ok') return added(mkey, value, ttlSeconds, add.cas, add.conn, sentAt);
+      }
+    } catch (error) {
+      return recover(client, mkey, value as Buffer, ttlSeconds, sentAt, error);
+    }
+    entry ??= await client.get(mkey);
+    if (entry === null) continue;
+    if (value !== undefined && entry.value.equals(value)) {
+      // Only possible if an earlier ambiguous add of ours landed late.
+      return { acquired: true, held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt), how: 'recovered', previous: null };
+    }
+    const holder = decodeValue(entry.value);
+    lastHolder = holder;
+    let how: AcquireHow | undefined;
+    if (holder?.clientId === clientId) how = 'takeover';
+    else if (holder !== null && stealAfterMs !== undefined && Date.now() - holder.acquiredAt > stealAfterMs) how = 'stolen';
+    if (how === undefined) return { acquired: false, holder };
+    // A CAS from a connection that has since been replaced may predate a restart.
+    if (!client.isCurrent(mkey, entry.conn)) continue;
+    const casSentAt = performance.now();
+    const casValue = valueOf();
+    let result;
+    try {
+      result = await client.casSet(mkey, casValue, ttlSeconds, entry.cas);
+    } catch (error) {
+      return recover(client, mkey, casValue, ttlSeconds, casSentAt, error);
+    }
+    if (result.status === 'ok') {
+      return { acquired: true, held: held(mkey, casValue, ttlSeconds, result.cas, result.conn, casSentAt), how, previous: holder };
+    }
+  }
+  return { acquired: false, holder: lastHolder };
+}
+
+function held(mkey: string, value: Buffer, ttlSeconds: number, cas: bigint, conn: number, sentAt: number): Held {
+  return { mkey, value, ttlSeconds, cas, conn, sentAt, verify: false };
+}
+
+function added(mkey: string, value: Buffer, ttlSeconds: number, cas: bigint, conn: number, sentAt: number): AcquireOutcome {
+  return { acquired: true, held: held(mkey, value, ttlSeconds, cas, conn, sentAt), how: 'added', previous: null };
+}
+
+/**
+ * A write whose outcome is unknown: read the entry back. Ours: acquired (the
+ * lease counts from the original send). Someone else's: refused. Missing or
+ * unreadable: unknown, so the original error is thrown; a late-applied add
+ * then simply expires after the lease.
+ */
+async function recover(client: LockClient, mkey: string, value: Buffer, ttlSeconds: number, sentAt: number, error: unknown): Promise<AcquireOutcome> {
+  if (!isAmbiguous(error)) throw error;
+  let entry: Entry | null;
+  try {
+    entry = await client.get(mkey);
+  } catch {
+    throw error;
+  }
+  if (entry === null) throw error;
+  if (entry.value.equals(value)) {
+    return { acquired: true, held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt), how: 'recovered', previous: null };
+  }
+  return { acquired: false, holder: decodeValue(entry.value) };
+}
+
+/** Whether a failed write may still have been applied by the server. */
+export function isAmbiguous(error: unknown): boolean {
+  if (!(error instanceof MemcacheUnavailableError)) return false;
+  const cause = error.cause as { code?: unknown; status?: unknown } | undefined;
+  // The server answered with an error status: it did not apply the write.
+  if (cause?.status !== undefined) return false;
+  // Refused before anything was sent.
+  return cause?.code !== 'ECONNREFUSED';
+}
+
+/** Makes sure `held.cas` is usable: re-reads when the connection changed or a write was ambiguous. */
+async function freshCas(client: LockClient, held: Held): Promise<'ok' | 'gone' | 'taken'> {
+  if (!held.verify && client.isCurrent(held.mkey, held.conn)) return 'ok';
+  const entry = await client.get(held.mkey);
+  if (entry === null) return 'gone';
+  if (!entry.value.equals(held.value)) return 'taken';
+  held.cas = entry.cas;
+  held.conn = entry.conn;
+  held.verify = false;
+  if (!client.isCurrent(held.mkey, held.conn)) {
+    throw new MemcacheUnavailableError('memcache connection changed during a renewal', { server: client.serverOf(held.mkey) });
+  }
+  return 'ok';
+}
+
+/** Renews a held entry with one CAS-checked write (plus a read after a reconnect). */
+export async function renewEntry(client: LockClient, held: Held): Promise<'renewed' | 'gone' | 'taken'> {
+  // The common case checks synchronously: no extra promise per renewal.
+  if (held.verify || !client.isCurrent(held.mkey, held.conn)) {
+    const fresh = await freshCas(client, held);
+    if (fresh !== 'ok') return fresh;
+  }
+  const sentAt = performance.now();
+  let result;
+  try {
+    result = await client.casSet(held.mkey, held.value, held.ttlSeconds, held.cas);
+  } catch (error) {
+    held.verify = true;
+    throw error;
+  }
+  if (result.status === 'ok') {
+    held.cas = result.cas;
+    held.conn = result.conn;
+    held.sentAt = sentAt;
+    return 'renewed';
+  }
+  return result.status === 'not_found' ? 'gone' : 'taken';
+}
+
+/** Deletes a held entry with a CAS-checked delete: never removes another holder's entry. */
+export async function releaseEntry(client: LockClient, held: Held): Promise<'released' | 'gone' | 'taken'> {
+  const fresh = await freshCas(client, held);
+  if (fresh !== 'ok') return fresh;
+  let result;
+  try {
+    result = await client.casDelete(held.mkey, held.cas);
+  } catch (error) {
+    held.verify = true;
+    throw error;
+  }
+  if (result.status === 'ok') return 'released';
+  return result.status === 'not_found' ? 'gone' : 'taken';
+}
+
+/** Reads who holds `mkey`; `null` when free (or held by something memlock did not write). */
+export async function readHolder(client: LockClient, mkey: string): Promise<Holder | null> {
+  const entry = await client.get(mkey);
+  return entry === null ? null : decodeValue(entry.value);
+}

@@ -1,0 +1,191 @@
+/**
+ * A fault-injecting TCP proxy on loopback, put between the library and a
+ * memcached to simulate slow networks, partitions and dropped connections
+ * without touching the server process.
+ *
+ * Modes can be switched at any time and apply to existing connections:
+ * - latency: every chunk is delayed by the configured ms, order preserved;
+ * - stall: connections stay open, bytes are read and DISCARDED in both
+ *   directions, nothing is answered (a partition or a hung middlebox).
+ *   {@link FaultProxy.heal} does not replay discarded bytes: a healed
+ *   connection behaves like the far end of a partition that lost whatever
+ *   was in flight, so a client must time out / reconnect as it would in
+ *   production;
+ * - refuse: new connections are closed right after accept (the TCP handshake
+ *   still succeeds, so the client sees connect then EOF, not ECONNREFUSED);
+ *   existing ones live;
+ * - drop: destroys all current connections once (mode unchanged).
+ *
+ * Sockets are closed with destroy() (FIN), never resetAndDestroy(): with RST
+ * on the client side this proxy made Node 20.20 spin at 100% CPU in its exit
+ * handle cleanup (a TCP handle whose close never completed).
+ * Backpressure is not propagated (fine for memcache-sized test traffic).
+ */
+import net from 'node:net';
+
+/** Traffic direction through the proxy. */
+type Direction = 'up' | 'down';
+
+interface Pipe {
+  client: net.Socket;
+  upstream: net.Socket;
+  /** Chunks waiting for their delivery time, per direction. */
+  queues: Record<Direction, { due: number; chunk: Buffer }[]>;
+  timers: Record<Direction, NodeJS.Timeout | undefined>;
+  closed: boolean;
+}
+
+/** Handle of a running proxy; see the module comment for the modes. */
+export interface FaultProxy {
+  /** Always '127.0.0.1'. */
+  readonly host: string;
+  readonly port: number;
+  /** '127.0.0.1:PORT', to give to the client under test. */
+  readonly address: string;
+  /** Client connections currently open through the proxy. */
+  readonly connections: number;
+  /** Client connections accepted (and not refused) since start. */
+  readonly accepted: number;
+  /** Delays every chunk by `ms` in both directions (0 = none). */
+  setLatency(ms: number): void;
+  /** Keeps connections open but forwards and answers nothing (bytes are discarded). */
+  stall(): void;
+  /** Destroys every current connection now (the client sees EOF/close). */
+  drop(): void;
+  /** New connections are closed right after accept; existing ones keep working. */
+  refuse(): void;
+  /** Back to plain forwarding: no latency, not stalled, accepting. */
+  heal(): void;
+  /** Closes the listener and every socket; leaves no handles behind. */
+  close(): Promise<void>;
+}
+
+const HOST = '127.0.0.1';
+
+/** Starts a proxy on 127.0.0.1 (free port) forwarding to `target`. */
+export async function startProxy(target: { host: string; port: number }): Promise<FaultProxy> {
+  const pipes = new Set<Pipe>();
+  let latencyMs = 0;
+  let stalled = false;
+  let refusing = false;
+  let accepted = 0;
+
+  const clearQueues = (p: Pipe): void => {
+    for (const d of ['up', 'down'] as const) {
+      clearTimeout(p.timers[d]);
+      p.timers[d] = undefined;
+      p.queues[d].length = 0;
+    }
+  };
+
+  const destroyPipe = (p: Pipe): void => {
+    if (p.closed) return;
+    p.closed = true;
+    pipes.delete(p);
+    clearQueues(p);
+    p.client.destroy();
+    p.upstream.destroy();
+  };
+
+  /** Writes due chunks of one direction in order, then re-arms for the next. */
+  const flushQueue = (p: Pipe, d: Direction): void => {
+    p.timers[d] = undefined;
+    const q = p.queues[d];
+    const dest = d === 'up' ? p.upstream : p.client;
+    const now = Date.now();
+    while (q.length > 0 && (q[0]?.due ?? Infinity) <= now) {
+      const item = q.shift();
+      if (item && !p.closed && !dest.destroyed) dest.write(item.chunk);
+    }
+    const next = q[0];
+    if (next && !p.closed) p.timers[d] = setTimeout(() => flushQueue(p, d), Math.max(0, next.due - Date.now()));
+  };
+
+  const forward = (p: Pipe, d: Direction, chunk: Buffer): void => {
+    if (p.closed || stalled) return; // stall: read and discard
+    const q = p.queues[d];
+    const dest = d === 'up' ? p.upstream : p.client;
+    if (latencyMs <= 0 && q.length === 0) {
+      dest.write(chunk);
+      return;
+    }
+    const last = q[q.length - 1];
+    const due = Math.max(Date.now() + latencyMs, last?.due ?? 0); // never overtake
+    q.push({ due, chunk });
+    if (!p.timers[d]) p.timers[d] = setTimeout(() => flushQueue(p, d), Math.max(0, (q[0]?.due ?? due) - Date.now()));
+  };
+
+  const server = net.createServer((client) => {
+    client.on('error', () => undefined);
+    if (refusing) {
+      client.destroy();
+      return;
+    }
+    accepted++;
+    const upstream = net.connect({ host: target.host, port: target.port });
+    upstream.on('error', () => undefined);
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
+    const p: Pipe = {
+      client, upstream,
+      queues: { up: [], down: [] },
+      timers: { up: undefined, down: undefined },
+      closed: false,
+    };
+    pipes.add(p);
+    // Bytes written before upstream connects are buffered by the socket itself.
+    client.on('data', (c: Buffer) => forward(p, 'up', c));
+    upstream.on('data', (c: Buffer) => forward(p, 'down', c));
+    // Either side closing (or failing) closes the pair, like a real hop would.
+    client.on('close', () => destroyPipe(p));
+    upstream.on('close', () => destroyPipe(p));
+  });
+  server.on('error', () => undefined);
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, HOST, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const addr = server.address();
+  if (!addr || typeof addr !== 'object') throw new Error('proxy: no listening address');
+  const port = addr.port;
+
+  return {
+    host: HOST,
+    port,
+    address: `${HOST}:${port}`,
+    get connections() {
+      return pipes.size;
+    },
+    get accepted() {
+      return accepted;
+    },
+    setLatency(ms: number) {
+      if (!(ms >= 0)) throw new RangeError(`latency must be >= 0, got ${ms}`);
+      latencyMs = ms;
+    },
+    stall() {
+      stalled = true;
+      for (const p of pipes) clearQueues(p); // in-flight delayed bytes are lost too
+    },
+    drop() {
+      for (const p of [...pipes]) destroyPipe(p);
+    },
+    refuse() {
+      refusing = true;
+    },
+    heal() {
+      latencyMs = 0;
+      stalled = false;
+      refusing = false;
+    },
+    async close() {
+      refusing = true;
+      for (const p of [...pipes]) destroyPipe(p);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

@@ -1,0 +1,175 @@
+/**
+ * The CAS transport (MemjsLockClient) against a real server, the request-id
+ * overflow, and the consistent hash ring.
+ */
+import test from 'ava';
+import memjs from 'memjs';
+import { MemjsLockClient, MemcacheUnavailableError } from '../src/index.js';
+import { HashRing } from '../src/hashring.js';
+import { startMemcached, type MemcachedProcess } from './helpers/memcached.js';
+
+let mc: MemcachedProcess;
+let client: MemjsLockClient;
+
+test.before(async () => {
+  mc = await startMemcached();
+  client = new MemjsLockClient({ servers: [mc.address], timeoutMs: 500 });
+});
+test.after.always(async () => {
+  await client?.close();
+  await mc?.stop();
+});
+
+test('add, get with CAS, CAS-checked set and delete', async (t) => {
+  const key = 'cas:basic';
+  const added = await client.add(key, Buffer.from('v1'), 10);
+  t.is(added.status, 'ok');
+  if (added.status !== 'ok') return;
+  t.is((await client.add(key, Buffer.from('v2'), 10)).status, 'exists');
+  const entry = await client.get(key);
+  t.is(entry?.value.toString(), 'v1');
+  t.is(entry?.cas, added.cas);
+  t.is((await mc.rawGet(key))?.cas, added.cas, 'same CAS as the text protocol reports');
+
+  t.is((await client.casSet(key, Buffer.from('bad'), 10, added.cas + 1000n)).status, 'exists', 'wrong CAS refused');
+  t.is((await client.get(key))?.value.toString(), 'v1');
+  const set = await client.casSet(key, Buffer.from('v3'), 10, added.cas);
+  t.is(set.status, 'ok', 'right CAS accepted');
+  if (set.status !== 'ok') return;
+  t.not(set.cas, added.cas);
+  t.is((await client.get(key))?.value.toString(), 'v3');
+
+  t.is((await client.casDelete(key, added.cas)).status, 'exists', 'stale CAS cannot delete');
+  t.truthy(await client.get(key));
+  t.is((await client.casDelete(key, set.cas)).status, 'ok');
+  t.is(await client.get(key), null);
+  t.is((await client.casSet(key, Buffer.from('x'), 10, set.cas)).status, 'not_found');
+  t.is((await client.casDelete(key, set.cas)).status, 'not_found');
+});
+
+test('addThenGet answers both in one round trip', async (t) => {
+  const key = 'cas:pipelined';
+  const first = await client.addThenGet(key, Buffer.from('mine'), 10);
+  t.is(first.add.status, 'ok');
+  t.is(first.entry?.value.toString(), 'mine');
+  const second = await client.addThenGet(key, Buffer.from('theirs'), 10);
+  t.is(second.add.status, 'exists');
+  t.is(second.entry?.value.toString(), 'mine');
+});
+
+test('the expiry is applied in seconds', async (t) => {
+  const key = 'cas:ttl';
+  await client.add(key, Buffer.from('short'), 1);
+  t.truthy(await client.get(key));
+  await new Promise((resolve) => setTimeout(resolve, 2100));
+  t.is(await client.get(key), null);
+});
+
+test('connection generation changes after a reconnect', async (t) => {
+  const own = await startMemcached();
+  const c = new MemjsLockClient({ servers: [own.address], timeoutMs: 300 });
+  t.teardown(async () => {
+    await c.close();
+    await own.stop();
+  });
+  const added = await c.add('g', Buffer.from('x'), 10);
+  if (added.status !== 'ok') return t.fail();
+  t.true(c.isCurrent('g', added.conn));
+  await own.restart();
+  // The restart closed the socket; a request may fail once while memjs notices.
+  const entry = await c.get('g').catch(() => c.get('g'));
+  t.is(entry, null);
+  t.false(c.isCurrent('g', added.conn));
+});
+
+test('request ids stay in range past 2^31 requests on a shared memjs client', async (t) => {
+  const shared = memjs.Client.create(mc.address, { retries: 1, logger: { log: () => {} } });
+  // Reproduce memjs's own overflow first, so this test can tell the difference.
+  (shared as unknown as { seq: number }).seq = 2 ** 31 - 1;
+  await t.throwsAsync(shared.get('x'), { instanceOf: RangeError });
+
+  (shared as unknown as { seq: number }).seq = 2 ** 31 - 20;
+  const c = new MemjsLockClient({ client: shared, timeoutMs: 500 });
+  for (let i = 0; i < 60; i++) {
+    const r = await c.add(`seq:${i}`, Buffer.from('v'), 10);
+    t.is(r.status, 'ok');
+  }
+  const seq = (shared as unknown as { seq: number }).seq;
+  t.true(seq >= 1 && seq < 100, `counter wrapped to ${seq}`);
+  // memjs's own calls keep working on the shared client.
+  const { value } = await shared.get('seq:0');
+  t.is(value?.toString(), 'v');
+  await c.close();
+  shared.close();
+});
+
+test('an unreachable server fails fast with MemcacheUnavailableError', async (t) => {
+  const c = new MemjsLockClient({ servers: ['127.0.0.1:1'], timeoutMs: 300 });
+  t.teardown(() => c.close());
+  const error = await t.throwsAsync(c.add('k', Buffer.from('v'), 10), { instanceOf: MemcacheUnavailableError });
+  t.is(error?.server, '127.0.0.1:1');
+  t.truthy(error?.cause);
+});
+
+test('a stalled server times out at the deadline (no request hangs)', async (t) => {
+  const own = await startMemcached();
+  const c = new MemjsLockClient({ servers: [own.address], timeoutMs: 200 });
+  t.teardown(async () => {
+    await c.close();
+    await own.resume();
+    await own.stop();
+  });
+  await c.get('warm');
+  await own.pause();
+  const start = performance.now();
+  const error = await t.throwsAsync(c.get('k'), { instanceOf: MemcacheUnavailableError });
+  t.regex(error!.message, /timed out/);
+  t.true(performance.now() - start < 1000);
+});
+
+test('hash ring: even spread, and adding a 4th server moves about a quarter of keys', (t) => {
+  const three = new HashRing(['a:1', 'b:1', 'c:1']);
+  const four = new HashRing(['a:1', 'b:1', 'c:1', 'd:1']);
+  const counts = [0, 0, 0];
+  let moved = 0;
+  const n = 20_000;
+  for (let i = 0; i < n; i++) {
+    const key = `memlock:key-${i}`;
+    const before = three.lookup(key);
+    counts[before]!++;
+    const after = four.lookup(key);
+    if (after !== before) {
+      moved++;
+      t.is(after, 3, 'a key only ever moves to the new server');
+    }
+  }
+  for (const c of counts) t.true(c > n / 3 * 0.75 && c < n / 3 * 1.25, `spread ${counts.join('/')}`);
+  t.true(moved / n > 0.15 && moved / n < 0.35, `moved ${(100 * moved / n).toFixed(1)}%`);
+});
+
+test('a timeout followed at once by a new request leaves one open connection, and close() leaves none', async (t) => {
+  const { startProxy } = await import('./helpers/proxy.js');
+  const own = await startMemcached();
+  const proxy = await startProxy({ host: own.host, port: own.port });
+  const c = new MemjsLockClient({ servers: [proxy.address], timeoutMs: 150 });
+  t.teardown(async () => {
+    await c.close();
+    await proxy.close();
+    await own.stop();
+  });
+  for (let round = 0; round < 3; round++) {
+    await c.get('warm');
+    proxy.stall();
+    const stalled = c.get('k');
+    // The request after the timeout goes out in the same tick the old socket is destroyed.
+    const next = stalled.catch(() => { proxy.heal(); return c.get('k'); });
+    await t.throwsAsync(stalled, { instanceOf: MemcacheUnavailableError });
+    t.is(await next, null);
+  }
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.is(proxy.connections, 1, 'old connections are closed, the current one is kept');
+  t.is(await c.get('k'), null);
+  await c.close();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.is(proxy.connections, 0, 'close() closes every connection it opened');
+});
