@@ -4,6 +4,11 @@
  * forbids them, and other clients may read the same keys), otherwise
  * `prefix + 'sha256:' + hex(sha256(key))`. The prefix is validated at
  * construction, so a hashed key always fits.
+ *
+ * A key holding a lone surrogate (not well-formed UTF-16) has no UTF-8 form:
+ * encoding would turn every lone surrogate into U+FFFD and make '\uD800' and
+ * '\uDBFF' one lock. Such keys are hashed from their UTF-16 code units
+ * instead, so distinct strings stay distinct locks.
  */
 import { createHash } from 'node:crypto';
 
@@ -17,8 +22,9 @@ const FORBIDDEN = /[\s\p{Cc}]/u;
 export function memcacheKey(prefix: string, key: string): string {
   const full = prefix + key;
   // Cheap length bound first: a UTF-16 unit is at most 3 UTF-8 bytes.
-  if ((full.length * 3 <= MAX_KEY_BYTES || Buffer.byteLength(full) <= MAX_KEY_BYTES) && !FORBIDDEN.test(key)) {
+  const wellFormed = key.isWellFormed();
+  if (wellFormed && (full.length * 3 <= MAX_KEY_BYTES || Buffer.byteLength(full) <= MAX_KEY_BYTES) && !FORBIDDEN.test(key)) {
     return full;
   }
-  return prefix + 'sha256:' + createHash('sha256').update(key).digest('hex');
+  return prefix + 'sha256:' + createHash('sha256').update(key, wellFormed ? 'utf8' : 'utf16le').digest('hex');
 }

@@ -64,9 +64,6 @@ export class HeldLock implements Lock, Scheduled {
   #release: Promise<boolean> | undefined;
   #done = false;
   #callerSignal: AbortSignal | undefined;
-  readonly #onCallerAbort = (): void => {
-    if (this.#callerSignal !== undefined) this.#controller.abort(reasonOf(this.#callerSignal));
-  };
 
   constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined) {
     this.#ctx = ctx;
@@ -77,9 +74,11 @@ export class HeldLock implements Lock, Scheduled {
     this.signal = this.#controller.signal;
     this.#deadline = leaseDeadline(held.sentAt, held.ttlSeconds);
     if (callerSignal !== undefined) {
-      this.#callerSignal = callerSignal;
-      if (callerSignal.aborted) this.#onCallerAbort();
-      else callerSignal.addEventListener('abort', this.#onCallerAbort, { once: true });
+      if (callerSignal.aborted) this.#controller.abort(reasonOf(callerSignal));
+      else {
+        this.#callerSignal = callerSignal;
+        follow(callerSignal, this);
+      }
     }
     this.#scheduleBeat();
   }
@@ -166,8 +165,13 @@ export class HeldLock implements Lock, Scheduled {
   #finish(): void {
     if (this.#done) return;
     this.#done = true;
-    this.#callerSignal?.removeEventListener('abort', this.#onCallerAbort);
+    if (this.#callerSignal !== undefined) unfollow(this.#callerSignal, this);
     this.#ctx.onDone(this);
+  }
+
+  /** @internal The caller's signal aborted: abort ours with the same reason. */
+  callerAborted(reason: unknown): void {
+    this.#controller.abort(reason);
   }
 
   release(): Promise<boolean> {
@@ -200,5 +204,45 @@ export class HeldLock implements Lock, Scheduled {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
+  }
+}
+
+/**
+ * One abort listener per caller signal, however many locks follow it: an app
+ * that passes one shutdown signal to thousands of locks must not add a
+ * listener per lock (Node warns past 10, and each costs a closure).
+ * `AbortSignal.any()` would do the same, but its dependent signals have been
+ * retained by a long-lived source signal (nodejs/node#55351).
+ */
+interface Followers {
+  readonly locks: Set<HeldLock>;
+  readonly onAbort: () => void;
+}
+
+const followed = new WeakMap<AbortSignal, Followers>();
+
+function follow(signal: AbortSignal, lock: HeldLock): void {
+  let followers = followed.get(signal);
+  if (followers === undefined) {
+    const locks = new Set<HeldLock>();
+    const onAbort = (): void => {
+      followed.delete(signal);
+      const reason = reasonOf(signal);
+      for (const each of [...locks]) each.callerAborted(reason);
+    };
+    followers = { locks, onAbort };
+    followed.set(signal, followers);
+    signal.addEventListener('abort', onAbort, { once: true });
+  }
+  followers.locks.add(lock);
+}
+
+function unfollow(signal: AbortSignal, lock: HeldLock): void {
+  const followers = followed.get(signal);
+  if (followers === undefined) return;
+  followers.locks.delete(lock);
+  if (followers.locks.size === 0) {
+    followed.delete(signal);
+    signal.removeEventListener('abort', followers.onAbort);
   }
 }

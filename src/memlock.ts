@@ -4,6 +4,7 @@
  * shared default instance.
  */
 import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import pRetry from 'p-retry';
 import type { LockClient } from './client.js';
 import { channels, publish } from './diagnostics.js';
@@ -52,6 +53,8 @@ export class Memlock {
   readonly #local = new Map<string, LocalKey>();
   readonly #contested = new Map<string, true>();
   readonly #context: LockContext;
+  /** Aborted by `close()`: stops calls that are waiting for a lock. */
+  readonly #closed = new AbortController();
   #closing: Promise<void> | undefined;
 
   /**
@@ -74,6 +77,8 @@ export class Memlock {
       this.#ownsClient = true;
     }
     this.#scheduler = new Scheduler();
+    // Every waiting call listens to #closed: any number of waiters is normal.
+    setMaxListeners(0, this.#closed.signal);
     this.#context = {
       client: this.#client,
       scheduler: this.#scheduler,
@@ -129,6 +134,7 @@ export class Memlock {
   /** One attempt; `LockNotAcquiredError` when refused. */
   async #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
     signal?.throwIfAborted();
+    this.#checkOpen();
     const started = performance.now();
     const outcome = await acquireEntry(this.#client, mkey, clientId, opts.ttlSeconds, opts.stealAfterMs, mode);
     if (!outcome.acquired) {
@@ -172,13 +178,16 @@ export class Memlock {
     }
     const ticket = local.join();
     let acquired: HeldLock | undefined;
+    // Waiting stops on the caller's signal (its reason, unchanged) or on
+    // close() (ERR_MEMLOCK_CLOSED), whichever comes first.
+    const { signal: stop, dispose } = eitherSignal(signal, this.#closed.signal);
     try {
-      if (!await local.turn(ticket, signal, wait.timeoutMs)) {
+      if (!await local.turn(ticket, stop, wait.timeoutMs)) {
         throw new LockNotAcquiredError(key, undefined, { message: `Timed out after ${wait.timeoutMs} ms waiting for lock "${key}"` });
       }
       const remaining = Math.max(0, wait.timeoutMs - (performance.now() - start));
       return await pRetry(async (attempt) => {
-        acquired = await this.#once(key, mkey, clientId, opts, signal, attempt > 1 || this.#expectRefusal(mkey) ? 'pipelined' : 'add');
+        acquired = await this.#once(key, mkey, clientId, opts, stop, attempt > 1 || this.#expectRefusal(mkey) ? 'pipelined' : 'add');
         return acquired;
       }, {
         retries: Number.POSITIVE_INFINITY,
@@ -187,7 +196,7 @@ export class Memlock {
         maxTimeout: wait.maxDelayMs,
         randomize: true,
         maxRetryTime: remaining,
-        signal,
+        signal: stop,
         shouldRetry: ({ error }) => error instanceof LockNotAcquiredError && this.#closing === undefined,
       });
     } catch (error) {
@@ -195,6 +204,7 @@ export class Memlock {
       if (acquired !== undefined) await acquired.release();
       throw error;
     } finally {
+      dispose();
       local.leave(ticket);
       if (local.idle) this.#local.delete(mkey);
     }
@@ -243,6 +253,7 @@ export class Memlock {
    * instance opened. Idempotent.
    */
   close(): Promise<void> {
+    if (this.#closing === undefined) this.#closed.abort(closedError());
     this.#closing ??= this.#close();
     return this.#closing;
   }
@@ -256,7 +267,7 @@ export class Memlock {
   }
 
   #checkOpen(): void {
-    if (this.#closing !== undefined) throw new MemlockError('This Memlock instance is closed', 'ERR_MEMLOCK_CLOSED');
+    if (this.#closing !== undefined) throw closedError();
   }
 
   /**
@@ -298,6 +309,29 @@ function nativeSignal(input: AbortSignal | undefined): { signal: AbortSignal | u
 }
 
 function noop(): void {}
+
+function closedError(): MemlockError {
+  return new MemlockError('This Memlock instance is closed', 'ERR_MEMLOCK_CLOSED');
+}
+
+/** A signal that aborts with the reason of whichever of `a` and `b` aborts first. */
+function eitherSignal(a: AbortSignal | undefined, b: AbortSignal): { signal: AbortSignal; dispose: () => void } {
+  if (a === undefined) return { signal: b, dispose: noop };
+  if (a.aborted) return { signal: a, dispose: noop };
+  if (b.aborted) return { signal: b, dispose: noop };
+  const controller = new AbortController();
+  const onA = (): void => controller.abort(a.reason);
+  const onB = (): void => controller.abort(b.reason);
+  a.addEventListener('abort', onA, { once: true });
+  b.addEventListener('abort', onB, { once: true });
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      a.removeEventListener('abort', onA);
+      b.removeEventListener('abort', onB);
+    },
+  };
+}
 
 let defaultInstance: Memlock | undefined;
 

@@ -180,12 +180,27 @@ function isPlainObjectLike(value: unknown): value is object {
   return typeof value === 'object' && value !== null;
 }
 
+/**
+ * Largest clientId in UTF-8 bytes. The id is stored in the entry's value; an
+ * id is a name (host, pid, worker), and a bound well under memcached's item
+ * size keeps an oversized id an input error (RangeError, before any traffic)
+ * rather than a server error that looks like an outage.
+ */
+export const MAX_CLIENT_ID_BYTES = 4096;
+
 /** Validates key, clientId and fn in the order API.md gives. */
 export function checkCallArgs(key: unknown, clientId: unknown): asserts key is string {
   if (typeof key !== 'string') throw new TypeError(`Expected \`key\` to be a string, got ${describe(key)}`);
   if (key === '') throw new TypeError('Expected `key` to be a non-empty string');
   if (typeof clientId !== 'string') throw new TypeError(`Expected \`clientId\` to be a string, got ${describe(clientId)}`);
   if (clientId === '') throw new EmptyClientIdError();
+  // A UTF-16 unit is at most 3 UTF-8 bytes: short ids skip the byte count.
+  if (clientId.length * 3 > MAX_CLIENT_ID_BYTES && Buffer.byteLength(clientId) > MAX_CLIENT_ID_BYTES) {
+    throw new RangeError(`Expected \`clientId\` to be at most ${MAX_CLIENT_ID_BYTES} bytes in UTF-8, got ${Buffer.byteLength(clientId)}`);
+  }
+  // The id is stored as UTF-8 and compared after decoding: a lone surrogate
+  // would come back as U+FFFD and the holder would no longer recognise itself.
+  if (!clientId.isWellFormed()) throw new TypeError('Expected `clientId` to be well-formed Unicode (it holds a lone surrogate)');
 }
 
 /** Resolves per-call options against the instance settings. */

@@ -18,7 +18,8 @@
  * - TTL rounding: the expiry is `ceil(leaseMs / 1000)` = n seconds, and
  *   memcached may expire such an entry as soon as n-1 seconds after the
  *   request was sent (its clock ticks in whole seconds). So a write confirms
- *   the lease only until `sentAt + (n - 1) s` on the monotonic clock.
+ *   the lease only until `sentAt + (n - 1) s` on the monotonic clock; the
+ *   local deadline sits a small margin (at most 100 ms) before that.
  * - Eviction: memcache may drop the entry at any moment (LRU, flush,
  *   restart). Nothing here can prevent it; the next renewal detects it. This
  *   is a best-effort lock: the real transaction stays the guard.
@@ -78,8 +79,15 @@ export function decodeValue(value: Buffer): Holder | null {
 
 /** `performance.now()` until which a write sent at `sentAt` keeps the entry alive for sure. */
 export function leaseDeadline(sentAt: number, ttlSeconds: number): number {
-  return sentAt + (ttlSeconds - 1) * 1000;
+  const guaranteed = (ttlSeconds - 1) * 1000;
+  // A timer never fires early and often fires a few ms late (more under
+  // load): aim a margin before the last safe moment so the signal aborts
+  // before the server could expire the entry, not just after.
+  return sentAt + guaranteed - Math.min(LEASE_MARGIN_MS, guaranteed / 10);
 }
+
+/** How long before the last safe moment a lease is treated as run out. */
+export const LEASE_MARGIN_MS = 100;
 
 /**
  * How an attempt starts:

@@ -11,8 +11,9 @@ import fc from 'fast-check';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortController as PolyfillController } from 'abort-controller';
-import { Memlock, MemlockError, type Lock, type LockOptions, type WrapOptions } from '../../src/index.js';
+import { Memlock, MemjsLockClient, MemlockError, type Lock, type LockOptions, type WrapOptions } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
+import { RecordingClient } from './lib/recording.js';
 
 const unhandled: unknown[] = [];
 process.on('unhandledRejection', (reason) => unhandled.push(reason));
@@ -321,54 +322,59 @@ test.serial('new Memlock(options): constructs or throws TypeError/RangeError syn
   t.deepEqual(unhandled, []);
 });
 
-// --- found by the properties above -------------------------------------------
+// --- found by the properties above (each was a library bug, now fixed) -----
 
-// BUG (src/options.ts checkCallArgs): a clientId too large to store (the entry
-// value is 'ml1:<time>:<token>:' + clientId, memcached's item limit is 1 MB) is
-// sent anyway and comes back as MemcacheUnavailableError (status 0x3, E2BIG):
-// an invalid argument reported as an outage, after a round trip, which a caller
-// retrying on "unavailable" would retry forever. Remove `.failing` once
-// checkCallArgs rejects it with a RangeError naming `clientId` before any traffic.
-test.serial.failing('a clientId too large for memcached is a RangeError naming clientId, before any traffic', async (t) => {
-  const before = (await mc.stats()).cmd_set;
-  const error = await t.throwsAsync(m.tryWithLock('big-id', 'c'.repeat(1_100_000), () => 1));
+// The entry value is 'ml1:<time>:<token>:' + clientId; an oversized id used to
+// be sent anyway and came back as MemcacheUnavailableError (E2BIG): an input
+// error reported as an outage, after a round trip.
+test.serial('a clientId too large for memcached is a RangeError naming clientId, before any traffic', async (t) => {
+  const { memlock, sent } = recorded(t);
+  const error = await t.throwsAsync(memlock.tryWithLock('big-id', 'c'.repeat(1_100_000), () => 1));
   t.true(error instanceof RangeError, `got ${error?.constructor.name}: ${error?.message.slice(0, 80)}`);
   t.regex(error?.message ?? '', /clientId/);
-  t.is((await mc.stats()).cmd_set, before, 'nothing sent');
+  t.deepEqual(sent(), { add: 0, get: 0, casSet: 0, casDelete: 0 }, 'nothing sent');
+  // The bound is on bytes, not on the request: an id at the limit works.
+  t.is(await memlock.tryWithLock('big-id', 'c'.repeat(4096), () => 1), 1);
 });
 
-// BUG (src/keys.ts memcacheKey): keys holding lone surrogates are neither
-// rejected nor hashed; UTF-8 encoding turns every lone surrogate into U+FFFD,
-// so '\uD800' and '\uDBFF' are one lock (sha256 of the string has the same
-// problem). Remove `.failing` once ill-formed keys (!key.isWellFormed()) are
-// hashed from their UTF-16 code units, or rejected with a TypeError.
-test.serial.failing('distinct keys with lone surrogates are distinct locks', async (t) => {
+/** A Memlock whose every request is counted (the shared server also carries the sentinels' renewals). */
+function recorded(t: { teardown: (fn: () => Promise<void>) => void }): { memlock: Memlock; sent: () => RecordingClient['sent'] } {
+  const recorder = new RecordingClient(new MemjsLockClient({ servers: [mc.address], timeoutMs: 500 }));
+  const memlock = new Memlock({ lockClient: recorder, prefix });
+  t.teardown(async () => {
+    await memlock.close();
+    await recorder.close();
+  });
+  return { memlock, sent: () => ({ ...recorder.sent }) };
+}
+
+// UTF-8 encoding turns every lone surrogate into U+FFFD, so '\uD800' and
+// '\uDBFF' used to be one lock. Ill-formed keys are now hashed from their
+// UTF-16 code units.
+test.serial('distinct keys with lone surrogates are distinct locks', async (t) => {
   const a = await m.acquire('\uD800', 'A');
   t.teardown(() => a.release());
   const b = await m.acquire('\uDBFF', 'B');
   t.teardown(() => b.release());
-  t.pass();
+  t.not(await m.inspect('\uD800'), null);
+  t.is((await m.inspect('\uDBFF'))?.clientId, 'B');
 });
 
-// BUG (src/protocol.ts encodeValue/decodeValue): a clientId with a lone
-// surrogate does not survive the UTF-8 round trip, so the same clientId no
-// longer takes its own lock over (refused as held by "id\uFFFD"). Remove
-// `.failing` once such clientIds are rejected (TypeError) or compared as written.
-test.serial.failing('a clientId with a lone surrogate can take its own lock over, like any clientId', async (t) => {
-  const first = await m.acquire('surrogate-id', 'id\uD800');
-  t.teardown(() => first.release());
-  const second = await m.acquire('surrogate-id', 'id\uD800');
-  t.teardown(() => second.release());
-  t.pass();
+// A clientId with a lone surrogate did not survive the UTF-8 round trip, so the
+// same id no longer took its own lock over (refused as held by "id\uFFFD").
+// Such ids are now refused with a TypeError, before any traffic.
+test.serial('a clientId with a lone surrogate is a TypeError naming clientId, before any traffic', async (t) => {
+  const { memlock, sent } = recorded(t);
+  const error = await t.throwsAsync(memlock.acquire('surrogate-id', 'id\uD800'));
+  t.true(error instanceof TypeError, `got ${String(error)}`);
+  t.regex(error?.message ?? '', /clientId/);
+  t.deepEqual(sent(), { add: 0, get: 0, casSet: 0, casDelete: 0 }, 'nothing sent');
+  t.is(await m.inspect('surrogate-id'), null);
 });
 
-// BUG (src/memlock.ts #waitFor / #once): close() does not stop calls that are
-// waiting for a lock. The waiter sleeps out its backoff, then tries again on
-// the closed client and rejects with MemcacheUnavailableError('memlock client
-// is closed') — an outage code for what the README calls ERR_MEMLOCK_CLOSED.
-// Remove `.failing` once close() aborts waiters (e.g. an internal signal passed
-// to p-retry and LocalKey.turn) and #once checks #closing before any traffic.
-test.serial.failing('close() rejects a waiting call at once with ERR_MEMLOCK_CLOSED', async (t) => {
+// close() used to leave waiting calls to sleep out their backoff and then fail
+// with MemcacheUnavailableError('memlock client is closed').
+test.serial('close() rejects a waiting call at once with ERR_MEMLOCK_CLOSED', async (t) => {
   const holder = new Memlock({ servers: mc.address, prefix: 'close-wait:' });
   const waiter = new Memlock({ servers: mc.address, prefix: 'close-wait:' });
   t.teardown(() => holder.close());

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Memlock, MemjsLockClient, LockLostError, MemcacheUnavailableError } from '../../../src/index.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 import { startProxy } from '../../helpers/proxy.js';
+import { LEASE_MARGIN_MS } from '../../../src/protocol.js';
 import { RecordingClient } from './recording.js';
 
 export type PartitionMode = 'stall' | 'refuse-drop';
@@ -35,7 +36,8 @@ export interface PartitionFigures {
   readonly marginMs: number;
   /**
    * The same, with the earlier of that deadline and the one the library computed
-   * itself (HeldLock#deadline, from its own send timestamp): the strict figure.
+   * itself (HeldLock#deadline plus its safety margin, from its own send
+   * timestamp): the strict figure.
    */
   readonly strictMarginMs: number;
   /** ms from the partition to B's acquisition (NaN if B never got it). */
@@ -107,7 +109,8 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
       causeIsUnavailable: reason instanceof LockLostError && reason.cause instanceof MemcacheUnavailableError,
       abortAfterMs: abortAt - partitionAt,
       marginMs: deadline - abortAt,
-      strictMarginMs: (Number.isNaN(libraryDeadline) ? deadline : Math.min(deadline, libraryDeadline)) - abortAt,
+      // HeldLock#deadline sits a safety margin before the last safe moment: add it back.
+      strictMarginMs: (Number.isNaN(libraryDeadline) ? deadline : Math.min(deadline, libraryDeadline + Math.min(LEASE_MARGIN_MS, (ttlSeconds - 1) * 100))) - abortAt,
       takeoverAfterMs: bAt - partitionAt,
       gapMs: bAt - abortAt,
       renewalsAfterLoss: afterLoss.filter((r) => r.op === 'casSet').length,
