@@ -47,7 +47,7 @@ Environment:
                     PostgreSQL for pg-advisory, prefilter and dedupe (pg defaults)
   CI=true           an unreachable server is an error instead of a skipped subject
   MEMLOCK_BENCH_MODULE
-                    bench another build of the library (default: src/index.ts)
+                    bench another build of the library (default: dist/index.js, built by npm run bench)
 
 Each measurement runs after a warm-up; subjects are interleaved over the
 rounds and the tables show the median, ± half the range of the rounds relative

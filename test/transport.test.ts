@@ -173,3 +173,59 @@ test('a timeout followed at once by a new request leaves one open connection, an
   await new Promise((resolve) => setTimeout(resolve, 100));
   t.is(proxy.connections, 0, 'close() closes every connection it opened');
 });
+
+test('responses split into tiny chunks and batched many per chunk are framed right', async (t) => {
+  // A proxy that hands the server's bytes to the client 1-7 bytes at a time,
+  // so every response header and value straddles 'data' events.
+  const net = await import('node:net');
+  const target = mc;
+  const sockets = new Set<import('node:net').Socket>();
+  const proxy = net.createServer((downstream) => {
+    downstream.setNoDelay(true);
+    const upstream = net.connect(target.port, target.host);
+    sockets.add(downstream).add(upstream);
+    downstream.pipe(upstream);
+    let queue = Promise.resolve();
+    upstream.on('data', (chunk: Buffer) => {
+      queue = queue.then(async () => {
+        for (let i = 0; i < chunk.length;) {
+          const n = 1 + Math.floor(Math.random() * 7);
+          if (downstream.destroyed) return;
+          downstream.write(chunk.subarray(i, i + n));
+          i += n;
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      });
+    });
+    const end = (): void => {
+      downstream.destroy();
+      upstream.destroy();
+    };
+    downstream.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  const port = (proxy.address() as import('node:net').AddressInfo).port;
+  const split = new MemjsLockClient({ servers: [`127.0.0.1:${port}`], timeoutMs: 5000 });
+  t.teardown(async () => {
+    await split.close();
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => proxy.close(resolve));
+  });
+
+  const value = (i: number): Buffer => Buffer.from(`value-${i}-`.padEnd(300 + i, 'x'));
+  // 50 at once: replies come back-to-back in the byte stream, then cut into pieces.
+  const added = await Promise.all(Array.from({ length: 50 }, (_, i) => split.add(`frame:${i}`, value(i), 30)));
+  t.true(added.every((r) => r.status === 'ok'));
+  const entries = await Promise.all(Array.from({ length: 50 }, (_, i) => split.get(`frame:${i}`)));
+  for (const [i, entry] of entries.entries()) {
+    t.true(entry?.value.equals(value(i)), `value ${i} intact`);
+    t.is(entry?.cas, added[i]?.status === 'ok' ? added[i].cas : undefined, `CAS ${i} intact`);
+  }
+  const both = await split.addThenGet('frame:0', Buffer.from('other'), 30);
+  t.is(both.add.status, 'exists');
+  t.true(both.entry?.value.equals(value(0)));
+  const deleted = await Promise.all(entries.map((entry, i) => split.casDelete(`frame:${i}`, entry!.cas)));
+  t.true(deleted.every((r) => r.status === 'ok'));
+  t.is(await client.get('frame:7'), null, 'deleted on the server');
+});
