@@ -87,7 +87,14 @@ export interface ExclusionFigures {
   readonly sample: OverlapRecord[];
 }
 
-const DB = { host: '127.0.0.1', port: 5432, user: 'root', database: 'test' };
+// The usual PG* variables, else this machine kind's local server (trust auth).
+const DB = {
+  host: process.env.PGHOST ?? '127.0.0.1',
+  port: Number(process.env.PGPORT ?? 5432),
+  user: process.env.PGUSER ?? 'root',
+  password: process.env.PGPASSWORD,
+  database: process.env.PGDATABASE ?? 'test',
+};
 
 interface Row { id: string; key: string; proc: number; started: number; ended: number }
 
