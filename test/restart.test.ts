@@ -7,10 +7,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Memlock, LockLostError, MemcacheUnavailableError } from '../src/index.js';
 import { startMemcached } from './helpers/memcached.js';
 import { waitFor } from './helpers/resources.js';
+import { trackUnhandled } from './helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
+const unhandled = trackUnhandled();
 
 test.afterEach.always((t) => {
   t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');

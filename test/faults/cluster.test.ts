@@ -9,13 +9,9 @@ import test from 'ava';
 import { Memlock, MemjsLockClient, MemcacheUnavailableError, LockLostError } from '../../src/index.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 const prefix = 'c:';
 const KEYS = 120;

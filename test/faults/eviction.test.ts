@@ -9,13 +9,9 @@ import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { startChurn } from './lib/churn.js';
 import { runEvictionRound } from './lib/eviction.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 test('LRU eviction of held entries: every lost lock is signalled with kind gone, every unsignalled one still has its entry', async (t) => {
   const mc = await startMemcached({ memoryMb: 2 });

@@ -14,10 +14,9 @@ import { AbortController as PolyfillController } from 'abort-controller';
 import { Memlock, MemjsLockClient, MemlockError, type Lock, type LockOptions, type WrapOptions } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { RecordingClient } from './lib/recording.js';
+import { trackUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
+const unhandled = trackUnhandled();
 
 let mc: MemcachedProcess;
 let m: Memlock;

@@ -9,13 +9,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Memlock } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { holdMany } from './lib/load.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 let mc: MemcachedProcess;
 test.before(async () => {

@@ -7,10 +7,9 @@
 import test from 'ava';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { runPartition, type PartitionFigures, type PartitionMode } from './lib/partition.js';
+import { trackUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
+const unhandled = trackUnhandled();
 
 const leaseMs = 3000;
 const heartbeatMs = 500;

@@ -13,13 +13,9 @@ import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { RecordingClient } from './lib/recording.js';
 import { SectionMonitor } from './lib/monitor.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 test('restart with acquisitions in flight: they fail with MemcacheUnavailableError, nothing is re-sent to the fresh server, every key is free afterwards', async (t) => {
   const mc = await startMemcached();

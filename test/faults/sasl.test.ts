@@ -7,13 +7,9 @@
 import test from 'ava';
 import { Memlock, MemcacheUnavailableError, LockNotAcquiredError } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 const username = 'memlock';
 const password = 's3cret-pw';

@@ -13,13 +13,9 @@ import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { startProxy, type FaultProxy } from '../helpers/proxy.js';
 import { RecordingClient } from './lib/recording.js';
 import { SectionMonitor } from './lib/monitor.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 interface Counters { set: number; get: number; del: number }
 async function counters(mc: MemcachedProcess): Promise<Counters> {

@@ -12,13 +12,9 @@ import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/pr
 import { Memlock, LockLostError } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
+import { failOnUnhandled } from '../helpers/unhandled.js';
 
-const unhandled: unknown[] = [];
-process.on('unhandledRejection', (reason) => unhandled.push(reason));
-process.on('uncaughtException', (error) => unhandled.push(error));
-test.afterEach.always((t) => {
-  t.deepEqual(unhandled, [], 'no unhandled rejection or uncaught exception');
-});
+failOnUnhandled(test);
 
 let mc: MemcachedProcess;
 test.before(async () => {
