@@ -210,6 +210,25 @@ export async function interleave<R>(contestants: readonly Contestant<R>[], round
   return out;
 }
 
+/**
+ * Median over rounds of a's figure / b's figure in the same round. Rounds of
+ * one index ran back to back, so slow drift of the machine (a noisy VM can
+ * change speed several-fold between rounds) cancels in each pair, which a
+ * ratio of the two medians does not do.
+ */
+export function pairedRatio(a: Result | undefined, b: Result | undefined): { median: number; min: number; max: number } | null {
+  const x = a?.perRound;
+  const y = b?.perRound;
+  if (x === undefined || y === undefined) return null;
+  const ratios: number[] = [];
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    const r = (x[i] as number) / (y[i] as number);
+    if (Number.isFinite(r)) ratios.push(r);
+  }
+  const med = median(ratios);
+  return med === null ? null : { median: med, min: Math.min(...ratios), max: Math.max(...ratios) };
+}
+
 export function describeError(err: unknown): string {
   if (err instanceof Error) {
     const code = (err as { code?: unknown }).code;
@@ -321,6 +340,7 @@ export function loopResult(
     p50Ms: lat.p50Ms,
     p99Ms: lat.p99Ms,
     spreadPct: spreadOf === 'rate' ? sp.spreadPct : spread(p50s).spreadPct,
+    perRound: spreadOf === 'rate' ? rates : rounds.map((r) => r.latencies.summary().p50Ms ?? Number.NaN),
     rounds: rounds.length,
     samples: ops,
     ...sumErrors(rounds),

@@ -5,7 +5,8 @@
 
 import type { Avail, BenchContext, Column, Result, Scenario, ScenarioReport } from './types.js';
 import { Resources } from './clients.js';
-import { compareLoops, errorsSuffix, type Contestant, type LoopRoundWithOps, type LoopSubject, type RoundErrors } from './measure.js';
+import { compareLoops, errorsSuffix, pairedRatio, type Contestant, type LoopRoundWithOps, type LoopSubject, type RoundErrors } from './measure.js';
+import { fmtRatio } from './report.js';
 
 /** A scenario as written: `run` also gets a Resources bag, closed when the run ends, however it ends. */
 export interface ScenarioDefinition extends Omit<Scenario, 'run'> {
@@ -51,6 +52,15 @@ export function skip(report: ScenarioReport, reason: string, ...subjects: string
 /** `target <label>: <shown> met|NOT met`, the form of every target check under a table. */
 export function targetNote(label: string, shown: string, met: boolean): string {
   return `target ${label}: ${shown} ${met ? 'met' : 'NOT met'}`;
+}
+
+/**
+ * ' (paired per-round median 0.97x, rounds 0.80x-1.20x)': shown beside a
+ * target's ratio of medians; the verdict stays on the ratio of medians.
+ */
+export function pairedNote(a: Result | undefined, b: Result | undefined): string {
+  const p = pairedRatio(a, b);
+  return p === null ? '' : ` (paired per-round median ${fmtRatio(p.median)}, rounds ${fmtRatio(p.min)}-${fmtRatio(p.max)})`;
 }
 
 export function findResult(results: readonly Result[], subject: string, variant = ''): Result | undefined {

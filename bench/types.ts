@@ -62,6 +62,11 @@ export interface Result {
   errors: number;
   firstError: string | null;
   metrics: Record<string, MetricValue>;
+  /**
+   * The primary figure of each round, in round order (rounds of different
+   * subjects with the same index ran back to back): for paired ratios.
+   */
+  perRound?: number[];
 }
 
 export type Format = 'int' | 'rate' | 'ms' | 'pct' | 'x' | 'num' | 'bytes' | 'text';

@@ -53,6 +53,8 @@ export class Memlock {
   readonly #local = new Map<string, LocalKey>();
   readonly #contested = new Map<string, true>();
   readonly #context: LockContext;
+  /** Per-call settings when a call passes no options (the common case: resolved once). */
+  readonly #defaultLockOptions: ResolvedLockOptions;
   /** Aborted by `close()`: stops calls that are waiting for a lock. */
   readonly #closed = new AbortController();
   #closing: Promise<void> | undefined;
@@ -77,6 +79,7 @@ export class Memlock {
       this.#ownsClient = true;
     }
     this.#scheduler = new Scheduler();
+    this.#defaultLockOptions = resolveLockOptions(undefined, this.#options);
     // Every waiting call listens to #closed: any number of waiters is normal.
     setMaxListeners(0, this.#closed.signal);
     this.#context = {
@@ -117,7 +120,7 @@ export class Memlock {
   /** Acquires `key` and returns a handle; the caller must `release()` it (or `await using`). */
   async acquire(key: string, clientId: string, options?: LockOptions): Promise<Lock> {
     checkCallArgs(key, clientId);
-    const opts = resolveLockOptions(options, this.#options);
+    const opts = options === undefined ? this.#defaultLockOptions : resolveLockOptions(options, this.#options);
     this.#checkOpen();
     const { signal, dispose } = nativeSignal(opts.signal);
     try {

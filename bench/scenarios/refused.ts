@@ -7,7 +7,7 @@ import { lockValue, type Resources } from '../clients.js';
 import { NOT_ACQUIRED } from '../lib.js';
 import { errorCode, loopResult, type LoopSubject } from '../measure.js';
 import { fmtRatio, ratioOf } from '../report.js';
-import { compareVariants, defineScenario, findResult, loopCostColumns, scenarioReport, skip, targetNote } from '../scenario-kit.js';
+import { compareVariants, defineScenario, findResult, loopCostColumns, pairedNote, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 
 const NAME = 'refused';
 const VARIANTS = [
@@ -90,8 +90,10 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   report.results.push(...(await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) => loopResult(NAME, variant, subject, rs, 'p50'))));
 
   for (const v of VARIANTS) {
-    const ratio = ratioOf(findResult(report.results, 'memlock', v.label)?.p50Ms, findResult(report.results, 'memjs-raw', v.label)?.p50Ms);
-    if (ratio !== null) report.notes.push(targetNote(`memlock p50 <= 1.1x a raw get (${v.label})`, fmtRatio(ratio), ratio <= 1.1));
+    const mine = findResult(report.results, 'memlock', v.label);
+    const raw = findResult(report.results, 'memjs-raw', v.label);
+    const ratio = ratioOf(mine?.p50Ms, raw?.p50Ms);
+    if (ratio !== null) report.notes.push(targetNote(`memlock p50 <= 1.1x a raw get (${v.label})`, fmtRatio(ratio) + pairedNote(mine, raw), ratio <= 1.1));
   }
   return report;
 }

@@ -6,7 +6,7 @@ import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js
 import { lockValue, type Resources } from '../clients.js';
 import { loopResult, type LoopSubject } from '../measure.js';
 import { fmtRatio, ratioOf } from '../report.js';
-import { compareVariants, defineScenario, findResult, loopCostColumns, scenarioReport, skip, targetNote } from '../scenario-kit.js';
+import { compareVariants, defineScenario, findResult, loopCostColumns, pairedNote, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 
 const NAME = 'uncontended';
 const VARIANTS = [
@@ -113,8 +113,10 @@ function newReport(): ScenarioReport {
 
 function targets(results: Result[]): string[] {
   const check = (a: string, b: string, variant: string, min: number): string | null => {
-    const ratio = ratioOf(findResult(results, a, variant)?.opsPerSec, findResult(results, b, variant)?.opsPerSec);
-    return ratio === null ? null : targetNote(`${a}/${b} ${variant} >= ${min}x`, fmtRatio(ratio), ratio >= min);
+    const ra = findResult(results, a, variant);
+    const rb = findResult(results, b, variant);
+    const ratio = ratioOf(ra?.opsPerSec, rb?.opsPerSec);
+    return ratio === null ? null : targetNote(`${a}/${b} ${variant} >= ${min}x`, fmtRatio(ratio) + pairedNote(ra, rb), ratio >= min);
   };
   return [
     check('memlock', 'memjs-raw', 'sequential', 0.95),
