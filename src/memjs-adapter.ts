@@ -132,7 +132,7 @@ class Node {
       this.gen++;
       if (!ref) this.server._socket?.unref();
       // memjs leaves Nagle on; a lock's round trips are tiny, pipelined writes.
-      // (Nagle stays on: see #send, which corks writes per tick.)
+      // (Nagle stays on: see write(), which corks writes per tick.)
     };
     server.on('authenticated', this.onConnect);
   }
@@ -184,42 +184,17 @@ class Node {
     const server = this.server;
     const socket = server._socket;
     const ready = socket !== undefined && server.connected;
-    if (this.waiting === undefined) {
-      // Cork only when other requests are in flight: a lone request goes out at once.
-      if (this.inFlight > 1 && ready && !this.corked) {
-        this.corked = true;
-        socket.cork();
-        process.nextTick(uncork, this, socket);
-      }
-      server.write(buf);
-    } else if (!ready) {
-      server.sock(false, (s) => s.write(buf));
-    } else if (this.#batch !== undefined && this.#batchSocket === socket) {
-      this.#batch.push(buf);
-    } else if (this.inFlight > 1) {
-      // Own framing, others in flight: gather this tick's requests into one
-      // write (one buffer, one syscall, no per-request stream bookkeeping).
-      // A lone request goes out at once.
-      this.#batch = [buf];
-      this.#batchSocket = socket;
-      process.nextTick(flush, this, socket);
-    } else {
-      socket.write(buf);
+    // Cork only when other requests are in flight: a lone request goes out at once.
+    if (this.inFlight > 1 && ready && !this.corked) {
+      this.corked = true;
+      socket.cork();
+      process.nextTick(uncork, this, socket);
     }
-  }
-
-  /** Requests gathered this tick (own framing), and the socket they are for. */
-  #batch: Buffer[] | undefined;
-  #batchSocket: Socket | undefined;
-
-  /** Writes the gathered requests (next tick). */
-  flushBatch(socket: Socket): void {
-    const batch = this.#batch as Buffer[];
-    this.#batch = undefined;
-    this.#batchSocket = undefined;
-    // Gathered on a connection that is gone: its requests fail with it.
-    if (socket.destroyed) return;
-    socket.write(batch.length === 1 ? batch[0] as Buffer : Buffer.concat(batch));
+    if (this.waiting === undefined) server.write(buf);
+    // Own framing: straight to the socket, without memjs's per-request
+    // timeout bookkeeping (our own deadline covers every request).
+    else if (ready) socket.write(buf);
+    else server.sock(false, (s) => s.write(buf));
   }
 
   /**
@@ -556,10 +531,6 @@ function forget(pending: Pending): void {
   }
   delete node.server.responseCallbacks[seq];
   delete node.server.errorCallbacks[seq];
-}
-
-function flush(node: Node, socket: Socket): void {
-  node.flushBatch(socket);
 }
 
 function uncork(node: Node, socket: Socket): void {

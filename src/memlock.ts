@@ -15,7 +15,7 @@ import { LocalKey } from './local-queue.js';
 import { HeldLock, type Lock, type LockContext } from './lock.js';
 import { MemjsLockClient } from './memjs-adapter.js';
 import {
-  checkCallArgs, isSignalLike, reasonOf, resolveLockOptions, resolveMemlockOptions,
+  checkCallArgs, reasonOf, resolveLockOptions, resolveMemlockOptions,
   type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
 } from './options.js';
 import { acquireEntry, readHolder, type AcquireMode, type Holder } from './protocol.js';
@@ -122,7 +122,7 @@ export class Memlock {
     checkCallArgs(key, clientId);
     const opts = options === undefined ? this.#defaultLockOptions : resolveLockOptions(options, this.#options);
     this.#checkOpen();
-    const { signal, dispose } = nativeSignal(opts.signal);
+    const { signal, dispose } = linkedSignal(opts.signal);
     try {
       signal?.throwIfAborted();
       const mkey = memcacheKey(this.#options.prefix, key);
@@ -183,7 +183,7 @@ export class Memlock {
     let acquired: HeldLock | undefined;
     // Waiting stops on the caller's signal (its reason, unchanged) or on
     // close() (ERR_MEMLOCK_CLOSED), whichever comes first.
-    const { signal: stop, dispose } = eitherSignal(signal, this.#closed.signal);
+    const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
     try {
       if (!await local.turn(ticket, stop, wait.timeoutMs)) {
         throw new LockNotAcquiredError(key, undefined, { message: `Timed out after ${wait.timeoutMs} ms waiting for lock "${key}"` });
@@ -293,47 +293,35 @@ export class Memlock {
 }
 
 /**
- * p-retry and our own checks need `throwIfAborted()` and `reason`, which
- * signals from the `abort-controller` package lack: mirror such a signal into
- * a native one (its reason, or an AbortError DOMException when it has none).
+ * A native signal that aborts with the reason of the first of `sources` to
+ * abort (an AbortError DOMException for a polyfilled signal without
+ * `reason`). p-retry and our own checks need a native signal's
+ * `throwIfAborted()`, which signals from the `abort-controller` package lack,
+ * and a waiting call must also stop on `close()`. One native source is
+ * returned as it is; listeners are removed by `dispose()`.
  */
-function nativeSignal(input: AbortSignal | undefined): { signal: AbortSignal | undefined; dispose: () => void } {
-  if (input === undefined || input instanceof AbortSignal) return { signal: input, dispose: noop };
-  const signal: unknown = input;
-  if (!isSignalLike(signal)) throw new TypeError('Expected `signal` to be an AbortSignal');
+function linkedSignal(...sources: Array<AbortSignal | undefined>): { signal: AbortSignal | undefined; dispose: () => void } {
+  const inputs = sources.filter((s): s is AbortSignal => s !== undefined);
+  const only = inputs[0];
+  if (inputs.length === 0 || (inputs.length === 1 && only instanceof AbortSignal)) return { signal: only, dispose: noop };
   const controller = new AbortController();
-  if (signal.aborted) {
-    controller.abort(reasonOf(signal));
+  const aborted = inputs.find((s) => s.aborted);
+  if (aborted !== undefined) {
+    controller.abort(reasonOf(aborted));
     return { signal: controller.signal, dispose: noop };
   }
-  const onAbort = (): void => controller.abort(reasonOf(signal));
-  signal.addEventListener('abort', onAbort, { once: true });
-  return { signal: controller.signal, dispose: () => signal.removeEventListener('abort', onAbort) };
+  const listeners = inputs.map((source) => {
+    const onAbort = (): void => controller.abort(reasonOf(source));
+    source.addEventListener('abort', onAbort, { once: true });
+    return () => source.removeEventListener('abort', onAbort);
+  });
+  return { signal: controller.signal, dispose: () => listeners.forEach((remove) => remove()) };
 }
 
 function noop(): void {}
 
 function closedError(): MemlockError {
   return new MemlockError('This Memlock instance is closed', 'ERR_MEMLOCK_CLOSED');
-}
-
-/** A signal that aborts with the reason of whichever of `a` and `b` aborts first. */
-function eitherSignal(a: AbortSignal | undefined, b: AbortSignal): { signal: AbortSignal; dispose: () => void } {
-  if (a === undefined) return { signal: b, dispose: noop };
-  if (a.aborted) return { signal: a, dispose: noop };
-  if (b.aborted) return { signal: b, dispose: noop };
-  const controller = new AbortController();
-  const onA = (): void => controller.abort(a.reason);
-  const onB = (): void => controller.abort(b.reason);
-  a.addEventListener('abort', onA, { once: true });
-  b.addEventListener('abort', onB, { once: true });
-  return {
-    signal: controller.signal,
-    dispose: () => {
-      a.removeEventListener('abort', onA);
-      b.removeEventListener('abort', onB);
-    },
-  };
 }
 
 let defaultInstance: Memlock | undefined;

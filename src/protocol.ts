@@ -79,15 +79,18 @@ export function decodeValue(value: Buffer): Holder | null {
 
 /** `performance.now()` until which a write sent at `sentAt` keeps the entry alive for sure. */
 export function leaseDeadline(sentAt: number, ttlSeconds: number): number {
-  const guaranteed = (ttlSeconds - 1) * 1000;
-  // A timer never fires early and often fires a few ms late (more under
-  // load): aim a margin before the last safe moment so the signal aborts
-  // before the server could expire the entry, not just after.
-  return sentAt + guaranteed - Math.min(LEASE_MARGIN_MS, guaranteed / 10);
+  return sentAt + (ttlSeconds - 1) * 1000 - leaseMargin(ttlSeconds);
 }
 
-/** How long before the last safe moment a lease is treated as run out. */
-export const LEASE_MARGIN_MS = 100;
+/**
+ * How long before the last safe moment (`sentAt + (n - 1) s`) a lease is
+ * treated as run out: a timer never fires early and often fires a few ms
+ * late (more under load), so aiming at the moment itself would abort just
+ * after it. At most 100 ms, and a tenth of the guaranteed lease.
+ */
+export function leaseMargin(ttlSeconds: number): number {
+  return Math.min(100, ((ttlSeconds - 1) * 1000) / 10);
+}
 
 /**
  * How an attempt starts:

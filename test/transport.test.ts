@@ -7,6 +7,7 @@ import memjs from 'memjs';
 import { MemjsLockClient, MemcacheUnavailableError } from '../src/index.js';
 import { HashRing } from '../src/hashring.js';
 import { startMemcached, type MemcachedProcess } from './helpers/memcached.js';
+import { startProxy } from './helpers/proxy.js';
 
 let mc: MemcachedProcess;
 let client: MemjsLockClient;
@@ -175,42 +176,14 @@ test('a timeout followed at once by a new request leaves one open connection, an
 });
 
 test('responses split into tiny chunks and batched many per chunk are framed right', async (t) => {
-  // A proxy that hands the server's bytes to the client 1-7 bytes at a time,
-  // so every response header and value straddles 'data' events.
-  const net = await import('node:net');
-  const target = mc;
-  const sockets = new Set<import('node:net').Socket>();
-  const proxy = net.createServer((downstream) => {
-    downstream.setNoDelay(true);
-    const upstream = net.connect(target.port, target.host);
-    sockets.add(downstream).add(upstream);
-    downstream.pipe(upstream);
-    let queue = Promise.resolve();
-    upstream.on('data', (chunk: Buffer) => {
-      queue = queue.then(async () => {
-        for (let i = 0; i < chunk.length;) {
-          const n = 1 + Math.floor(Math.random() * 7);
-          if (downstream.destroyed) return;
-          downstream.write(chunk.subarray(i, i + n));
-          i += n;
-          await new Promise((resolve) => setImmediate(resolve));
-        }
-      });
-    });
-    const end = (): void => {
-      downstream.destroy();
-      upstream.destroy();
-    };
-    downstream.on('close', end).on('error', end);
-    upstream.on('close', end).on('error', end);
-  });
-  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-  const port = (proxy.address() as import('node:net').AddressInfo).port;
-  const split = new MemjsLockClient({ servers: [`127.0.0.1:${port}`], timeoutMs: 5000 });
+  // The server's bytes reach the client 1-7 bytes at a time, so every
+  // response header and value straddles 'data' events.
+  const proxy = await startProxy(mc);
+  proxy.fragment(7);
+  const split = new MemjsLockClient({ servers: [proxy.address], timeoutMs: 5000 });
   t.teardown(async () => {
     await split.close();
-    for (const socket of sockets) socket.destroy();
-    await new Promise((resolve) => proxy.close(resolve));
+    await proxy.close();
   });
 
   const value = (i: number): Buffer => Buffer.from(`value-${i}-`.padEnd(300 + i, 'x'));

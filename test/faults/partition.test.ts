@@ -55,7 +55,7 @@ for (const mode of modes) {
 
   // Found by this suite: the loss used to be scheduled AT sentAt + (n - 1) s, and
   // a timer never fires early, so the signal aborted a little AFTER the lease
-  // deadline. leaseDeadline() now keeps a margin (LEASE_MARGIN_MS) before it.
+  // deadline. leaseDeadline() now keeps a margin (leaseMargin()) before it.
   test(`partition while held (${mode}): the signal aborts no later than last confirmed send + (ceil(lease/1000) - 1) s`, (t) => {
     const f = figures.get(mode)!;
     t.true(f.strictMarginMs >= 0, `aborted ${(-f.strictMarginMs).toFixed(3)} ms after the lease deadline`);

@@ -14,7 +14,10 @@
  * - refuse: new connections are closed right after accept (the TCP handshake
  *   still succeeds, so the client sees connect then EOF, not ECONNREFUSED);
  *   existing ones live;
- * - drop: destroys all current connections once (mode unchanged).
+ * - drop: destroys all current connections once (mode unchanged);
+ * - fragment: server-to-client bytes are handed on 1..N bytes at a time, a
+ *   loop turn apart, so every response straddles reads (latency is ignored
+ *   for them while fragmenting).
  *
  * Sockets are closed with destroy() (FIN), never resetAndDestroy(): with RST
  * on the client side this proxy made Node 20.20 spin at 100% CPU in its exit
@@ -22,6 +25,7 @@
  * Backpressure is not propagated (fine for memcache-sized test traffic).
  */
 import net from 'node:net';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 
 /** Traffic direction through the proxy. */
 type Direction = 'up' | 'down';
@@ -32,6 +36,8 @@ interface Pipe {
   /** Chunks waiting for their delivery time, per direction. */
   queues: Record<Direction, { due: number; chunk: Buffer }[]>;
   timers: Record<Direction, NodeJS.Timeout | undefined>;
+  /** Fragmented server-to-client delivery, in order. */
+  trickle: Promise<void>;
   closed: boolean;
 }
 
@@ -54,6 +60,8 @@ export interface FaultProxy {
   drop(): void;
   /** New connections are closed right after accept; existing ones keep working. */
   refuse(): void;
+  /** Hands server-to-client bytes on in pieces of 1..maxBytes, a loop turn apart (0 = whole chunks). */
+  fragment(maxBytes: number): void;
   /** Back to plain forwarding: no latency, not stalled, accepting. */
   heal(): void;
   /** Closes the listener and every socket; leaves no handles behind. */
@@ -68,6 +76,7 @@ export async function startProxy(target: { host: string; port: number }): Promis
   let latencyMs = 0;
   let stalled = false;
   let refusing = false;
+  let fragmentBytes = 0;
   let accepted = 0;
 
   const clearQueues = (p: Pipe): void => {
@@ -101,8 +110,23 @@ export async function startProxy(target: { host: string; port: number }): Promis
     if (next && !p.closed) p.timers[d] = setTimeout(() => flushQueue(p, d), Math.max(0, next.due - Date.now()));
   };
 
+  const trickle = async (p: Pipe, chunk: Buffer, maxBytes: number): Promise<void> => {
+    for (let i = 0; i < chunk.length;) {
+      if (p.closed || p.client.destroyed) return;
+      const n = 1 + Math.floor(Math.random() * maxBytes);
+      p.client.write(chunk.subarray(i, i + n));
+      i += n;
+      await nextTurn();
+    }
+  };
+
   const forward = (p: Pipe, d: Direction, chunk: Buffer): void => {
     if (p.closed || stalled) return; // stall: read and discard
+    if (d === 'down' && fragmentBytes > 0) {
+      const maxBytes = fragmentBytes;
+      p.trickle = p.trickle.then(() => trickle(p, chunk, maxBytes));
+      return;
+    }
     const q = p.queues[d];
     const dest = d === 'up' ? p.upstream : p.client;
     if (latencyMs <= 0 && q.length === 0) {
@@ -130,6 +154,7 @@ export async function startProxy(target: { host: string; port: number }): Promis
       client, upstream,
       queues: { up: [], down: [] },
       timers: { up: undefined, down: undefined },
+      trickle: Promise.resolve(),
       closed: false,
     };
     pipes.add(p);
@@ -177,7 +202,12 @@ export async function startProxy(target: { host: string; port: number }): Promis
     refuse() {
       refusing = true;
     },
+    fragment(maxBytes: number) {
+      if (!(Number.isInteger(maxBytes) && maxBytes >= 0)) throw new RangeError(`fragment size must be an integer >= 0, got ${maxBytes}`);
+      fragmentBytes = maxBytes;
+    },
     heal() {
+      fragmentBytes = 0;
       latencyMs = 0;
       stalled = false;
       refusing = false;

@@ -4,7 +4,7 @@
  * counts and gaps, heap per lock, heap growth while holding, event-loop
  * delay, and whether timers or listeners grow.
  */
-import { getEventListeners, setMaxListeners } from 'node:events';
+import { getEventListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -228,9 +228,7 @@ export async function holdMany(mc: MemcachedProcess, options: LoadOptions): Prom
   const prefix = 'load:';
   const counter = new RenewalCounter(new MemjsLockClient({ servers: [mc.address], timeoutMs }), prefix, n);
   const memlock = new Memlock({ lockClient: counter, prefix, leaseMs, heartbeatMs, timeoutMs });
-  const caller = new AbortController(); // one caller signal shared by every lock
-  // Each lock listens on it: silence Node's EventTarget leak warning here (load.test.ts has a test for it).
-  setMaxListeners(n + 10, caller.signal);
+  const caller = new AbortController(); // one caller signal shared by every lock (they share one listener on it)
   const countActiveTimeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
   try {
     await memlock.tryWithLock('warm', 'W', () => undefined); // open the connection before measuring

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Memlock, MemjsLockClient, LockLostError, MemcacheUnavailableError } from '../../../src/index.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 import { startProxy } from '../../helpers/proxy.js';
-import { LEASE_MARGIN_MS } from '../../../src/protocol.js';
+import { leaseMargin } from '../../../src/protocol.js';
 import { RecordingClient } from './recording.js';
 
 export type PartitionMode = 'stall' | 'refuse-drop';
@@ -110,7 +110,7 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
       abortAfterMs: abortAt - partitionAt,
       marginMs: deadline - abortAt,
       // HeldLock#deadline sits a safety margin before the last safe moment: add it back.
-      strictMarginMs: (Number.isNaN(libraryDeadline) ? deadline : Math.min(deadline, libraryDeadline + Math.min(LEASE_MARGIN_MS, (ttlSeconds - 1) * 100))) - abortAt,
+      strictMarginMs: (Number.isNaN(libraryDeadline) ? deadline : Math.min(deadline, libraryDeadline + leaseMargin(ttlSeconds))) - abortAt,
       takeoverAfterMs: bAt - partitionAt,
       gapMs: bAt - abortAt,
       renewalsAfterLoss: afterLoss.filter((r) => r.op === 'casSet').length,
