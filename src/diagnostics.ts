@@ -15,6 +15,7 @@ export const channels = Object.freeze({
   released: diagnostics.channel('memlock:released'),
   releaseFailed: diagnostics.channel('memlock:release-failed'),
   heartbeatError: diagnostics.channel('memlock:heartbeat-error'),
+  failOpen: diagnostics.channel('memlock:fail-open'),
 });
 
 /** `memlock:acquired` payload. */
@@ -29,8 +30,14 @@ export interface LostMessage { key: string; clientId: string; kind: LockLostKind
 export interface ReleasedMessage { key: string; clientId: string; heldMs: number }
 /** `memlock:release-failed` payload: `reason` is 'gone' | 'taken' | 'error'. */
 export interface ReleaseFailedMessage { key: string; clientId: string; reason: 'gone' | 'taken' | 'error'; error: Error | undefined }
-/** `memlock:heartbeat-error` payload: a renewal failed (it is retried until the lease deadline). */
-export interface HeartbeatErrorMessage { key: string; clientId: string; error: Error }
+/**
+ * `memlock:heartbeat-error` payload: a renewal failed (it is retried until the
+ * lease deadline). Published for the first failure of a streak, then at most
+ * once a second per lock; `failures` counts the streak so far.
+ */
+export interface HeartbeatErrorMessage { key: string; clientId: string; error: Error; failures: number }
+/** `memlock:fail-open` payload: memcache was unavailable and `failOpen` ran `fn` unlocked. */
+export interface FailOpenMessage { key: string; clientId: string; error: Error }
 
 /** Publishes when somebody listens; builds the message lazily. */
 export function publish<T extends object>(channel: diagnostics.Channel, build: () => T): void {
