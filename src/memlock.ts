@@ -237,11 +237,11 @@ export class Memlock {
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
     const lock = new HeldLock(this.#context, key, clientId, outcome.held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, outcome.how);
-    if (outcome.how === 'takeover' || outcome.how === 'stolen') {
-      // Our own earlier holder of this entry learns now, not at its next renewal.
-      for (const other of [...local.holders]) other.lose('taken', undefined);
-    }
+    const earlier = outcome.how === 'takeover' || outcome.how === 'stolen' ? [...local.holders] : [];
+    // Added first: the local key must not look idle (and be dropped) while the earlier holders finish.
     local.holders.add(lock);
+    // Our own earlier holders of this entry learn now, not at their next renewal.
+    for (const other of earlier) other.lose('taken', undefined);
     this.#locks.add(lock);
     if (this.#closing !== undefined || signal?.aborted === true) {
       await lock.release();
