@@ -13,6 +13,8 @@
 
 /** Most local handoffs per turn while remote waiters exist. */
 export const MAX_BATCH = 8;
+/** First guess of the handoff interval, before the queue was seen to move. */
+const INITIAL_CYCLE_MS = 10;
 
 interface Ticket {
   wake: (() => void) | undefined;
@@ -27,8 +29,12 @@ export class LocalKey<L = unknown> {
   queued = false;
   /** `performance.now()` of our last queue write (liveness refresh). */
   queuedAt = 0;
-  /** Our last known position among live remote waiters (0 = head). */
+  /** Our last known position among live remote waiters (0 = head, -1 = unknown). */
   position = -1;
+  /** `performance.now()` when `position` was last read. */
+  #positionAt = 0;
+  /** Estimated ms between handoffs to other processes (EMA of observed queue movement). */
+  cycleMs = INITIAL_CYCLE_MS;
   /** The current release hands the key to a local waiter: its acquisition continues the turn. */
   handingOff = false;
   readonly #waiters: Ticket[] = [];
@@ -40,6 +46,35 @@ export class LocalKey<L = unknown> {
   /** Number of local waiters. */
   get waiting(): number {
     return this.#waiters.length;
+  }
+
+  /** `performance.now()` since when the entry seen by our polls has been the same. */
+  holderSince = performance.now();
+  #seen: string | undefined;
+
+  /**
+   * Records the entry a refused poll saw (its token). A change means the key
+   * moved on: the handoff interval is re-estimated, and the waiter next in
+   * line (place 1) knows the head was served and is now the head itself.
+   */
+  sawEntry(token: string | undefined, now: number): void {
+    if (token === this.#seen) return;
+    if (this.#seen !== undefined) this.cycleMs += (now - this.holderSince - this.cycleMs) / 4;
+    this.#seen = token;
+    this.holderSince = now;
+    if (this.position === 1) this.position = 0;
+  }
+
+  /** Records a queue read: our position, and how fast the queue moved since the last read. */
+  observe(position: number, now: number): void {
+    if (this.position > 0 && position >= 0 && position < this.position) {
+      const perPlace = (now - this.#positionAt) / (this.position - position);
+      this.cycleMs += (perPlace - this.cycleMs) / 4;
+    }
+    // Moved up to the first two places: the hold in progress is news to us (we did not poll the entry).
+    if (position >= 0 && position <= 1 && (this.position < 0 || this.position > 1)) this.holderSince = now;
+    this.position = position;
+    this.#positionAt = now;
   }
 
   /** Starts a turn: the waiters present now may be served locally, up to MAX_BATCH. */

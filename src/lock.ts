@@ -83,8 +83,10 @@ export class HeldLock implements Lock, Scheduled {
   readonly #holdTtlSeconds: number;
   #failures = 0;
   #errorPublishedAt = -Infinity;
-  /** How this lock was acquired (a handoff starts a new turn). */
+  /** How this lock was acquired. */
   readonly how: string;
+  /** Acquired by a waiting call: its release checks the waiter queue. */
+  waited = false;
 
   constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined, holdTtlSeconds = 0, how = 'added') {
     this.#ctx = ctx;

@@ -19,16 +19,16 @@ import {
   type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
 } from './options.js';
 import { acquireEntry, readHolder, type AcquireMode, type Holder } from './protocol.js';
-import { joined, liveOthers, readQueue, updateQueue, without, type QueueState } from './waiter-queue.js';
+import { joined, liveOthers, readQueue, updateQueue, without, type QueuedWaiter, type QueueState } from './waiter-queue.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
 const CONTESTED_LIMIT = 4096;
 /** A key counts as wanted by other processes this long after the last sign of it. */
 const REMOTE_WINDOW_MS = 10_000;
+/** A key whose queue had other waiters this recently: a new waiter queues up before its first attempt. */
+const QUEUED_WINDOW_MS = 1000;
 /** How often a queued waiter refreshes its liveness in the waiter queue. */
 const QUEUE_REFRESH_MS = 1000;
-/** A non-head waiter re-reads the queue after this many ms per place ahead of it (capped by `wait.maxDelayMs`). */
-const PLACE_POLL_MS = 10;
 
 /** Prefix of `wrap()`'s default clientIds: names the host and process. */
 let defaultIdPrefix: string | undefined;
@@ -225,6 +225,7 @@ export class Memlock {
     if (!outcome.acquired) {
       this.#markContested(mkey);
       const holder = outcome.holder;
+      this.#local.get(mkey)?.sawEntry(holder?.token, performance.now());
       const done = holder?.state === 'done';
       const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
       publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
@@ -266,10 +267,14 @@ export class Memlock {
   }
 
   /**
-   * Waits for `key`, fairly across processes (waiter-queue.ts): the local
-   * head asks memcache; once refused, this instance queues up in the key's
-   * waiter queue; the queue's head polls the lock entry fast (a releaser
-   * reserves the key for it), the others re-read the queue now and then.
+   * Waits for `key`, fairly across processes (waiter-queue.ts). The local
+   * head speaks for this instance; once refused, the instance queues up in
+   * the key's waiter queue. A releaser reserves the key for the queue's head,
+   * so only the first two places need to watch the lock entry: the head
+   * polls it fast, the next one at a third of the observed handoff interval
+   * (it sees the head get served and moves up); places further back re-read
+   * the queue about when they expect to move up. Polls slow down while one
+   * holder keeps the key (an eighth of how long it has held).
    */
   async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
@@ -281,36 +286,48 @@ export class Memlock {
     const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
     let mode: AcquireMode = this.#expectRefusal(mkey) ? 'probe' : 'pipelined';
     let holder: string | undefined;
-    let since = performance.now();
     try {
+      // Other processes queue for this key: go to the back of the queue
+      // rather than race them for it (the queue's head is about to get it).
+      let attempt = !this.#queued(mkey);
+      if (!attempt) mode = 'probe';
       for (;;) {
         if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder);
-        if (local.position <= 0) {
+        if (attempt) {
           try {
             const lock = await this.#once(key, mkey, clientId, opts, stop, mode);
             if (local.handingOff) local.handingOff = false;
             else local.startTurn();
             local.position = -1;
+            // The releaser that reserved the key for us took us out of the queue.
+            if (lock.how === 'handoff') local.queued = false;
+            // A waiting caller expects company: its release looks for remote waiters.
+            lock.waited = true;
             return lock;
           } catch (error) {
             if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
-            if (error.holder !== holder) {
-              holder = error.holder;
-              since = performance.now();
-            }
+            holder = error.holder;
           }
           mode = 'probe';
         }
         this.#remote.set(mkey, performance.now());
-        await this.#queueUp(local, mkey);
+        if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
+          await this.#queueUp(local, mkey);
+        }
         const now = performance.now();
         if (now >= deadline) throw waitTimeout(key, wait.timeoutMs, holder);
-        // The head polls at a pace that follows how long the holder has held
-        // (an eighth of it): short holds hand off fast, long ones cost few polls.
-        const pace = local.position <= 0
-          ? Math.min(Math.max(wait.minDelayMs, (now - since) / 8), wait.maxDelayMs)
-          : Math.min(PLACE_POLL_MS * local.position, wait.maxDelayMs);
-        await local.turn(ticket, stop, Math.min(pace, deadline - now), true);
+        const held = now - local.holderSince;
+        // Not in the queue (-1): reserved for us (the releaser took us out), or
+        // our entry expired: look at the entry at once.
+        const pace = local.position < 0
+          ? 0
+          : local.position === 0
+          ? Math.max(wait.minDelayMs, held / 8)
+          : local.position === 1
+            ? Math.max(wait.minDelayMs, local.cycleMs / 3, held / 8)
+            : Math.max(wait.minDelayMs, (local.position - 1) * local.cycleMs);
+        attempt = local.position <= 1;
+        await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
       }
     } finally {
       dispose();
@@ -335,7 +352,7 @@ export class Memlock {
       }
       const wall = Date.now();
       const live = list?.filter((w) => w.expiresAt > wall) ?? [];
-      local.position = live.findIndex((w) => w.token === this.#token);
+      local.observe(live.findIndex((w) => w.token === this.#token), performance.now());
       // Missing (the queue expired, was evicted, or our entry expired): join again next time.
       if (local.position === -1) local.queuedAt = -Infinity;
     })();
@@ -373,7 +390,7 @@ export class Memlock {
     }
     const seen = this.#remote.get(mkey);
     const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
-    if (localWaiters === 0 && !remote && lock.how !== 'handoff' && local?.queued !== true) return undefined;
+    if (localWaiters === 0 && !remote && !lock.waited && local?.queued !== true) return undefined;
     const qkey = queueKey(this.#options.prefix, mkey);
     let state: QueueState;
     try {
@@ -387,22 +404,34 @@ export class Memlock {
       return undefined;
     }
     this.#remote.set(mkey, performance.now());
-    return { token: head.token, reserved: () => this.#reserved(local, qkey, state, head.token) };
+    return { token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
   }
 
   /** After reserving the key for `head`: drop it from the queue, and queue up again if we still have waiters. Never rejects. */
-  async #reserved(local: LocalKey<HeldLock> | undefined, qkey: string, state: QueueState, head: string): Promise<void> {
-    const requeue = local !== undefined && local.waiting > 0;
+  /**
+   * After reserving the key for `head`: take it out of the queue and put
+   * ourselves at the tail, in the same write. We queue up even without local
+   * waiters: a worker loop calls again at once, and then finds its place
+   * taken already (no join round trips); if no call comes within this turn
+   * of the event loop, we leave the queue again. Never rejects.
+   */
+  async #reserved(local: LocalKey<HeldLock> | undefined, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
     const now = Date.now();
-    const drop = without(requeue ? [head] : [head, this.#token], now);
-    const change = requeue ? (ws: Parameters<typeof drop>[0]) => joined(this.#token, now)(drop(ws) ?? ws) : drop;
+    const change = (waiters: readonly QueuedWaiter[]): readonly QueuedWaiter[] => joined(this.#token, now)(without([head], now)(waiters) ?? waiters);
     try {
       const list = await updateQueue(this.#client, qkey, change, state);
-      if (local !== undefined) {
-        local.batch = 0;
-        local.queued = requeue && list !== undefined;
-        local.queuedAt = performance.now();
-        local.position = -1;
+      if (local === undefined) return;
+      local.batch = 0;
+      local.queued = list !== undefined;
+      local.queuedAt = performance.now();
+      local.position = -1;
+      if (list !== undefined) local.observe(list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token), performance.now());
+      if (local.queued) {
+        const check = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+          if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
+          if (local.idle && !local.queued && this.#local.get(mkey) === local) this.#local.delete(mkey);
+        });
+        this.#track(check);
       }
     } catch {
       // The head still finds its reservation; a stale queue heals by expiry.
@@ -483,6 +512,11 @@ export class Memlock {
    * or held by this instance): then the attempt reads first (or, while
    * waiting, sends the read with the add), so a refusal costs one round trip.
    */
+  #queued(mkey: string): boolean {
+    const seen = this.#remote.get(mkey);
+    return seen !== undefined && performance.now() - seen < QUEUED_WINDOW_MS;
+  }
+
   #expectRefusal(mkey: string): boolean {
     return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders.size ?? 0) > 0;
   }

@@ -14,7 +14,7 @@ export const defaults = Object.freeze({
   heartbeatMs: 1000,
   timeoutMs: 500,
   servers: 'localhost:11211',
-  wait: Object.freeze({ timeoutMs: 30_000, minDelayMs: 10, maxDelayMs: 500 }),
+  wait: Object.freeze({ timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 }),
 });
 
 /** Smallest lease: memcache expiry has 1 s granularity, so 2 s is the least that leaves a guaranteed 1 s. */
@@ -56,13 +56,17 @@ export interface MemlockOptions {
   readonly ref?: boolean;
 }
 
-/** Wait options: retry a refused attempt with exponential backoff and jitter. */
+/**
+ * Wait options. A refused caller queues up in the key's waiter queue (fair
+ * across processes); the queue's head polls the lock entry, the others
+ * re-read the queue now and then.
+ */
 export interface WaitOptions {
   /** Give up (with `LockNotAcquiredError`) after this long. `Infinity` waits until the caller's signal aborts. @default 30000 */
   readonly timeoutMs?: number;
-  /** First backoff delay. @default 10 */
+  /** Fastest poll of the queue's head (it slows to an eighth of how long the holder has held). @default 2 */
   readonly minDelayMs?: number;
-  /** Largest backoff delay. @default 500 */
+  /** Slowest poll, for the head and for waiters further back. @default 500 */
   readonly maxDelayMs?: number;
 }
 
