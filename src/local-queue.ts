@@ -16,12 +16,18 @@ export const MAX_BATCH = 8;
 /** First guess of the handoff interval, before the queue was seen to move. */
 const INITIAL_CYCLE_MS = 10;
 
-interface Ticket {
+/** A local waiter. `G` is what a releaser hands it directly (the held entry). */
+export interface Ticket<G = unknown> {
   wake: (() => void) | undefined;
+  /** Set by a releaser that transferred the entry to this waiter (one CAS write, no add). */
+  granted: G | undefined;
+  /** The waiter's clientId and lease (whole seconds): what a transfer writes. */
+  readonly clientId: string;
+  readonly ttlSeconds: number;
 }
 
 /** Per-key local state: which local locks hold it, who waits, and our place in the remote queue. */
-export class LocalKey<L = unknown> {
+export class LocalKey<L = unknown, G = unknown> {
   readonly holders = new Set<L>();
   /** Local handoffs left in this process's current turn. */
   batch = 0;
@@ -35,9 +41,7 @@ export class LocalKey<L = unknown> {
   #positionAt = 0;
   /** Estimated ms between handoffs to other processes (EMA of observed queue movement). */
   cycleMs = INITIAL_CYCLE_MS;
-  /** The current release hands the key to a local waiter: its acquisition continues the turn. */
-  handingOff = false;
-  readonly #waiters: Ticket[] = [];
+  readonly #waiters: Array<Ticket<G>> = [];
 
   get idle(): boolean {
     return this.holders.size === 0 && this.#waiters.length === 0;
@@ -83,14 +87,30 @@ export class LocalKey<L = unknown> {
   }
 
   /** Joins the queue. */
-  join(): Ticket {
-    const ticket: Ticket = { wake: undefined };
+  join(clientId: string, ttlSeconds: number): Ticket<G> {
+    const ticket: Ticket<G> = { wake: undefined, granted: undefined, clientId, ttlSeconds };
     this.#waiters.push(ticket);
     return ticket;
   }
 
   /** Leaves the queue (acquired, gave up or aborted) and wakes the next head if free. */
-  leave(ticket: Ticket): void {
+  /** The waiter a local handoff goes to: the head of the queue. */
+  get head(): Ticket<G> | undefined {
+    return this.#waiters[0];
+  }
+
+  /**
+   * Hands `grant` to `ticket` if it still waits; `false` if it left meanwhile
+   * (then the releaser must let go of what it meant to hand over).
+   */
+  give(ticket: Ticket<G>, grant: G): boolean {
+    if (!this.#waiters.includes(ticket)) return false;
+    ticket.granted = grant;
+    ticket.wake?.();
+    return true;
+  }
+
+  leave(ticket: Ticket<G>): void {
     const index = this.#waiters.indexOf(ticket);
     if (index !== -1) this.#waiters.splice(index, 1);
     ticket.wake = undefined;
@@ -112,7 +132,8 @@ export class LocalKey<L = unknown> {
    * key (at once if that is so already, unless `nap`: then only when woken).
    * Resolves `false` if `timeoutMs` passes first; rejects with `signal.reason`.
    */
-  async turn(ticket: Ticket, signal: AbortSignal | undefined, timeoutMs: number, nap = false): Promise<boolean> {
+  async turn(ticket: Ticket<G>, signal: AbortSignal | undefined, timeoutMs: number, nap = false): Promise<boolean> {
+    if (ticket.granted !== undefined) return true;
     if (!nap && this.#waiters[0] === ticket && this.holders.size === 0) return true;
     signal?.throwIfAborted();
     let timer: NodeJS.Timeout | undefined;

@@ -18,7 +18,7 @@ import {
   checkCallArgs, isSignalLike, reasonOf, resolveLockOptions, resolveMemlockOptions,
   type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
 } from './options.js';
-import { acquireEntry, readHolder, type AcquireMode, type Holder } from './protocol.js';
+import { acquireEntry, readHolder, releaseEntry, type AcquireHow, type AcquireMode, type Held, type Holder } from './protocol.js';
 import { joined, liveOthers, readQueue, updateQueue, without, type QueuedWaiter, type QueueState } from './waiter-queue.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
@@ -70,7 +70,7 @@ export class Memlock {
   readonly #ownsClient: boolean;
   readonly #scheduler: Scheduler;
   readonly #locks = new Set<HeldLock>();
-  readonly #local = new Map<string, LocalKey<HeldLock>>();
+  readonly #local = new Map<string, LocalKey<HeldLock, Held>>();
   readonly #contested = new Map<string, true>();
   /** Keys other processes wanted recently (refusals, queued waiters): `performance.now()` of the last sign. */
   readonly #remote = new Map<string, number>();
@@ -234,11 +234,16 @@ export class Memlock {
       throw notAcquired(key, holderId, done ? { done } : undefined);
     }
     this.#contested.delete(mkey);
+    return this.#hold(key, mkey, clientId, opts, signal, outcome.held, outcome.how, outcome.previous, started);
+  }
+
+  /** Turns an acquired entry into a held lock (heartbeat, local bookkeeping, diagnostics). */
+  async #hold(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, how: AcquireHow, previous: Holder | null, started: number): Promise<HeldLock> {
     const local = this.#localKey(mkey);
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
-    const lock = new HeldLock(this.#context, key, clientId, outcome.held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, outcome.how);
-    const earlier = outcome.how === 'takeover' || outcome.how === 'stolen' ? [...local.holders] : [];
+    const lock = new HeldLock(this.#context, key, clientId, held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, how);
+    const earlier = how === 'takeover' || how === 'stolen' ? [...local.holders] : [];
     // Added first: the local key must not look idle (and be dropped) while the earlier holders finish.
     local.holders.add(lock);
     // Our own earlier holders of this entry learn now, not at their next renewal.
@@ -249,18 +254,17 @@ export class Memlock {
       this.#checkOpen();
       signal?.throwIfAborted();
     }
-    publish(channels.acquired, () => ({ key, clientId, how: outcome.how, server: this.#client.serverOf(mkey), durationMs: performance.now() - started }));
-    if (outcome.how === 'takeover' || outcome.how === 'stolen') {
-      const previous = outcome.previous as Holder;
-      publish(channels.stolen, () => ({ key, clientId, how: outcome.how as 'takeover' | 'stolen', previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
+    publish(channels.acquired, () => ({ key, clientId, how, server: this.#client.serverOf(mkey), durationMs: performance.now() - started }));
+    if ((how === 'takeover' || how === 'stolen') && previous !== null) {
+      publish(channels.stolen, () => ({ key, clientId, how, previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
     }
     return lock;
   }
 
-  #localKey(mkey: string): LocalKey<HeldLock> {
+  #localKey(mkey: string): LocalKey<HeldLock, Held> {
     let local = this.#local.get(mkey);
     if (local === undefined) {
-      local = new LocalKey<HeldLock>();
+      local = new LocalKey<HeldLock, Held>();
       this.#local.set(mkey, local);
     }
     return local;
@@ -280,7 +284,8 @@ export class Memlock {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
     const local = this.#localKey(mkey);
-    const ticket = local.join();
+    const ticket = local.join(clientId, opts.ttlSeconds);
+    const started = performance.now();
     // Waiting stops on the caller's signal (its reason, unchanged) or on
     // close() (ERR_MEMLOCK_CLOSED), whichever comes first.
     const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
@@ -293,11 +298,11 @@ export class Memlock {
       if (!attempt) mode = 'probe';
       for (;;) {
         if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder);
+        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
         if (attempt) {
           try {
             const lock = await this.#once(key, mkey, clientId, opts, stop, mode);
-            if (local.handingOff) local.handingOff = false;
-            else local.startTurn();
+            local.startTurn();
             local.position = -1;
             // The releaser that reserved the key for us took us out of the queue.
             if (lock.how === 'handoff') local.queued = false;
@@ -328,7 +333,12 @@ export class Memlock {
             : Math.max(wait.minDelayMs, (local.position - 1) * local.cycleMs);
         attempt = local.position <= 1;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
+        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
       }
+    } catch (error) {
+      // Handed the entry while giving up (timeout, abort, close): let go of it.
+      if (ticket.granted !== undefined) await releaseEntry(this.#client, ticket.granted).catch(noop);
+      throw error;
     } finally {
       dispose();
       local.leave(ticket);
@@ -337,8 +347,18 @@ export class Memlock {
     }
   }
 
+  /** A local releaser transferred the entry to us: hold it (no round trip), continuing this turn. */
+  #adopt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, started: number): Promise<HeldLock> {
+    const adopted = this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started);
+    this.#track(adopted);
+    return adopted.then((lock) => {
+      lock.waited = true;
+      return lock;
+    });
+  }
+
   /** Joins (or refreshes our place in) the key's waiter queue and learns our position. Never rejects. */
-  async #queueUp(local: LocalKey<HeldLock>, mkey: string): Promise<void> {
+  async #queueUp(local: LocalKey<HeldLock, Held>, mkey: string): Promise<void> {
     const qkey = queueKey(this.#options.prefix, mkey);
     const now = performance.now();
     const work = (async (): Promise<void> => {
@@ -366,7 +386,7 @@ export class Memlock {
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */
-  #dequeue(local: LocalKey<HeldLock>, mkey: string): void {
+  #dequeue(local: LocalKey<HeldLock, Held>, mkey: string): void {
     local.queued = false;
     local.position = -1;
     const work = updateQueue(this.#client, queueKey(this.#options.prefix, mkey), without([this.#token], Date.now()));
@@ -385,8 +405,7 @@ export class Memlock {
     const localWaiters = local?.waiting ?? 0;
     if (local !== undefined && localWaiters > 0 && local.batch > 0) {
       local.batch--;
-      local.handingOff = true;
-      return undefined;
+      return localHandoff(local);
     }
     const seen = this.#remote.get(mkey);
     const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
@@ -399,12 +418,9 @@ export class Memlock {
       return undefined;
     }
     const head = liveOthers(state.waiters, this.#token, Date.now())[0];
-    if (head === undefined) {
-      if (local !== undefined && localWaiters > 0) local.handingOff = true;
-      return undefined;
-    }
+    if (head === undefined) return local !== undefined && localWaiters > 0 ? localHandoff(local) : undefined;
     this.#remote.set(mkey, performance.now());
-    return { token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
+    return { kind: 'remote', token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
   }
 
   /** After reserving the key for `head`: drop it from the queue, and queue up again if we still have waiters. Never rejects. */
@@ -415,7 +431,7 @@ export class Memlock {
    * taken already (no join round trips); if no call comes within this turn
    * of the event loop, we leave the queue again. Never rejects.
    */
-  async #reserved(local: LocalKey<HeldLock> | undefined, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
+  async #reserved(local: LocalKey<HeldLock, Held> | undefined, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
     const now = Date.now();
     const change = (waiters: readonly QueuedWaiter[]): readonly QueuedWaiter[] => joined(this.#token, now)(without([head], now)(waiters) ?? waiters);
     try {
@@ -534,6 +550,13 @@ export class Memlock {
     }
     this.#contested.set(mkey, true);
   }
+}
+
+/** Transfer to the head of the local queue (lock.ts writes its value by CAS, then gives it the entry). */
+function localHandoff(local: LocalKey<HeldLock, Held>): Handoff | undefined {
+  const ticket = local.head;
+  if (ticket === undefined) return undefined;
+  return { kind: 'local', clientId: ticket.clientId, ttlSeconds: ticket.ttlSeconds, give: (held) => local.give(ticket, held) };
 }
 
 /** `wrap()`'s default clientId: host and process, plus a random part so every call is its own holder. */

@@ -293,6 +293,26 @@ export async function replaceEntry(client: LockClient, held: Held, state: 'done'
   return result.status === 'not_found' ? 'gone' : 'taken';
 }
 
+/**
+ * Transfers a held entry to another acquisition (a local waiter's clientId)
+ * with one CAS write: resolves with the new holder's `Held`, or why not.
+ */
+export async function transferEntry(client: LockClient, held: Held, clientId: string, ttlSeconds: number): Promise<Held | 'gone' | 'taken'> {
+  const fresh = await freshCas(client, held);
+  if (fresh !== 'ok') return fresh;
+  const value = encodeValue(clientId, Date.now());
+  const sentAt = performance.now();
+  let result;
+  try {
+    result = await client.casSet(held.mkey, value, ttlSeconds, held.cas);
+  } catch (error) {
+    held.verify = true;
+    throw error;
+  }
+  if (result.status === 'ok') return { mkey: held.mkey, value, ttlSeconds, cas: result.cas, conn: result.conn, sentAt, verify: false };
+  return result.status === 'not_found' ? 'gone' : 'taken';
+}
+
 /** Deletes a held entry with a CAS-checked delete: never removes another holder's entry. */
 export async function releaseEntry(client: LockClient, held: Held): Promise<'released' | 'gone' | 'taken'> {
   const fresh = await freshCas(client, held);
