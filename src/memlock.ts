@@ -583,7 +583,7 @@ function lostAtCallSite(signal: AbortSignal, error: unknown): unknown {
 /**
  * A native signal that aborts with the reason of the first of `sources` to
  * abort (an AbortError DOMException for a polyfilled signal without
- * `reason`). p-retry and our own checks need a native signal's
+ * `reason`). Our own checks need a native signal's
  * `throwIfAborted()`, which signals from the `abort-controller` package lack,
  * and a waiting call must also stop on `close()`. One native source is
  * returned as it is; listeners are removed by `dispose()`.
