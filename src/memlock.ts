@@ -161,7 +161,11 @@ export class Memlock {
   /** Acquires `key` and returns a handle; the caller must `release()` it (or `await using`). */
   async acquire(key: string, clientId: string, options?: LockOptions): Promise<Lock> {
     checkCallArgs(key, clientId);
-    return this.#acquire(key, clientId, this.#resolve(options));
+    const opts = this.#resolve(options);
+    // Both need fn's outcome, which only tryWithLock and wrap see.
+    if (opts.holdTtlSeconds > 0) throw new TypeError('Expected `holdAfterMs` only with tryWithLock or wrap (acquire() has no fn whose success it could mark)');
+    if (opts.failOpen) throw new TypeError('Expected `failOpen` only with tryWithLock or wrap (acquire() cannot hand out a lock it does not have)');
+    return this.#acquire(key, clientId, opts);
   }
 
   #resolve(options: LockOptions | undefined): ResolvedLockOptions {
