@@ -4,6 +4,7 @@
  * checks, quoted, so a failure points at the promise that is not kept.
  */
 import test from 'ava';
+import dc from 'node:diagnostics_channel';
 import { setTimeout as sleep } from 'node:timers/promises';
 import memjs from 'memjs';
 import {
@@ -301,4 +302,53 @@ test.serial('close(): "Calls still waiting for a lock (`wait`) reject at once wi
   t.log(`waiter, 100 ms after close(): ${String(outcome)}; entry after close() resolved: ${left === null ? 'none' : left.value.toString()}`);
   t.true(settled instanceof MemlockError && settled.code === 'ERR_MEMLOCK_CLOSED', `got ${String(settled)}`);
   t.is(left, null, 'no entry left blocking the key for the lease');
+});
+
+// ------------------------------------------------------ diagnostics, guarantees
+
+test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"', async (t) => {
+  const prefix = 'payload:';
+  const m = memlock({}, prefix);
+  const seen: Record<string, Array<Record<string, unknown>>> = {};
+  const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released'] as const;
+  const subs = names.map((name) => {
+    const fn = (message: unknown): void => {
+      if ((message as { key?: string }).key === 'p') (seen[name] ??= []).push(message as Record<string, unknown>);
+    };
+    dc.subscribe(name, fn);
+    return () => dc.unsubscribe(name, fn);
+  });
+  t.teardown(() => subs.forEach((off) => off()));
+  const first = await m.acquire('p', 'A');
+  await sleep(50);
+  // A steal (holder older than stealAfterMs) from another client.
+  const thief = await m.acquire('p', 'B', { stealAfterMs: 10 });
+  await first.release();
+  await sleep(20);
+  await thief.release();
+  const acquired = seen['memlock:acquired'] ?? [];
+  t.like(acquired[0], { key: 'p', clientId: 'A', how: 'added', server: shared.mc.address });
+  t.is(typeof acquired[0]?.durationMs, 'number');
+  t.like(acquired[1], { key: 'p', clientId: 'B', how: 'stolen' });
+  const stolen = seen['memlock:stolen']?.[0];
+  t.like(stolen, { key: 'p', clientId: 'B', how: 'stolen', previousClientId: 'A' });
+  t.true(stolen?.previousAcquiredAt instanceof Date);
+  const released = seen['memlock:released'] ?? [];
+  t.like(released.at(-1), { key: 'p', clientId: 'B' });
+  t.true(typeof released.at(-1)?.heldMs === 'number' && (released.at(-1)?.heldMs as number) >= 20);
+});
+
+test('Guarantees: "each entry\'s value is unique per acquisition (clientId, acquisition time, random token)"', async (t) => {
+  const prefix = 'unique:';
+  const m = memlock({}, prefix);
+  const values = new Set<string>();
+  for (let i = 0; i < 3; i++) {
+    await m.tryWithLock('k', 'same-client', async () => {
+      const raw = await shared.mc.rawGet(prefix + 'k');
+      t.truthy(raw);
+      t.true(raw!.value.toString().includes('same-client'));
+      values.add(raw!.value.toString());
+    });
+  }
+  t.is(values.size, 3, 'three acquisitions by one clientId wrote three distinct values');
 });
