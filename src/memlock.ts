@@ -288,6 +288,10 @@ export class Memlock {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
     const local = this.#localKey(mkey);
+    // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
+    for (const held of local.holders) {
+      if (held.clientId === clientId) return this.#once(key, mkey, clientId, opts, signal, 'probe');
+    }
     const ticket = local.join(clientId, opts.ttlSeconds);
     const started = performance.now();
     // Waiting stops on the caller's signal (its reason, unchanged) or on
@@ -301,7 +305,7 @@ export class Memlock {
       let attempt = !this.#queued(mkey);
       if (!attempt) mode = 'probe';
       for (;;) {
-        if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder);
+        if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder ?? first(local.holders)?.clientId);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
         if (attempt) {
           try {
@@ -567,6 +571,11 @@ function localHandoff(local: LocalKey<HeldLock, Held>): Handoff | undefined {
 function defaultClientId(): string {
   defaultIdPrefix ??= `${hostname()}:${process.pid}:`;
   return defaultIdPrefix + randomUUID();
+}
+
+function first<T>(items: Iterable<T>): T | undefined {
+  for (const item of items) return item;
+  return undefined;
 }
 
 function waitTimeout(key: string, timeoutMs: number, holder: string | undefined): LockNotAcquiredError {

@@ -247,7 +247,7 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
     const maxDelayMs = checkNumber('wait.maxDelayMs', w.maxDelayMs ?? Math.max(defaults.wait.maxDelayMs, minDelayMs), 0, 3_600_000);
     if (maxDelayMs < minDelayMs) throw new RangeError(`Expected \`wait.maxDelayMs\` (${maxDelayMs}) to be >= wait.minDelayMs (${minDelayMs})`);
     wait = {
-      timeoutMs: checkNumber('wait.timeoutMs', w.timeoutMs ?? defaults.wait.timeoutMs, 0, Number.MAX_SAFE_INTEGER, true),
+      timeoutMs: checkNumber('wait.timeoutMs', w.timeoutMs ?? defaults.wait.timeoutMs, 0, Number.POSITIVE_INFINITY, true),
       minDelayMs,
       maxDelayMs,
     };
