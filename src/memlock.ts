@@ -27,8 +27,8 @@ const CONTESTED_LIMIT = 4096;
 const REMOTE_WINDOW_MS = 10_000;
 /** A key whose queue had other waiters this recently: a new waiter queues up before its first attempt. */
 const QUEUED_WINDOW_MS = 1000;
-/** How often a queued waiter refreshes its liveness in the waiter queue. */
-const QUEUE_REFRESH_MS = 1000;
+/** How often a queued waiter refreshes its liveness in the waiter queue (under a third of QUEUE_ALIVE_MS). */
+const QUEUE_REFRESH_MS = 3000;
 
 /** Prefix of `wrap()`'s default clientIds: names the host and process. */
 let defaultIdPrefix: string | undefined;
@@ -279,10 +279,9 @@ export class Memlock {
    * head speaks for this instance; once refused, the instance queues up in
    * the key's waiter queue. A releaser reserves the key for the queue's head,
    * so only the first two places need to watch the lock entry: the head
-   * polls it fast, the next one at a third of the observed handoff interval
-   * (it sees the head get served and moves up); places further back re-read
-   * the queue about when they expect to move up. Polls slow down while one
-   * holder keeps the key (an eighth of how long it has held).
+   * closes in on when the hold should end, the next one polls at half the
+   * observed handoff interval (it sees the head get served and moves up);
+   * places further back re-read the queue about when they expect to move up.
    */
   async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
@@ -330,15 +329,18 @@ export class Memlock {
         const now = performance.now();
         if (now >= deadline) throw waitTimeout(key, wait.timeoutMs, holder);
         const held = now - local.holderSince;
+        const cycle = local.cycleMs;
         // Not in the queue (-1): reserved for us (the releaser took us out), or
-        // our entry expired: look at the entry at once.
+        // our entry expired: look at the entry at once. The head halves the
+        // distance to when the hold should end, then polls every minDelayMs;
+        // a hold far longer than usual slows polls to an eighth of its length.
         const pace = local.position < 0
           ? 0
           : local.position === 0
-          ? Math.max(wait.minDelayMs, held / 8)
-          : local.position === 1
-            ? Math.max(wait.minDelayMs, local.cycleMs / 3, held / 8)
-            : Math.max(wait.minDelayMs, (local.position - 1) * local.cycleMs);
+            ? Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8)
+            : local.position === 1
+              ? Math.max(wait.minDelayMs, cycle / 2, held / 8)
+              : Math.max(wait.minDelayMs, (local.position - 1) * cycle);
         attempt = local.position <= 1;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
