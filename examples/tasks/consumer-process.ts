@@ -15,7 +15,7 @@ const cfg = childConfig();
 const send = sendToParent;
 const pool = examplePool(8);
 const memlock = new Memlock({ servers: cfg.memcached, prefix: `${cfg.schema}:`, leaseMs: 2000, heartbeatMs: 500, timeoutMs: 300 });
-const tasks = new Tasks({ pool, memlock, schema: cfg.schema, leaseMs: cfg.leaseMs, maxAttempts: cfg.maxAttempts });
+const tasks = new Tasks({ pool, memlock, schema: cfg.schema, leaseMs: cfg.leaseMs, maxAttempts: cfg.maxAttempts, holdAfterMs: cfg.holdAfterMs });
 diagnostics.subscribe('memlock:tasks:lease-overwritten', () => send({ type: 'lease-overwritten' }));
 
 const step = chainStep({

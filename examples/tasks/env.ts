@@ -48,6 +48,8 @@ export interface ChildConfig {
   /** Row lease (ms) and attempts cap of the consumers' Tasks. */
   readonly leaseMs: number;
   readonly maxAttempts: number;
+  /** Consumers' `holdAfterMs` (memlock completed marker), 0 = off. */
+  readonly holdAfterMs: number;
 }
 
 export const CONFIG_ENV = 'MEMLOCK_TASKS_VERIFY';

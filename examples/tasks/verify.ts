@@ -54,6 +54,8 @@ export interface VerifyOptions {
   readonly leaseMs?: number;
   /** Attempts cap. @default 100 */
   readonly maxAttempts?: number;
+  /** memlock completed marker after a task applied (`Tasks` option `holdAfterMs`); 0 = off. @default 0 */
+  readonly holdAfterMs?: number;
   /** Random pause inside a step (ms). @default 20 */
   readonly workMs?: number;
   /** Give up waiting for completion after this long (ms). @default 600000 */
@@ -153,6 +155,7 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
     relayMinLifeMs: options.relayMinLifeMs ?? 1500,
     leaseMs: options.leaseMs ?? 2000,
     maxAttempts: options.maxAttempts ?? 100,
+    holdAfterMs: options.holdAfterMs ?? 0,
   };
 
   const outcomes: Record<string, number> = {};
