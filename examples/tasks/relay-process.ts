@@ -5,7 +5,6 @@
  * the batch sent (SIGKILL of itself in `afterPublish`).
  */
 import amqp from 'amqplib';
-import { Memlock } from '../../src/index.js';
 import { Tasks } from '../../src/tasks/index.js';
 import { amqpUrl, between, childConfig, examplePool, sendToParent } from './env.js';
 
@@ -13,9 +12,8 @@ const cfg = childConfig();
 const send = sendToParent;
 const startedAt = performance.now();
 const pool = examplePool(2);
-// The relay does not lock anything; Tasks wants a Memlock, which opens no connection until used.
-const memlock = new Memlock({ servers: cfg.memcached });
-const tasks = new Tasks({ pool, memlock, schema: cfg.schema });
+// A relay-only process needs no memlock.
+const tasks = new Tasks({ pool, schema: cfg.schema });
 const conn = await amqp.connect(amqpUrl);
 conn.on('error', () => undefined);
 conn.on('close', () => process.exit(4));

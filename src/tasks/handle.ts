@@ -108,7 +108,7 @@ export interface HandleResult<T = unknown> {
   readonly attempt: number | undefined;
   /** Database transactions this delivery used. */
   readonly dbTransactions: number;
-  /** `false` when memcache was unavailable and the delivery went to the database unfiltered. */
+  /** `false` when the delivery went to the database without the memlock pre-filter (memcache unavailable, or no `memlock` configured). */
   readonly filtered: boolean;
 }
 
@@ -116,7 +116,7 @@ export interface HandleResult<T = unknown> {
 export interface HandleConfig {
   readonly pool: PoolLike;
   readonly t: Tables;
-  readonly memlock: Memlock;
+  readonly memlock: Memlock | undefined;
   readonly keyPrefix: string;
   readonly leaseMs: number;
   readonly maxAttempts: number;
@@ -177,11 +177,13 @@ export async function handleDelivery<T>(cfg: HandleConfig, message: MessageLike,
   const owner = `${host}:${process.pid}:${message.fields.deliveryTag}:${randomBytes(6).toString('hex')}`;
   const key = `${cfg.keyPrefix}${cfg.t.schema}:${task.entityId}:${task.seq}`;
   const counter = { tx: 0 };
+  if (cfg.memlock === undefined) return finish(task, await run(cfg, task, owner, unlockedSignal, fn, counter), counter.tx, false);
+  const memlock = cfg.memlock;
   let entered = false;
   let outcome: Outcome<T> | undefined;
   const options: LockOptions = cfg.holdAfterMs > 0 ? ({ ...cfg.lockOptions, holdAfterMs: cfg.holdAfterMs } as LockOptions) : cfg.lockOptions;
   try {
-    await cfg.memlock.tryWithLock(key, owner, async (signal) => {
+    await memlock.tryWithLock(key, owner, async (signal) => {
       entered = true;
       outcome = await run(cfg, task, owner, signal, fn, counter);
       if (cfg.holdAfterMs > 0 && !finished(outcome)) throw new NotFinished(outcome);
@@ -244,6 +246,13 @@ async function run<T>(
     return await apply(cfg, client, task, owner, claimed.attempt, signal, fn, counter, rollback);
   } catch (error) {
     await rollback();
+    // Best effort: hand the lease back so the next delivery need not wait for it to expire (and raise a false overwrite alert).
+    if (discard === undefined) {
+      await client.query(
+        `UPDATE ${cfg.t.entities} SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2`,
+        [task.entityId, owner],
+      ).catch(() => undefined);
+    }
     return { status: 'deferred', reason: 'error', error };
   } finally {
     client.release(discard);

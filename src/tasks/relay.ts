@@ -49,7 +49,11 @@ function checkInt(name: string, value: unknown, min: number, max: number): numbe
   return value;
 }
 
-/** Publishes outbox rows after commit; see the module comment. */
+/**
+ * Publishes outbox rows after commit; see the module comment. It does not
+ * reconnect: when its channel closes, batches fail (and are retried, on
+ * `memlock:tasks:relay-error`) until you stop it and start one on a new channel.
+ */
 export class Relay {
   readonly #pool: PoolLike;
   readonly #t: Tables;

@@ -61,19 +61,20 @@ function checkInput(entity: EntityInput, task: TaskInput): void {
 export async function scheduleTask(t: Tables, tx: Queryable, entity: EntityInput, task: TaskInput): Promise<ScheduledTask> {
   checkInput(entity, task);
   const hasState = entity.state !== undefined;
-  const { rows } = await tx.query<{ seq: string }>(
-    `INSERT INTO ${t.entities} AS e (id, state, scheduled) VALUES ($1, $2::jsonb, 1)
-     ON CONFLICT (id) DO UPDATE SET scheduled = e.scheduled + 1, updated_at = now(),
-       state = CASE WHEN $3::boolean THEN EXCLUDED.state ELSE e.state END
-     RETURNING e.scheduled - 1 AS seq`,
-    [entity.id, hasState ? JSON.stringify(entity.state) : null, hasState],
+  // One statement, so that even outside a transaction the counter never advances without its outbox row
+  // (a number issued without a task would leave the entity's later tasks waiting forever).
+  const { rows } = await tx.query<{ id: string; seq: string }>(
+    `WITH e AS (
+       INSERT INTO ${t.entities} AS e (id, state, scheduled) VALUES ($1, $2::jsonb, 1)
+       ON CONFLICT (id) DO UPDATE SET scheduled = e.scheduled + 1, updated_at = now(),
+         state = CASE WHEN $3::boolean THEN EXCLUDED.state ELSE e.state END
+       RETURNING e.scheduled - 1 AS seq
+     )
+     INSERT INTO ${t.outbox} (entity_id, seq, name, payload) SELECT $1, e.seq, $4, $5::jsonb FROM e RETURNING id, seq`,
+    [entity.id, hasState ? JSON.stringify(entity.state) : null, hasState, task.name, JSON.stringify(task.payload ?? null)],
   );
-  const seq = rows[0]!.seq;
-  const out = await tx.query<{ id: string }>(
-    `INSERT INTO ${t.outbox} (entity_id, seq, name, payload) VALUES ($1, $2, $3, $4::jsonb) RETURNING id`,
-    [entity.id, seq, task.name, JSON.stringify(task.payload ?? null)],
-  );
-  return { entityId: entity.id, seq: Number(seq), outboxId: out.rows[0]!.id };
+  const row = rows[0]!;
+  return { entityId: entity.id, seq: Number(row.seq), outboxId: row.id };
 }
 
 /** Message body of a task (JSON). */
@@ -104,16 +105,17 @@ export function decodeTask(content: Buffer): TaskMessage | undefined {
  * tasks were re-issued (0 when the entity had not failed).
  */
 export async function retryFailedTasks(t: Tables, tx: Queryable, entityId: string): Promise<number> {
-  const { rows } = await tx.query<{ seq: string }>(
-    `UPDATE ${t.entities} SET failed_at = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL, updated_at = now()
-     WHERE id = $1 AND failed_at IS NOT NULL RETURNING seq`,
-    [entityId],
-  );
-  if (rows.length === 0) return 0;
+  // One statement: clearing the failure and re-issuing its tasks happen together even outside a transaction.
   const out = await tx.query(
-    `UPDATE ${t.outbox} SET sent_at = NULL WHERE entity_id = $1 AND seq >= $2
-       AND id IN (SELECT max(id) FROM ${t.outbox} WHERE entity_id = $1 AND seq >= $2 GROUP BY seq)`,
-    [entityId, rows[0]!.seq],
+    `WITH f AS (
+       UPDATE ${t.entities} SET failed_at = NULL, attempts = 0, lease_owner = NULL, lease_until = NULL, updated_at = now()
+       WHERE id = $1 AND failed_at IS NOT NULL RETURNING seq
+     )
+     UPDATE ${t.outbox} o SET sent_at = NULL FROM f
+     WHERE o.entity_id = $1 AND o.seq >= f.seq
+       AND o.id IN (SELECT max(id) FROM ${t.outbox} WHERE entity_id = $1 GROUP BY seq)
+     RETURNING o.id`,
+    [entityId],
   );
   return out.rowCount ?? 0;
 }

@@ -15,8 +15,13 @@ import type { ChannelLike, ConfirmChannelLike, MessageLike, PoolLike, Queryable 
 export interface TasksOptions {
   /** PostgreSQL pool (`pg.Pool`) for the relay, `handle()` and `migrate()`. */
   readonly pool: PoolLike;
-  /** The memlock instance used as the pre-filter. */
-  readonly memlock: Memlock;
+  /**
+   * The memlock instance used as the pre-filter of `handle()`. Optional: a
+   * process that only schedules or relays needs none, and without it every
+   * delivery goes to PostgreSQL (still exactly once, at a database
+   * transaction per copy).
+   */
+  readonly memlock?: Memlock | undefined;
   /** PostgreSQL schema holding the tables. @default 'memlock_tasks' */
   readonly schema?: string;
   /**
@@ -78,7 +83,7 @@ export class Tasks {
     if (typeof options !== 'object' || options === null) throw new TypeError('Expected `options` to be an object');
     const { pool, memlock } = options;
     if (typeof pool?.query !== 'function' || typeof pool.connect !== 'function') throw new TypeError('Expected `pool` to be a pg Pool');
-    if (!(memlock instanceof Memlock)) throw new TypeError('Expected `memlock` to be a Memlock');
+    if (memlock !== undefined && !(memlock instanceof Memlock)) throw new TypeError('Expected `memlock` to be a Memlock');
     this.tables = tables(checkSchemaName(options.schema ?? 'memlock_tasks'));
     const keyPrefix = options.keyPrefix ?? 'tasks:';
     if (typeof keyPrefix !== 'string') throw new TypeError('Expected `keyPrefix` to be a string');

@@ -257,7 +257,7 @@ test.serial('a worker whose expired lease was taken over cannot commit (lease-lo
   t.is(await effects(m3.entityId), 1);
 });
 
-test.serial('memcache unavailable: the delivery goes to the database unfiltered and still applies once', async (t) => {
+test.serial('memcache unavailable, or no memlock: the delivery goes to the database unfiltered and still applies once', async (t) => {
   const dead = await startMemcached();
   const address = dead.address;
   await dead.kill();
@@ -267,6 +267,13 @@ test.serial('memcache unavailable: the delivery goes to the database unfiltered 
   t.like(r, { status: 'applied', filtered: false });
   t.like(await tasks.handle(delivery(m.content), effect), { status: 'dropped', reason: 'stale', filtered: false });
   t.is(await effects(m.entityId), 1);
+  // Without a memlock at all (a deployment without memcache): the same guarantees, every copy at the database.
+  const bare = new Tasks({ pool, schema, retryDelayMs: 0 });
+  const m2 = await issue(bare);
+  const both = await Promise.all([bare.handle(delivery(m2.content), effect), bare.handle(delivery(m2.content), effect)]);
+  t.is(both.filter((r) => r.status === 'applied').length, 1);
+  t.true(both.every((r) => !r.filtered && r.stoppedBy !== 'memlock'));
+  t.is(await effects(m2.entityId), 1);
 });
 
 test.serial('a chain step schedules the next step in its own transaction: issued only if it commits', async (t) => {
