@@ -33,15 +33,17 @@ const relay = tasks.relay(channel, {
           channel.publish('', cfg.queue, row.content, { persistent: true });
         };
         if (Math.random() < cfg.lateShare) {
+          // Counted when published: a relay killed before a late copy was due takes it with it.
           pendingLate++;
           setTimeout(() => {
             pendingLate--;
             publish();
+            send({ type: 'published', rows: 0, copies: 1, pendingLate });
           }, between(cfg.lateMs[0], cfg.lateMs[1]));
         } else {
           publish();
+          copies++;
         }
-        copies++;
       }
     }
     await channel.waitForConfirms();
