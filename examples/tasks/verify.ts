@@ -108,12 +108,14 @@ export const quickVerify = Object.freeze({
   steps: 4,
   copies: [2, 8] as const,
   lateMs: [300, 1500] as const,
-  connectionKillMs: [2000, 5000] as const,
-  consumerKillMs: [2000, 3500] as const,
+  // Short run, so the faults come sooner and more often: each must happen at least once.
+  connectionKillMs: [1000, 2500] as const,
+  consumerKillMs: [1500, 3000] as const,
   crashProbability: 0.01,
   memcachedRestartsAt: [0.4] as const,
-  relayKillProbability: 0.3,
-  relayMinLifeMs: 800,
+  // Every relay incarnation dies at its first batch after 1 s (publishing before that makes progress).
+  relayKillProbability: 1,
+  relayMinLifeMs: 1000,
   leaseMs: 1500,
   workMs: 10,
   timeoutMs: 45_000,
