@@ -349,3 +349,25 @@ test.serial('attempts used up by crashed workers: the next delivery fails the ta
   t.like(hookEvents[0], { entityId: m.entityId, attempts: 2, error: undefined });
   t.like(await entity(m.entityId), { failed: true, lease_owner: null });
 });
+
+test.serial('a throwing hook never reaches the task path; it is published on memlock:tasks:hook-error', async (t) => {
+  const hookErrors: unknown[] = [];
+  const onChannel = (m: unknown): void => void hookErrors.push(m);
+  diagnostics.subscribe('memlock:tasks:hook-error', onChannel);
+  t.teardown(() => diagnostics.unsubscribe('memlock:tasks:hook-error', onChannel));
+  const tasks = tasksWith({
+    maxAttempts: 1,
+    hooks: {
+      onPermanentlyFailed: () => {
+        throw new Error('pager is down');
+      },
+    },
+  });
+  const m = await issue(tasks);
+  const r = await tasks.handle(delivery(m.content), () => {
+    throw new Error('task failed');
+  });
+  t.like(r, { status: 'dropped', reason: 'permanently-failed' });
+  t.is(hookErrors.length, 1);
+  t.like(hookErrors[0], { hook: 'onPermanentlyFailed' });
+});

@@ -151,3 +151,31 @@ test.serial('relay options are validated before anything is touched', (t) => {
   t.throws(() => tasks.relay(confirm, { routingKey: queue, batchSize: 0 }), { instanceOf: RangeError, message: /batchSize/ });
   t.throws(() => tasks.relay(confirm, { routingKey: queue, pollMs: 1.5 }), { instanceOf: TypeError, message: /pollMs/ });
 });
+
+test.serial('two relays side by side publish every row once (FOR UPDATE SKIP LOCKED)', async (t) => {
+  await drain();
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    for (let i = 0; i < 40; i++) await tasks.schedule(client, { id: `side-${i}` }, { name: 'go' });
+    await client.query('COMMIT');
+  } finally {
+    client.release();
+  }
+  const other = await conn.createConfirmChannel();
+  t.teardown(() => other.close().catch(() => undefined));
+  const a = tasks.relay(confirm, { routingKey: queue, batchSize: 5 });
+  const b = tasks.relay(other, { routingKey: queue, batchSize: 5 });
+  const counts = [0, 0];
+  await Promise.all([a, b].map(async (relay, i) => {
+    for (;;) {
+      const n = await relay.runOnce();
+      if (n === 0) return;
+      counts[i] = counts[i]! + n;
+    }
+  }));
+  t.is(counts[0]! + counts[1]!, 40);
+  const ids = (await drain()).map((m) => decodeTask(m.content)!.entityId).sort();
+  t.is(ids.length, 40);
+  t.is(new Set(ids).size, 40, 'no row published twice');
+});
