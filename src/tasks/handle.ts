@@ -166,8 +166,8 @@ class NotFinished {
  */
 export async function handleDelivery<T>(cfg: HandleConfig, message: MessageLike, fn: TaskHandler<T>): Promise<HandleResult<T>> {
   if (typeof fn !== 'function') throw new TypeError('Expected `fn` to be a function');
-  if (typeof message !== 'object' || message === null || !Buffer.isBuffer(message.content)) {
-    throw new TypeError('Expected `message` to be a delivered message (with a Buffer `content`)');
+  if (typeof message !== 'object' || message === null || !Buffer.isBuffer(message.content) || typeof message.fields?.deliveryTag !== 'number') {
+    throw new TypeError('Expected `message` to be a delivered message (a Buffer `content` and `fields.deliveryTag`)');
   }
   const task = decodeTask(message.content);
   if (task === undefined) {

@@ -327,6 +327,7 @@ test.serial('malformed messages are dropped without database work; bad options a
   await t.throwsAsync(() => tasks.schedule(pool, { id: '' }, { name: 'x' }), { instanceOf: TypeError, message: /entity\.id/ });
   await t.throwsAsync(() => tasks.schedule(pool, { id: 'x' }, { name: '' }), { instanceOf: TypeError, message: /task\.name/ });
   await t.throwsAsync(() => tasks.handle(delivery(Buffer.from('{}')), 'x' as never), { instanceOf: TypeError, message: /fn/ });
+  await t.throwsAsync(() => tasks.handle({ content: Buffer.from('{}') } as never, effect), { instanceOf: TypeError, message: /message/ });
   const { rows } = await pool.query<{ c: string }>(`SELECT count(*) AS c FROM "${schema}".entities WHERE id IN ('', 'x')`);
   t.is(Number(rows[0]!.c), 0, 'bad input touched nothing');
 });
