@@ -288,8 +288,13 @@ export class Memlock {
     const deadline = performance.now() + wait.timeoutMs;
     const local = this.#localKey(mkey);
     // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
-    for (const held of local.holders) {
-      if (held.clientId === clientId) return this.#once(key, mkey, clientId, opts, signal, 'probe');
+    if ([...local.holders].some((held) => held.clientId === clientId)) {
+      try {
+        return await this.#once(key, mkey, clientId, opts, signal, 'probe');
+      } catch (error) {
+        // Taken by someone else meanwhile: wait like anyone else.
+        if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
+      }
     }
     const ticket = local.join(clientId, opts.ttlSeconds);
     const started = performance.now();
@@ -322,7 +327,7 @@ export class Memlock {
           }
           mode = 'probe';
         }
-        this.#remote.set(mkey, performance.now());
+        this.#sawRemote(mkey);
         if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
           await this.#queueUp(local, mkey);
         }
@@ -429,7 +434,7 @@ export class Memlock {
     }
     const head = liveOthers(state.waiters, this.#token, Date.now())[0];
     if (head === undefined) return local !== undefined && localWaiters > 0 ? localHandoff(local) : undefined;
-    this.#remote.set(mkey, performance.now());
+    this.#sawRemote(mkey);
     return { kind: 'remote', token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
   }
 
@@ -547,12 +552,18 @@ export class Memlock {
     return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders.size ?? 0) > 0;
   }
 
-  #markContested(mkey: string): void {
+  /** Other processes want `mkey` (a refusal, a queue with others in it). Bounded like #contested. */
+  #sawRemote(mkey: string): void {
+    this.#remote.delete(mkey);
     this.#remote.set(mkey, performance.now());
     if (this.#remote.size > CONTESTED_LIMIT) {
       const oldest = this.#remote.keys().next().value;
       if (oldest !== undefined) this.#remote.delete(oldest);
     }
+  }
+
+  #markContested(mkey: string): void {
+    this.#sawRemote(mkey);
     if (this.#contested.has(mkey)) return;
     if (this.#contested.size >= CONTESTED_LIMIT) {
       const oldest = this.#contested.keys().next().value;
