@@ -4,6 +4,7 @@
  * checks, quoted, so a failure points at the promise that is not kept.
  */
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import dc from 'node:diagnostics_channel';
 import { setTimeout as sleep } from 'node:timers/promises';
 import memjs from 'memjs';
@@ -351,4 +352,44 @@ test('Guarantees: "each entry\'s value is unique per acquisition (clientId, acqu
     });
   }
   t.is(values.size, 3, 'three acquisitions by one clientId wrote three distinct values');
+});
+
+// ------------------------------------------------------------------------- ref
+
+/** Runs `body` (ESM, with `Memlock` imported from src) in a child process; resolves when it printed `ready`. */
+function child(body: string): { ready: Promise<void>; exited: Promise<number | null>; kill: () => void } {
+  const src = new URL('../src/index.ts', import.meta.url).href;
+  const code = `import { Memlock } from ${JSON.stringify(src)};\n${body}\nconsole.log('ready');`;
+  const proc = spawn(process.execPath, ['--import=tsx', '--input-type=module', '-e', code], {
+    env: { ...process.env, MEMCACHE_SERVERS: shared.mc.address },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const ready = new Promise<void>((resolve, reject) => {
+    proc.stdout.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+    void exited.then(() => reject(new Error(`child exited before ready: ${stderr}`)));
+  });
+  return { ready, exited, kill: () => proc.kill('SIGKILL') };
+}
+
+const within = <T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> => Promise.race([p, sleep(ms).then(() => 'timeout' as const)]);
+
+test.serial('ref: "Whether idle memcache connections keep the process alive" (default `true`: they do; `false`: they do not)', async (t) => {
+  const kept = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-true:' });\nawait m.tryWithLock('k', 'A', () => 1);`);
+  t.teardown(kept.kill);
+  await kept.ready;
+  t.is(await within(kept.exited, 2000), 'timeout', 'ref: true (default): an idle connection keeps the process alive');
+  const free = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-false:', ref: false });\nawait m.tryWithLock('k', 'A', () => 1);`);
+  t.teardown(free.kill);
+  await free.ready;
+  t.is(await within(free.exited, 10_000), 0, 'ref: false: the process exits on its own, without close()');
+});
+
+test.serial('ref: "Heartbeat timers never do" (a held lock with `ref: false` does not keep the process alive)', async (t) => {
+  const holder = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-held:', ref: false, leaseMs: 2000, heartbeatMs: 200 });\nawait m.acquire('k', 'A');`);
+  t.teardown(holder.kill);
+  await holder.ready;
+  t.is(await within(holder.exited, 10_000), 0, 'exits while holding the lock');
 });
