@@ -231,7 +231,21 @@ test('acquire: "`release()` never rejects: `true` when our entry was deleted, `f
   t.teardown(() => o.close());
   const failed = await o.acquire('k', 'A');
   await own.stop();
+  const published: Array<{ reason?: string; error?: unknown }> = [];
+  const onFailed = (message: unknown): void => { published.push(message as { reason?: string; error?: unknown }); };
+  dc.subscribe('memlock:release-failed', onFailed);
+  t.teardown(() => dc.unsubscribe('memlock:release-failed', onFailed));
   t.false(await failed.release(), 'memcache failed: false, not a rejection');
+  // Diagnostics: "`memlock:release-failed` `{ key, clientId, reason: 'gone' | 'taken' | 'error', error }`"
+  t.true(published.some((m) => m.reason === 'error' && m.error instanceof Error), 'published with reason error');
+});
+
+test('Keys: "Keys are case-sensitive Unicode"', async (t) => {
+  const m = memlock();
+  await m.tryWithLock('Invoice', 'A', async () => {
+    t.is(await m.tryWithLock('invoice', 'B', () => 'other key'), 'other key');
+    t.is(await m.tryWithLock('İnvoice', 'B', () => 'other key too'), 'other key too');
+  });
 });
 
 test('wrap: "Options are validated when `wrap` is called" (clientId too)', async (t) => {
@@ -307,11 +321,11 @@ test.serial('close(): "Calls still waiting for a lock (`wait`) reject at once wi
 
 // ------------------------------------------------------ diagnostics, guarantees
 
-test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"', async (t) => {
+test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:refused`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"', async (t) => {
   const prefix = 'payload:';
   const m = memlock({}, prefix);
   const seen: Record<string, Array<Record<string, unknown>>> = {};
-  const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released'] as const;
+  const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released', 'memlock:refused'] as const;
   const subs = names.map((name) => {
     const fn = (message: unknown): void => {
       if ((message as { key?: string }).key === 'p') (seen[name] ??= []).push(message as Record<string, unknown>);
@@ -324,6 +338,7 @@ test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, se
   await sleep(50);
   // A steal (holder older than stealAfterMs) from another client.
   const thief = await m.acquire('p', 'B', { stealAfterMs: 10 });
+  await t.throwsAsync(m.acquire('p', 'C'), { instanceOf: LockNotAcquiredError });
   await first.release();
   await sleep(20);
   await thief.release();
@@ -331,6 +346,8 @@ test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, se
   t.like(acquired[0], { key: 'p', clientId: 'A', how: 'added', server: shared.mc.address });
   t.is(typeof acquired[0]?.durationMs, 'number');
   t.like(acquired[1], { key: 'p', clientId: 'B', how: 'stolen' });
+  // "`memlock:refused` `{ key, clientId, holder, server }`"
+  t.like(seen['memlock:refused']?.[0], { key: 'p', clientId: 'C', holder: 'B', server: shared.mc.address });
   const stolen = seen['memlock:stolen']?.[0];
   t.like(stolen, { key: 'p', clientId: 'B', how: 'stolen', previousClientId: 'A' });
   t.true(stolen?.previousAcquiredAt instanceof Date);
