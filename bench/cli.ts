@@ -208,6 +208,7 @@ async function main(): Promise<number> {
       return 1;
     }
 
+    const onlyFleet = options.scenarios.every((s) => s === fleet);
     const system: SystemInfo = {
       node: process.version,
       platform: `${os.type()} ${os.release()} ${os.arch()}`,
@@ -221,8 +222,9 @@ async function main(): Promise<number> {
       postgres: pgProbe?.ok ? pgProbe.value.version : null,
       memcacheServers,
       memcachedStartedWith,
-      durationSeconds: options.durationMs / 1000,
-      rounds: options.rounds,
+      // A fleet-only run measures once per shape and subject for its own duration.
+      durationSeconds: (onlyFleet ? options.fleetDurationMs : options.durationMs) / 1000,
+      rounds: onlyFleet ? 1 : options.rounds,
       date: new Date().toISOString(),
     };
     progress(systemLine(system));

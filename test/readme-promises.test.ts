@@ -4,6 +4,7 @@
  * checks, quoted, so a failure points at the promise that is not kept.
  */
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import dc from 'node:diagnostics_channel';
 import { setTimeout as sleep } from 'node:timers/promises';
 import memjs from 'memjs';
@@ -230,7 +231,21 @@ test('acquire: "`release()` never rejects: `true` when our entry was deleted, `f
   t.teardown(() => o.close());
   const failed = await o.acquire('k', 'A');
   await own.stop();
+  const published: Array<{ reason?: string; error?: unknown }> = [];
+  const onFailed = (message: unknown): void => { published.push(message as { reason?: string; error?: unknown }); };
+  dc.subscribe('memlock:release-failed', onFailed);
+  t.teardown(() => dc.unsubscribe('memlock:release-failed', onFailed));
   t.false(await failed.release(), 'memcache failed: false, not a rejection');
+  // Diagnostics: "`memlock:release-failed` `{ key, clientId, reason: 'gone' | 'taken' | 'error', error }`"
+  t.true(published.some((m) => m.reason === 'error' && m.error instanceof Error), 'published with reason error');
+});
+
+test('Keys: "Keys are case-sensitive Unicode"', async (t) => {
+  const m = memlock();
+  await m.tryWithLock('Invoice', 'A', async () => {
+    t.is(await m.tryWithLock('invoice', 'B', () => 'other key'), 'other key');
+    t.is(await m.tryWithLock('İnvoice', 'B', () => 'other key too'), 'other key too');
+  });
 });
 
 // Serial: it counts the server's operations, which concurrent tests would change.
@@ -307,11 +322,11 @@ test.serial('close(): "Calls still waiting for a lock (`wait`) reject at once wi
 
 // ------------------------------------------------------ diagnostics, guarantees
 
-test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"', async (t) => {
+test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:refused`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"', async (t) => {
   const prefix = 'payload:';
   const m = memlock({}, prefix);
   const seen: Record<string, Array<Record<string, unknown>>> = {};
-  const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released'] as const;
+  const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released', 'memlock:refused'] as const;
   const subs = names.map((name) => {
     const fn = (message: unknown): void => {
       if ((message as { key?: string }).key === 'p') (seen[name] ??= []).push(message as Record<string, unknown>);
@@ -324,6 +339,7 @@ test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, se
   await sleep(50);
   // A steal (holder older than stealAfterMs) from another client.
   const thief = await m.acquire('p', 'B', { stealAfterMs: 10 });
+  await t.throwsAsync(m.acquire('p', 'C'), { instanceOf: LockNotAcquiredError });
   await first.release();
   await sleep(20);
   await thief.release();
@@ -331,6 +347,8 @@ test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, se
   t.like(acquired[0], { key: 'p', clientId: 'A', how: 'added', server: shared.mc.address });
   t.is(typeof acquired[0]?.durationMs, 'number');
   t.like(acquired[1], { key: 'p', clientId: 'B', how: 'stolen' });
+  // "`memlock:refused` `{ key, clientId, holder, server }`"
+  t.like(seen['memlock:refused']?.[0], { key: 'p', clientId: 'C', holder: 'B', server: shared.mc.address });
   const stolen = seen['memlock:stolen']?.[0];
   t.like(stolen, { key: 'p', clientId: 'B', how: 'stolen', previousClientId: 'A' });
   t.true(stolen?.previousAcquiredAt instanceof Date);
@@ -352,4 +370,44 @@ test('Guarantees: "each entry\'s value is unique per acquisition (clientId, acqu
     });
   }
   t.is(values.size, 3, 'three acquisitions by one clientId wrote three distinct values');
+});
+
+// ------------------------------------------------------------------------- ref
+
+/** Runs `body` (ESM, with `Memlock` imported from src) in a child process; resolves when it printed `ready`. */
+function child(body: string): { ready: Promise<void>; exited: Promise<number | null>; kill: () => void } {
+  const src = new URL('../src/index.ts', import.meta.url).href;
+  const code = `import { Memlock } from ${JSON.stringify(src)};\n${body}\nconsole.log('ready');`;
+  const proc = spawn(process.execPath, ['--import=tsx', '--input-type=module', '-e', code], {
+    env: { ...process.env, MEMCACHE_SERVERS: shared.mc.address },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const ready = new Promise<void>((resolve, reject) => {
+    proc.stdout.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+    void exited.then(() => reject(new Error(`child exited before ready: ${stderr}`)));
+  });
+  return { ready, exited, kill: () => proc.kill('SIGKILL') };
+}
+
+const within = <T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> => Promise.race([p, sleep(ms).then(() => 'timeout' as const)]);
+
+test.serial('ref: "Whether idle memcache connections keep the process alive" (default `true`: they do; `false`: they do not)', async (t) => {
+  const kept = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-true:' });\nawait m.tryWithLock('k', 'A', () => 1);`);
+  t.teardown(kept.kill);
+  await kept.ready;
+  t.is(await within(kept.exited, 2000), 'timeout', 'ref: true (default): an idle connection keeps the process alive');
+  const free = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-false:', ref: false });\nawait m.tryWithLock('k', 'A', () => 1);`);
+  t.teardown(free.kill);
+  await free.ready;
+  t.is(await within(free.exited, 10_000), 0, 'ref: false: the process exits on its own, without close()');
+});
+
+test.serial('ref: "Heartbeat timers never do" (a held lock with `ref: false` does not keep the process alive)', async (t) => {
+  const holder = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-held:', ref: false, leaseMs: 2000, heartbeatMs: 200 });\nawait m.acquire('k', 'A');`);
+  t.teardown(holder.kill);
+  await holder.ready;
+  t.is(await within(holder.exited, 10_000), 0, 'exits while holding the lock');
 });
