@@ -5,6 +5,7 @@
  */
 import test from 'ava';
 import { Memlock, LockLostError, MemcacheUnavailableError } from '../../src/index.js';
+import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { startChurn } from './lib/churn.js';
@@ -33,7 +34,7 @@ test('LRU eviction of held entries: every lost lock is signalled with kind gone,
 test('out of memory without eviction (-M): acquire fails with MemcacheUnavailableError carrying the status; a holder whose renewal fails is signalled', async (t) => {
   const mc = await startMemcached({ memoryMb: 2, extraArgs: ['-M'] });
   t.teardown(() => mc.stop());
-  const m = new Memlock({ servers: mc.address, prefix: 'oom:', leaseMs: 3000, heartbeatMs: 500 });
+  const m = new Memlock({ servers: mc.address, protocol: testProtocol, prefix: 'oom:', leaseMs: 3000, heartbeatMs: 500 });
   t.teardown(() => m.close());
   const held = await m.acquire('held-0000', 'client-0');
   const sample = (await mc.rawGet('oom:held-0000'))!;
