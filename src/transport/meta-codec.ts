@@ -22,14 +22,30 @@ const MAX_KEY = 250;
 /** Longest reply line memlock can get (error text included), to catch a stream that is not meta. */
 const MAX_LINE = 8192;
 
-/** The key as it goes on the wire, and the flag to add for it. */
+/**
+ * The key as it goes on the wire, followed by the `b` flag when it is sent
+ * base64-encoded. Every meta command takes flags after the key, except `ms`,
+ * whose data length comes first: see `storeKey`.
+ */
 export function wireKey(key: string): string {
-  if (!UNSAFE_KEY.test(key)) return key;
+  const encoded = encodeKey(key);
+  return encoded === undefined ? key : `${encoded} b`;
+}
+
+/** `ms <key> <datalen> [b]`: the head of a meta set. */
+function storeKey(key: string, length: number): string {
+  const encoded = encodeKey(key);
+  return encoded === undefined ? `ms ${key} ${length}` : `ms ${encoded} ${length} b`;
+}
+
+/** The base64 form of a key the text protocol cannot carry, else `undefined`. */
+function encodeKey(key: string): string | undefined {
+  if (!UNSAFE_KEY.test(key)) return undefined;
   const encoded = Buffer.from(key).toString('base64');
   if (encoded.length > MAX_KEY) {
     throw new RangeError(`memcache key needs base64 for the meta protocol and is then longer than ${MAX_KEY} bytes`);
   }
-  return `${encoded} b`;
+  return encoded;
 }
 
 function store(head: string, value: Buffer): Buffer {
@@ -55,7 +71,7 @@ export class MetaCodec implements Codec {
   readonly name = 'meta' as const;
 
   add(key: string, value: Buffer, ttlSeconds: number): Buffer {
-    return store(`ms ${wireKey(key)} ${value.length} T${ttlSeconds} c ME\r\n`, value);
+    return store(`${storeKey(key, value.length)} T${ttlSeconds} c ME\r\n`, value);
   }
 
   get(key: string): Buffer {
@@ -63,7 +79,7 @@ export class MetaCodec implements Codec {
   }
 
   casSet(key: string, value: Buffer, ttlSeconds: number, cas: bigint): Buffer {
-    return store(`ms ${wireKey(key)} ${value.length} T${ttlSeconds} c C${cas}\r\n`, value);
+    return store(`${storeKey(key, value.length)} T${ttlSeconds} c C${cas}\r\n`, value);
   }
 
   casDelete(key: string, cas: bigint): Buffer {
