@@ -107,6 +107,9 @@ export async function startTlsMemcached(pki: TestPki): Promise<TlsMemcached> {
     resume: () => child.kill('SIGCONT'),
     async stop() {
       process.removeListener('exit', kill);
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      // Keeps the event loop alive until the exit is seen.
+      child.ref();
       child.kill('SIGCONT');
       child.kill('SIGKILL');
       await exited;
