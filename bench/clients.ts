@@ -153,7 +153,7 @@ export async function repeatableRead<T>(client: pg.PoolClient, counters: TxCount
 /**
  * The floor a memcache lock client can reach in Node.js: one `net.Socket`
  * (Nagle off), binary-protocol requests built by hand, writes corked per
- * tick, replies matched first-in first-out. No deadlines, no generation
+ * tick while others are in flight, replies matched first-in first-out. No deadlines, no generation
  * tracking, no error recovery: nothing a real client could do without.
  */
 export class RawSocketClient {
@@ -228,7 +228,9 @@ export class RawSocketClient {
   #send(buf: Buffer): Promise<number> {
     return new Promise((resolve) => {
       this.#waiting.push(resolve);
-      if (!this.#corked) {
+      // A lone request goes out at once; with others in flight, the writes of
+      // this tick are corked into one writev.
+      if (!this.#corked && this.#waiting.length - this.#head > 1) {
         this.#corked = true;
         this.#socket.cork();
         process.nextTick(() => {

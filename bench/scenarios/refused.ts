@@ -114,7 +114,7 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
       const rate = ratioOf(mine?.opsPerSec, floor?.opsPerSec);
       const p50 = ratioOf(mine?.p50Ms, floor?.p50Ms);
       if (rate !== null && p50 !== null) {
-        report.notes.push(`${subject}/raw-socket ${v.label}: attempts/s ${fmtRatio(rate)}${pairedNote(mine, floor)}, p50 ${fmtRatio(p50)}`);
+        report.notes.push(`${subject}/raw-socket ${v.label}: attempts/s ${fmtRatio(rate)}, p50 ${fmtRatio(p50)}`);
       }
     }
   }
