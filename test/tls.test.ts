@@ -111,3 +111,21 @@ test.serial('a stalled TLS server times out at the operation deadline; the next 
   t.is(entry?.value.toString(), 'v');
   t.false(c.isCurrent('tls-stall', warm.conn), 'a new connection (generation) after the timeout');
 });
+
+test.serial('a TLS handshake that never completes fails at the deadline, as not applied', async (t) => {
+  const { startProxy } = await import('./helpers/proxy.js');
+  const proxy = await startProxy({ host: '127.0.0.1', port: server.port });
+  proxy.stall();
+  const c = new MemcacheLockClient({ servers: [proxy.address], tls: { ca: pki.ca, servername: 'localhost' }, timeoutMs: 300 });
+  t.teardown(async () => {
+    await c.close();
+    await proxy.close();
+  });
+  const started = performance.now();
+  const error = await t.throwsAsync(c.add('tls-handshake', Buffer.from('v'), 10), { instanceOf: MemcacheUnavailableError });
+  const elapsed = performance.now() - started;
+  t.true(elapsed >= 290 && elapsed < 300 * 3, `failed after ${elapsed.toFixed(0)} ms`);
+  t.regex(error?.message ?? '', /timed out/);
+  t.false(error?.mayHaveApplied, 'the request never left: the handshake did not finish');
+  t.is(await server.raw.get('tls-handshake'), null);
+});
