@@ -13,7 +13,8 @@ import { Scheduler } from './heartbeat.js';
 import { memcacheKey, queueKey } from './keys.js';
 import { LocalKey } from './local-queue.js';
 import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
-import { MemjsLockClient } from './memjs-adapter.js';
+import { MemcacheLockClient } from './transport/cluster.js';
+import { MemjsClientAdapter } from './transport/memjs-client.js';
 import {
   checkCallArgs, isSignalLike, reasonOf, resolveLockOptions, resolveMemlockOptions,
   type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
@@ -94,14 +95,17 @@ export class Memlock {
       this.#client = options.lockClient;
       this.#ownsClient = false;
     } else {
-      this.#client = new MemjsLockClient({
-        servers: this.#options.servers,
-        client: options.client,
-        username: this.#options.username,
-        password: this.#options.password,
-        timeoutMs: this.#options.timeoutMs,
-        ref: this.#options.ref,
-      });
+      this.#client = options.client !== undefined
+        ? new MemjsClientAdapter(options.client, { timeoutMs: this.#options.timeoutMs })
+        : new MemcacheLockClient({
+          servers: this.#options.servers,
+          protocol: this.#options.protocol,
+          tls: this.#options.tls,
+          username: this.#options.username,
+          password: this.#options.password,
+          timeoutMs: this.#options.timeoutMs,
+          ref: this.#options.ref,
+        });
       this.#ownsClient = true;
     }
     this.#scheduler = new Scheduler();

@@ -3,9 +3,12 @@
  * before any memcache traffic so bad input touches nothing; errors name the
  * option (`TypeError` for a wrong type, `RangeError` for a wrong value).
  */
-import type { Client as MemjsClient } from 'memjs';
+import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { EmptyClientIdError } from './errors.js';
 import type { LockClient } from './client.js';
+import type { ProtocolName } from './transport/codec.js';
+import type { MemjsClientLike } from './transport/memjs-client.js';
+import { parseServer } from './transport/servers.js';
 
 /** All defaults in one place. */
 export const defaults = Object.freeze({
@@ -26,21 +29,42 @@ export const MAX_LEASE_MS = 30 * 24 * 60 * 60 * 1000;
 export interface MemlockOptions {
   /**
    * memcache servers, `'host:port'` or a list (comma-separated string or array).
-   * Several servers are placed on a consistent hash ring; no failover.
+   * Several servers are placed on a consistent hash ring; no failover. An
+   * entry may carry SASL credentials as `'user:pass@host:port'`.
    * @default process.env.MEMCACHE_SERVERS, else 'localhost:11211'
    */
   readonly servers?: string | readonly string[];
   /**
-   * Bring your own memjs client instead of `servers`. memlock uses its
-   * server connections but never its retry/failover logic, and does not close it.
+   * Bring your own memjs client instead of `servers`: memlock sends its
+   * requests on that client's connections (binary protocol, no TLS: memjs has
+   * neither meta nor TLS), never through its retry/failover logic, never
+   * closes or resets them, and leaves the client open on `close()`. memlock
+   * does not import memjs: any memjs >= 1.3 `Client` works.
    */
-  readonly client?: MemjsClient;
+  readonly client?: MemjsClientLike;
   /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
   readonly lockClient?: LockClient;
-  /** SASL username. @default process.env.MEMCACHE_USERNAME (as memjs reads it) */
+  /**
+   * SASL PLAIN username (binary protocol only; memcached has no SASL on meta).
+   * @default process.env.MEMCACHE_USERNAME (as memjs reads it)
+   */
   readonly username?: string;
-  /** SASL password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
+  /** SASL PLAIN password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
   readonly password?: string;
+  /**
+   * Wire protocol of memlock's own connections: `'binary'` (memcached's
+   * binary protocol, with SASL) or `'meta'` (the meta text protocol of
+   * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless).
+   * SASL credentials need `'binary'`. @default 'binary'
+   */
+  readonly protocol?: ProtocolName;
+  /**
+   * TLS for memlock's own connections: `true` uses the system CAs and each
+   * server's host name as servername; an object is passed to `tls.connect`
+   * (e.g. `{ ca }`, client certificates), `servername` defaulting to the host.
+   * @default false
+   */
+  readonly tls?: boolean | TlsConnectionOptions;
   /** Prefix of every memcache key. @default 'memlock:' */
   readonly prefix?: string;
   /** Lease length; the entry's expiry is this rounded up to whole seconds. 2 s to 30 days. @default 16000 */
@@ -157,6 +181,8 @@ export interface ResolvedMemlockOptions {
   readonly servers: string[];
   readonly username: string | undefined;
   readonly password: string | undefined;
+  readonly protocol: ProtocolName;
+  readonly tls: boolean | TlsConnectionOptions;
   readonly ref: boolean;
 }
 
@@ -192,7 +218,29 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
   if (o.client !== undefined && !isMemjsClient(o.client)) {
     throw new TypeError('Expected `client` to be a memjs Client (with a `servers` array)');
   }
-  return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username: o.username, password: o.password, ref: o.ref ?? true };
+  const protocol = o.protocol ?? 'binary';
+  if (typeof protocol !== 'string') throw new TypeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+  if (protocol !== 'binary' && protocol !== 'meta') throw new RangeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+  const tls = o.tls ?? false;
+  if (typeof tls !== 'boolean' && !isPlainObject(tls)) {
+    throw new TypeError(`Expected \`tls\` to be a boolean or tls.connect options, got ${describe(tls)}`);
+  }
+  const username = o.username ?? process.env.MEMCACHE_USERNAME;
+  const password = o.password ?? process.env.MEMCACHE_PASSWORD;
+  const usesOwnConnections = o.lockClient === undefined && o.client === undefined;
+  if (usesOwnConnections) {
+    // Throws the RangeError naming `servers` for a bad entry.
+    const specs = servers.map(parseServer);
+    if (protocol === 'meta' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
+      const from = o.username !== undefined ? 'the `username` option' : username !== undefined ? 'MEMCACHE_USERNAME' : 'a `servers` entry';
+      throw new RangeError(`Expected \`protocol\` to be 'binary' with SASL credentials (from ${from}): memcached has SASL only on the binary protocol`);
+    }
+  } else if (o.lockClient === undefined) {
+    // A caller's memjs client: binary protocol, no TLS, its own credentials.
+    if (o.protocol === 'meta') throw new RangeError('Expected `protocol` to be \'binary\' with a memjs `client` (memjs speaks only the binary protocol)');
+    if (tls !== false) throw new RangeError('Expected `tls` to be false with a memjs `client` (memjs has no TLS)');
+  }
+  return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username, password, protocol, tls, ref: o.ref ?? true };
 }
 
 function isMemjsClient(value: unknown): boolean {

@@ -226,14 +226,9 @@ async function recover(client: LockClient, mkey: string, value: Buffer, ttlSecon
   return { acquired: false, holder: decodeValue(entry.value) };
 }
 
-/** Whether a failed write may still have been applied by the server. */
+/** Whether a failed write may still have been applied by the server (see `MemcacheUnavailableError.mayHaveApplied`). */
 export function isAmbiguous(error: unknown): boolean {
-  if (!(error instanceof MemcacheUnavailableError)) return false;
-  const cause = error.cause as { code?: unknown; status?: unknown } | undefined;
-  // The server answered with an error status: it did not apply the write.
-  if (cause?.status !== undefined) return false;
-  // Refused before anything was sent.
-  return cause?.code !== 'ECONNREFUSED';
+  return error instanceof MemcacheUnavailableError && error.mayHaveApplied;
 }
 
 /** Makes sure `held.cas` is usable: re-reads when the connection changed or a write was ambiguous. */
