@@ -13,7 +13,7 @@ import { channels, publish } from './diagnostics.js';
 import { LockLostError, type LockLostKind } from './errors.js';
 import { reasonOf } from './options.js';
 import type { Scheduled, Scheduler } from './heartbeat.js';
-import { leaseDeadline, releaseEntry, renewEntry, replaceEntry, RESERVATION_TTL_SECONDS, transferEntry, type Held } from './protocol.js';
+import { leaseDeadline, releaseEntry, renewEntry, replaceEntry, RESERVATION_TTL_SECONDS, transferEntry, type AcquireHow, type Held } from './protocol.js';
 
 /** A held lock, as returned by `memlock.acquire()`. */
 export interface Lock {
@@ -61,7 +61,7 @@ export interface LockContext {
   /** Called once when the lock stops holding (lost or released). */
   readonly onDone: (lock: HeldLock) => void;
   /** Decides whether a release reserves the key for a remote waiter. Never rejects. */
-  readonly planRelease: (lock: HeldLock) => Promise<Handoff | undefined>;
+  readonly planRelease: (lock: HeldLock) => Handoff | Promise<Handoff | undefined> | undefined;
 }
 
 /** Delay before retrying a failed renewal (bounded by the lease deadline). */
@@ -97,11 +97,11 @@ export class HeldLock implements Lock, Scheduled {
   #failures = 0;
   #errorPublishedAt = -Infinity;
   /** How this lock was acquired. */
-  readonly how: string;
+  readonly how: AcquireHow;
   /** Acquired by a waiting call: its release checks the waiter queue. */
   waited = false;
 
-  constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined, holdTtlSeconds = 0, how = 'added') {
+  constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined, holdTtlSeconds = 0, how: AcquireHow = 'added') {
     this.#ctx = ctx;
     this.#holdTtlSeconds = holdTtlSeconds;
     this.how = how;
@@ -219,7 +219,13 @@ export class HeldLock implements Lock, Scheduled {
   }
 
   release(): Promise<boolean> {
-    this.#release ??= this.#doRelease(false);
+    this.#release ??= this.#doRelease(false, true);
+    return this.#release;
+  }
+
+  /** @internal Release without handing the key on (the acquiring call gives up). Same promise as `release()`. */
+  drop(): Promise<boolean> {
+    this.#release ??= this.#doRelease(false, false);
     return this.#release;
   }
 
@@ -228,11 +234,11 @@ export class HeldLock implements Lock, Scheduled {
    * completed marker instead of being deleted. Same promise as `release()`.
    */
   complete(): Promise<boolean> {
-    this.#release ??= this.#doRelease(true);
+    this.#release ??= this.#doRelease(true, true);
     return this.#release;
   }
 
-  async #doRelease(completed: boolean): Promise<boolean> {
+  async #doRelease(completed: boolean, handOn: boolean): Promise<boolean> {
     this.#ctx.scheduler.cancel(this);
     // Stopping waits for the in-flight renewal so its CAS is the one we delete with.
     if (this.#inFlight !== undefined) await this.#inFlight;
@@ -243,9 +249,13 @@ export class HeldLock implements Lock, Scheduled {
       publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: lost, error: undefined }));
     } else {
       try {
-        const hold = completed && lost === undefined && this.#holdTtlSeconds > 0;
+        // fn succeeded: mark it done even if the lease ran out locally (deadline,
+        // unreachable): the entry may well still be ours, and the CAS keeps it safe.
+        const hold = completed && lost !== 'closed' && this.#holdTtlSeconds > 0;
         // A completed marker blocks everyone, waiters included: no handoff then.
-        const handoff = hold || lost !== undefined ? undefined : await this.#ctx.planRelease(this);
+        // Usually decided synchronously (nobody else wants the key): no await then.
+        const plan = hold || !handOn || lost !== undefined ? undefined : this.#ctx.planRelease(this);
+        const handoff = plan instanceof Promise ? await plan : plan;
         let result;
         if (hold) {
           result = await replaceEntry(this.#ctx.client, this.#held, 'done', this.clientId, this.#holdTtlSeconds);

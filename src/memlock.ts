@@ -11,7 +11,7 @@ import { channels, publish } from './diagnostics.js';
 import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
 import { Scheduler } from './heartbeat.js';
 import { memcacheKey, queueKey } from './keys.js';
-import { LocalKey } from './local-queue.js';
+import { LocalKey, type Ticket } from './local-queue.js';
 import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
 import { MemcacheLockClient } from './transport/cluster.js';
 import { MemjsClientAdapter } from './transport/memjs-client.js';
@@ -28,6 +28,10 @@ const CONTESTED_LIMIT = 4096;
 const REMOTE_WINDOW_MS = 10_000;
 /** A key whose queue had other waiters this recently: a new waiter queues up before its first attempt. */
 const QUEUED_WINDOW_MS = 1000;
+/** Our place in the waiter queue is unknown (not read yet, or the queue failed); -1 means read and absent. */
+const UNKNOWN = -2;
+/** The first two places poll the entry at least this often: a reservation lives at least 1 s. */
+const MAX_WATCH_MS = 500;
 /** How often a queued waiter refreshes its liveness in the waiter queue (under a third of QUEUE_ALIVE_MS). */
 const QUEUE_REFRESH_MS = 3000;
 
@@ -84,6 +88,9 @@ export class Memlock {
   readonly #closed = new AbortController();
   /** Acquisition attempts and queue updates in flight: `close()` lets them finish first. */
   readonly #pending = new Set<Promise<unknown>>();
+  /** Acquisition attempts in flight, and who waits for them to reach zero (close()). */
+  #attempts = 0;
+  #settled: (() => void) | undefined;
   #closing: Promise<void> | undefined;
 
   /**
@@ -120,7 +127,7 @@ export class Memlock {
         const local = this.#local.get(lock.mkey);
         if (local === undefined) return;
         local.holderDone(lock);
-        if (local.idle && !local.queued) this.#local.delete(lock.mkey);
+        this.#forget(lock.mkey, local);
       },
       planRelease: (lock) => this.#planRelease(lock),
     };
@@ -155,8 +162,10 @@ export class Memlock {
     try {
       result = await fn(lock.signal);
     } catch (error) {
+      // Decided before the release: a close() during the release is not a loss fn saw.
+      const rejection = lostAtCallSite(lock.signal, error);
       await lock.release();
-      throw lostAtCallSite(lock.signal, error);
+      throw rejection;
     }
     await lock.complete();
     return result;
@@ -203,11 +212,15 @@ export class Memlock {
     }
   }
 
-  /** One attempt; `LockNotAcquiredError` when refused. Tracked so `close()` can let it finish. */
-  #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
-    const attempt = this.#attempt(key, mkey, clientId, opts, signal, mode);
-    this.#track(attempt);
-    return attempt;
+  /** One attempt; `LockNotAcquiredError` when refused. Counted so `close()` can let it finish. */
+  async #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
+    // A counter, not a promise per attempt: this is the hot path.
+    this.#attempts++;
+    try {
+      return await this.#attempt(key, mkey, clientId, opts, signal, mode);
+    } finally {
+      if (--this.#attempts === 0) this.#settled?.();
+    }
   }
 
   #track(work: Promise<unknown>): void {
@@ -231,7 +244,7 @@ export class Memlock {
       throw error;
     }
     if (!outcome.acquired) {
-      this.#markContested(mkey);
+      this.#markContested(mkey, (this.#local.get(mkey)?.holders.size ?? 0) === 0);
       const holder = outcome.holder;
       this.#local.get(mkey)?.sawEntry(holder?.token, performance.now());
       const done = holder?.state === 'done';
@@ -258,7 +271,8 @@ export class Memlock {
     for (const other of earlier) other.lose('taken', undefined);
     this.#locks.add(lock);
     if (this.#closing !== undefined || signal?.aborted === true) {
-      await lock.release();
+      // Giving up: delete it, never hand it on (our own ticket may still head the local queue).
+      await lock.drop();
       this.#checkOpen();
       signal?.throwIfAborted();
     }
@@ -267,6 +281,11 @@ export class Memlock {
       publish(channels.stolen, () => ({ key, clientId, how, previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
     }
     return lock;
+  }
+
+  /** Drops `local` from the map once nothing uses it (and only if it is still the map's entry). */
+  #forget(mkey: string, local: LocalKey<HeldLock, Held>): void {
+    if (local.idle && !local.queued && this.#local.get(mkey) === local) this.#local.delete(mkey);
   }
 
   #localKey(mkey: string): LocalKey<HeldLock, Held> {
@@ -290,9 +309,8 @@ export class Memlock {
   async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
-    const local = this.#localKey(mkey);
     // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
-    if ([...local.holders].some((held) => held.clientId === clientId)) {
+    if ([...(this.#local.get(mkey)?.holders ?? [])].some((held) => held.clientId === clientId)) {
       try {
         return await this.#once(key, mkey, clientId, opts, signal, 'probe');
       } catch (error) {
@@ -300,6 +318,8 @@ export class Memlock {
         if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
       }
     }
+    // Looked up after any await: the map entry may have been replaced meanwhile.
+    const local = this.#localKey(mkey);
     const ticket = local.join(clientId, opts.ttlSeconds);
     const started = performance.now();
     // Waiting stops on the caller's signal (its reason, unchanged) or on
@@ -314,15 +334,20 @@ export class Memlock {
       if (!attempt) mode = 'probe';
       for (;;) {
         if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder ?? first(local.holders)?.clientId);
-        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
+        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
         if (attempt) {
           try {
             const lock = await this.#once(key, mkey, clientId, opts, stop, mode);
             local.startTurn();
-            local.position = -1;
-            // The releaser that reserved the key for us took us out of the queue.
+            local.position = UNKNOWN;
+            // The releaser that reserved the key for us took us out of the queue
+            // (if it died between its two writes, our entry expires or is
+            // reserved once more: best effort).
             if (lock.how === 'handoff') local.queued = false;
-            // A waiting caller expects company: its release looks for remote waiters.
+            // A waiting caller expects company: its release reads the waiter
+            // queue (one get), even when it was never refused: a worker loop
+            // that re-takes a free key at once would otherwise never see the
+            // processes queued behind it.
             lock.waited = true;
             return lock;
           } catch (error) {
@@ -331,7 +356,6 @@ export class Memlock {
           }
           mode = 'probe';
         }
-        this.#sawRemote(mkey);
         if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
           await this.#queueUp(local, mkey);
         }
@@ -343,31 +367,46 @@ export class Memlock {
         // our entry expired: look at the entry at once. The head halves the
         // distance to when the hold should end, then polls every minDelayMs;
         // a hold far longer than usual slows polls to an eighth of its length.
-        const pace = local.position < 0
+        // The first two places never sleep past a reservation's guaranteed
+        // second; without a queue (UNKNOWN: it failed) everyone polls like a head.
+        const pace = local.position === -1
           ? 0
-          : local.position === 0
-            ? Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8)
+          : local.position === 0 || local.position === UNKNOWN
+            ? Math.min(Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8), MAX_WATCH_MS)
             : local.position === 1
-              ? Math.max(wait.minDelayMs, cycle / 2, held / 8)
+              ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
               : Math.max(wait.minDelayMs, (local.position - 1) * cycle);
         attempt = local.position <= 1;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
-        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
+        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
       }
     } catch (error) {
-      // Handed the entry while giving up (timeout, abort, close): let go of it.
-      if (ticket.granted !== undefined) await releaseEntry(this.#client, ticket.granted).catch(noop);
+      // Handed the entry while giving up (timeout, abort, close): let go of it
+      // (tracked, so close() waits for this delete before closing sockets).
+      const granted = ticket.granted;
+      if (granted !== undefined) {
+        ticket.granted = undefined;
+        const drop = releaseEntry(this.#client, granted).catch(noop);
+        this.#track(drop);
+        await drop;
+      }
       throw error;
     } finally {
       dispose();
       local.leave(ticket);
-      if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
-      if (local.idle && !local.queued) this.#local.delete(mkey);
+      if (local.waiting === 0) {
+        // The turn's waiters are gone: a later waiter starts a new turn.
+        local.batch = 0;
+        if (local.queued) this.#dequeue(local, mkey);
+      }
+      this.#forget(mkey, local);
     }
   }
 
   /** A local releaser transferred the entry to us: hold it (no round trip), continuing this turn. */
-  #adopt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, started: number): Promise<HeldLock> {
+  #adopt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, ticket: Ticket<Held>, started: number): Promise<HeldLock> {
+    const held = ticket.granted as Held;
+    ticket.granted = undefined;
     const adopted = this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started);
     this.#track(adopted);
     return adopted.then((lock) => {
@@ -389,10 +428,14 @@ export class Memlock {
       } else {
         list = (await readQueue(this.#client, qkey)).waiters;
       }
+      if (list === undefined) {
+        // CAS conflicts persisted: we do not know our place; poll like a head.
+        local.position = UNKNOWN;
+        return;
+      }
       const wall = Date.now();
-      const live = list?.filter((w) => w.expiresAt > wall) ?? [];
-      local.observe(live.findIndex((w) => w.token === this.#token), performance.now());
-      // Missing (the queue expired, was evicted, or our entry expired): join again next time.
+      local.observe(list.filter((w) => w.expiresAt > wall).findIndex((w) => w.token === this.#token), performance.now());
+      // Missing (reserved for us, or the queue expired or was evicted): look now, join again next time.
       if (local.position === -1) local.queuedAt = -Infinity;
     })();
     this.#track(work);
@@ -400,14 +443,14 @@ export class Memlock {
       await work;
     } catch {
       // The queue is a fairness aid: without it, waiting degrades to polling.
-      local.position = -1;
+      local.position = UNKNOWN;
     }
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */
   #dequeue(local: LocalKey<HeldLock, Held>, mkey: string): void {
     local.queued = false;
-    local.position = -1;
+    local.position = UNKNOWN;
     const work = updateQueue(this.#client, queueKey(this.#options.prefix, mkey), without([this.#token], Date.now()));
     this.#track(work);
     work.catch(noop);
@@ -418,7 +461,7 @@ export class Memlock {
    * while this turn's batch lasts; otherwise, when other processes queue for
    * it, reserve it for the queue's head; else delete it.
    */
-  async #planRelease(lock: HeldLock): Promise<Handoff | undefined> {
+  #planRelease(lock: HeldLock): Handoff | Promise<Handoff | undefined> | undefined {
     const mkey = lock.mkey;
     const local = this.#local.get(mkey);
     const localWaiters = local?.waiting ?? 0;
@@ -428,7 +471,13 @@ export class Memlock {
     }
     const seen = this.#remote.get(mkey);
     const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
+    // Nobody else seems to want it: delete, decided synchronously (the uncontended path).
     if (localWaiters === 0 && !remote && !lock.waited && local?.queued !== true) return undefined;
+    return this.#planRemote(mkey, local, localWaiters);
+  }
+
+  /** Reads the waiter queue: reserve for its head, or hand to a local waiter, or delete. Never rejects. */
+  async #planRemote(mkey: string, local: LocalKey<HeldLock, Held> | undefined, localWaiters: number): Promise<Handoff | undefined> {
     const qkey = queueKey(this.#options.prefix, mkey);
     let state: QueueState;
     try {
@@ -442,7 +491,6 @@ export class Memlock {
     return { kind: 'remote', token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
   }
 
-  /** After reserving the key for `head`: drop it from the queue, and queue up again if we still have waiters. Never rejects. */
   /**
    * After reserving the key for `head`: take it out of the queue and put
    * ourselves at the tail, in the same write. We queue up even without local
@@ -450,27 +498,26 @@ export class Memlock {
    * taken already (no join round trips); if no call comes within this turn
    * of the event loop, we leave the queue again. Never rejects.
    */
-  async #reserved(local: LocalKey<HeldLock, Held> | undefined, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
+  async #reserved(local: LocalKey<HeldLock, Held>, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
     const now = Date.now();
     const change = (waiters: readonly QueuedWaiter[]): readonly QueuedWaiter[] => joined(this.#token, now)(without([head], now)(waiters) ?? waiters);
+    local.batch = 0;
     try {
       const list = await updateQueue(this.#client, qkey, change, state);
-      if (local === undefined) return;
-      local.batch = 0;
       local.queued = list !== undefined;
       local.queuedAt = performance.now();
-      local.position = -1;
+      local.position = UNKNOWN;
       if (list !== undefined) local.observe(list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token), performance.now());
-      if (local.queued) {
-        const check = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-          if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
-          if (local.idle && !local.queued && this.#local.get(mkey) === local) this.#local.delete(mkey);
-        });
-        this.#track(check);
-      }
     } catch {
       // The head still finds its reservation; a stale queue heals by expiry.
     }
+    // Whatever the write did: if no call of ours waits by the next turn of the
+    // event loop, leave the queue and let the local state go.
+    const check = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
+      this.#forget(mkey, local);
+    });
+    this.#track(check);
   }
 
   /**
@@ -533,7 +580,11 @@ export class Memlock {
     for (const lock of locks) lock.lose('closed', undefined);
     await Promise.all(locks.map((lock) => lock.release()));
     // Attempts in flight release what they got (they see #closing); new ones cannot start.
-    while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
+    while (this.#attempts > 0 || this.#pending.size > 0) {
+      if (this.#attempts > 0) await new Promise<void>((resolve) => (this.#settled = resolve));
+      else await Promise.allSettled([...this.#pending]);
+    }
+    this.#settled = undefined;
     this.#scheduler.stop();
     if (this.#ownsClient) await this.#client.close();
   }
@@ -566,8 +617,9 @@ export class Memlock {
     }
   }
 
-  #markContested(mkey: string): void {
-    this.#sawRemote(mkey);
+  #markContested(mkey: string, remote: boolean): void {
+    // A refusal by our own local holder says nothing about other processes.
+    if (remote) this.#sawRemote(mkey);
     if (this.#contested.has(mkey)) return;
     if (this.#contested.size >= CONTESTED_LIMIT) {
       const oldest = this.#contested.keys().next().value;

@@ -302,7 +302,11 @@ export async function transferEntry(client: LockClient, held: Held, clientId: st
     result = await client.casSet(held.mkey, value, ttlSeconds, held.cas);
   } catch (error) {
     held.verify = true;
-    throw error;
+    // The write may have landed: read back, so the new holder's entry is never left orphaned.
+    if (!isAmbiguous(error)) throw error;
+    const entry = await client.get(held.mkey).catch(() => null);
+    if (entry === null || !entry.value.equals(value)) throw error;
+    return { mkey: held.mkey, value, ttlSeconds, cas: entry.cas, conn: entry.conn, sentAt, verify: false };
   }
   if (result.status === 'ok') return { mkey: held.mkey, value, ttlSeconds, cas: result.cas, conn: result.conn, sentAt, verify: false };
   return result.status === 'not_found' ? 'gone' : 'taken';
