@@ -32,7 +32,7 @@ export interface ReleaseFailedMessage { key: string; clientId: string; reason: '
 /** `memlock:heartbeat-error` payload: a renewal failed (it is retried until the lease deadline). */
 export interface HeartbeatErrorMessage { key: string; clientId: string; error: Error }
 
-/** Publishes when somebody listens; builds the message lazily. */
+/** Publishes when somebody listens; builds the message lazily. @internal */
 export function publish<T extends object>(channel: diagnostics.Channel, build: () => T): void {
   if (channel.hasSubscribers) channel.publish(build());
 }

@@ -38,7 +38,7 @@ export class LockNotAcquiredError extends MemlockError {
   }
 }
 
-/** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). */
+/** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). @internal */
 export function notAcquired(key: string, holder?: string, options?: { cause?: unknown; message?: string }): LockNotAcquiredError {
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = 0;

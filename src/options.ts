@@ -29,41 +29,41 @@ export interface MemlockOptions {
    * Several servers are placed on a consistent hash ring; no failover.
    * @default process.env.MEMCACHE_SERVERS, else 'localhost:11211'
    */
-  readonly servers?: string | readonly string[];
+  readonly servers?: string | readonly string[] | undefined;
   /**
    * Bring your own memjs client instead of `servers`. memlock uses its
    * server connections but never its retry/failover logic, and does not close it.
    */
-  readonly client?: MemjsClient;
+  readonly client?: MemjsClient | undefined;
   /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
-  readonly lockClient?: LockClient;
+  readonly lockClient?: LockClient | undefined;
   /** SASL username. @default process.env.MEMCACHE_USERNAME (as memjs reads it) */
-  readonly username?: string;
+  readonly username?: string | undefined;
   /** SASL password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
-  readonly password?: string;
+  readonly password?: string | undefined;
   /** Prefix of every memcache key. @default 'memlock:' */
-  readonly prefix?: string;
+  readonly prefix?: string | undefined;
   /** Lease length; the entry's expiry is this rounded up to whole seconds. 2 s to 30 days. @default 16000 */
-  readonly leaseMs?: number;
+  readonly leaseMs?: number | undefined;
   /** Renewal interval; at most `leaseMs / 2`. @default 1000 */
-  readonly heartbeatMs?: number;
+  readonly heartbeatMs?: number | undefined;
   /** Deadline of each memcache operation. @default 500 */
-  readonly timeoutMs?: number;
+  readonly timeoutMs?: number | undefined;
   /**
    * Whether open memcache connections keep the process alive. Pending
    * operations always do. @default true (false for the shared default instance)
    */
-  readonly ref?: boolean;
+  readonly ref?: boolean | undefined;
 }
 
 /** Wait options: retry a refused attempt with exponential backoff and jitter. */
 export interface WaitOptions {
   /** Give up (with `LockNotAcquiredError`) after this long. `Infinity` waits until the caller's signal aborts. @default 30000 */
-  readonly timeoutMs?: number;
+  readonly timeoutMs?: number | undefined;
   /** First backoff delay. @default 10 */
-  readonly minDelayMs?: number;
+  readonly minDelayMs?: number | undefined;
   /** Largest backoff delay. @default 500 */
-  readonly maxDelayMs?: number;
+  readonly maxDelayMs?: number | undefined;
 }
 
 /** Per-call options of `tryWithLock` and `acquire`. */
