@@ -23,8 +23,14 @@ export interface LostMessage { key: string; clientId: string; kind: LockLostKind
 export interface ReleasedMessage { key: string; clientId: string; heldMs: number }
 /** `memlock:release-failed` payload: `reason` is 'gone' | 'taken' | 'error'. */
 export interface ReleaseFailedMessage { key: string; clientId: string; reason: 'gone' | 'taken' | 'error'; error: Error | undefined }
-/** `memlock:heartbeat-error` payload: a renewal failed (it is retried until the lease deadline). */
-export interface HeartbeatErrorMessage { key: string; clientId: string; error: Error }
+/**
+ * `memlock:heartbeat-error` payload: a renewal failed (it is retried until the
+ * lease deadline). Published for the first failure of a streak, then at most
+ * once a second per lock; `failures` counts the streak so far.
+ */
+export interface HeartbeatErrorMessage { key: string; clientId: string; error: Error; failures: number }
+/** `memlock:fail-open` payload: memcache was unavailable and `failOpen` ran `fn` unlocked. */
+export interface FailOpenMessage { key: string; clientId: string; error: Error }
 
 /** Payload type of each memlock channel, by channel name. */
 export interface ChannelMessages {
@@ -35,6 +41,7 @@ export interface ChannelMessages {
   'memlock:released': ReleasedMessage;
   'memlock:release-failed': ReleaseFailedMessage;
   'memlock:heartbeat-error': HeartbeatErrorMessage;
+  'memlock:fail-open': FailOpenMessage;
 }
 
 /** Name of a memlock channel. */
@@ -69,6 +76,7 @@ export const channels = Object.freeze({
   released: channel('memlock:released'),
   releaseFailed: channel('memlock:release-failed'),
   heartbeatError: channel('memlock:heartbeat-error'),
+  failOpen: channel('memlock:fail-open'),
 });
 
 const channelNames: ReadonlySet<string> = new Set(Object.values(channels).map((c) => c.name));

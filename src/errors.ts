@@ -37,18 +37,25 @@ export class LockNotAcquiredError extends MemlockError {
   declare readonly code: 'ERR_MEMLOCK_NOT_ACQUIRED';
   /** The memlock key (as passed by the caller). */
   readonly key: string;
-  /** The holder's clientId when it could be read, else `undefined`. */
+  /** The holder's clientId when it could be read, else `undefined`. With `done`, who completed the run. */
   readonly holder: string | undefined;
+  /**
+   * `true` when the key is blocked by a completed run's `holdAfterMs` marker
+   * (the work is done, not in progress); `false` otherwise.
+   */
+  readonly done: boolean;
 
-  constructor(key: string, holder?: string, options?: { cause?: unknown; message?: string }) {
-    super(options?.message ?? `Lock "${key}" is held by another client`, 'ERR_MEMLOCK_NOT_ACQUIRED', options);
+  constructor(key: string, holder?: string, options?: { cause?: unknown; message?: string; done?: boolean }) {
+    const done = options?.done === true;
+    super(options?.message ?? (done ? `Lock "${key}" was completed recently (holdAfterMs)` : `Lock "${key}" is held by another client`), 'ERR_MEMLOCK_NOT_ACQUIRED', options);
     this.key = key;
     this.holder = holder;
+    this.done = done;
   }
 }
 
 /** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). @internal */
-export function notAcquired(key: string, holder?: string, options?: { cause?: unknown; message?: string }): LockNotAcquiredError {
+export function notAcquired(key: string, holder?: string, options?: { cause?: unknown; message?: string; done?: boolean }): LockNotAcquiredError {
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = 0;
   try {
@@ -88,6 +95,13 @@ export class LockLostError extends MemlockError {
   declare readonly code: 'ERR_MEMLOCK_LOST';
   readonly key: string;
   readonly kind: LockLostKind;
+  /**
+   * What `fn` rejected with after the lock was lost, when that was not this
+   * error itself (an `AbortError` from a driver, say). `tryWithLock` rejects
+   * with this `LockLostError` so `instanceof` works at the call site; the
+   * original error stays reachable here. `undefined` otherwise.
+   */
+  fnError: unknown = undefined;
 
   constructor(key: string, kind: LockLostKind, options?: { cause?: unknown }) {
     super(`Lock "${key}" was lost: ${lostText[kind]}`, 'ERR_MEMLOCK_LOST', options);

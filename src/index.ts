@@ -10,7 +10,7 @@ export type { LockLostKind, MemlockErrorCode } from './errors.js';
 export { channels, subscribe } from './diagnostics.js';
 export type {
   AcquireHow, ChannelMessages, ChannelName, ChannelSubscriber, TypedChannel,
-  AcquiredMessage, RefusedMessage, StolenMessage, LostMessage, ReleasedMessage, ReleaseFailedMessage, HeartbeatErrorMessage,
+  AcquiredMessage, RefusedMessage, StolenMessage, LostMessage, ReleasedMessage, ReleaseFailedMessage, HeartbeatErrorMessage, FailOpenMessage,
 } from './diagnostics.js';
 export type { LockClient, Entry, WriteResult } from './client.js';
 export { MemjsLockClient } from './memjs-adapter.js';

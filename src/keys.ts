@@ -28,3 +28,12 @@ export function memcacheKey(prefix: string, key: string): string {
   }
   return prefix + 'sha256:' + createHash('sha256').update(key, wellFormed ? 'utf8' : 'utf16le').digest('hex');
 }
+
+/**
+ * The memcache key of `mkey`'s waiter queue (waiter-queue.ts). Always hashed,
+ * under a tag no plain or hashed lock key produces ('sha256q:' is not
+ * 'sha256:'), so a caller's key can never name another key's queue by accident.
+ */
+export function queueKey(prefix: string, mkey: string): string {
+  return prefix + 'sha256q:' + createHash('sha256').update(mkey).digest('hex');
+}

@@ -13,7 +13,7 @@ import { channels, publish } from './diagnostics.js';
 import { LockLostError, type LockLostKind } from './errors.js';
 import { reasonOf } from './options.js';
 import type { Scheduled, Scheduler } from './heartbeat.js';
-import { leaseDeadline, releaseEntry, renewEntry, type Held } from './protocol.js';
+import { leaseDeadline, releaseEntry, renewEntry, replaceEntry, RESERVATION_TTL_SECONDS, type Held } from './protocol.js';
 
 /** A held lock, as returned by `memlock.acquire()`. */
 export interface Lock {
@@ -33,16 +33,32 @@ export interface Lock {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** A release that hands the key to the head of the remote waiter queue. */
+export interface Handoff {
+  /** Queue token of the waiter the key is reserved for. */
+  readonly token: string;
+  /** Called after the reservation is written: updates the queue. Never rejects. */
+  readonly reserved: () => Promise<void>;
+}
+
 /** What a lock needs from its Memlock. */
 export interface LockContext {
   readonly client: LockClient;
   readonly scheduler: Scheduler;
   /** Called once when the lock stops holding (lost or released). */
   readonly onDone: (lock: HeldLock) => void;
+  /** Decides whether a release reserves the key for a remote waiter. Never rejects. */
+  readonly planRelease: (lock: HeldLock) => Promise<Handoff | undefined>;
 }
 
 /** Delay before retrying a failed renewal (bounded by the lease deadline). */
 const RETRY_MS = 100;
+/**
+ * `memlock:heartbeat-error` is published for the first failure of a streak,
+ * then at most once per this interval per lock (with the streak's count): an
+ * outage must not flood subscribers with one message per retry per lock.
+ */
+export const HEARTBEAT_ERROR_INTERVAL_MS = 1000;
 
 /** Implementation of `Lock`, scheduled on the instance's heartbeat scheduler. */
 export class HeldLock implements Lock, Scheduled {
@@ -64,9 +80,16 @@ export class HeldLock implements Lock, Scheduled {
   #release: Promise<boolean> | undefined;
   #done = false;
   #callerSignal: AbortSignal | undefined;
+  readonly #holdTtlSeconds: number;
+  #failures = 0;
+  #errorPublishedAt = -Infinity;
+  /** How this lock was acquired (a handoff starts a new turn). */
+  readonly how: string;
 
-  constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined) {
+  constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined, holdTtlSeconds = 0, how = 'added') {
     this.#ctx = ctx;
+    this.#holdTtlSeconds = holdTtlSeconds;
+    this.how = how;
     this.key = key;
     this.clientId = clientId;
     this.#held = held;
@@ -128,7 +151,12 @@ export class HeldLock implements Lock, Scheduled {
     } catch (error) {
       this.#inFlight = undefined;
       this.#lastError = error;
-      publish(channels.heartbeatError, () => ({ key: this.key, clientId: this.clientId, error: error as Error }));
+      const failures = ++this.#failures;
+      const now = performance.now();
+      if (failures === 1 || now - this.#errorPublishedAt >= HEARTBEAT_ERROR_INTERVAL_MS) {
+        this.#errorPublishedAt = now;
+        publish(channels.heartbeatError, () => ({ key: this.key, clientId: this.clientId, error: error as Error, failures }));
+      }
       if (this.#release === undefined && this.#lost === undefined) {
         const now = performance.now();
         if (now >= this.#deadline) this.lose('unreachable', error);
@@ -140,6 +168,7 @@ export class HeldLock implements Lock, Scheduled {
     if (this.#release !== undefined || this.#lost !== undefined) return;
     if (result === 'renewed') {
       this.#lastError = undefined;
+      this.#failures = 0;
       this.#deadline = leaseDeadline(this.#held.sentAt, this.#held.ttlSeconds);
       if (performance.now() >= this.#deadline) this.lose('deadline', undefined);
       else this.#scheduleBeat();
@@ -175,11 +204,20 @@ export class HeldLock implements Lock, Scheduled {
   }
 
   release(): Promise<boolean> {
-    this.#release ??= this.#doRelease();
+    this.#release ??= this.#doRelease(false);
     return this.#release;
   }
 
-  async #doRelease(): Promise<boolean> {
+  /**
+   * Release after a successful run: with `holdAfterMs`, the entry becomes a
+   * completed marker instead of being deleted. Same promise as `release()`.
+   */
+  complete(): Promise<boolean> {
+    this.#release ??= this.#doRelease(true);
+    return this.#release;
+  }
+
+  async #doRelease(completed: boolean): Promise<boolean> {
     this.#ctx.scheduler.cancel(this);
     // Stopping waits for the in-flight renewal so its CAS is the one we delete with.
     if (this.#inFlight !== undefined) await this.#inFlight;
@@ -190,7 +228,19 @@ export class HeldLock implements Lock, Scheduled {
       publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: lost, error: undefined }));
     } else {
       try {
-        const result = await releaseEntry(this.#ctx.client, this.#held);
+        const hold = completed && lost === undefined && this.#holdTtlSeconds > 0;
+        // A completed marker blocks everyone, waiters included: no handoff then.
+        const handoff = hold || lost !== undefined ? undefined : await this.#ctx.planRelease(this);
+        let result;
+        if (hold) {
+          result = await replaceEntry(this.#ctx.client, this.#held, 'done', this.clientId, this.#holdTtlSeconds);
+        } else if (handoff !== undefined) {
+          result = await replaceEntry(this.#ctx.client, this.#held, 'reserved', handoff.token, RESERVATION_TTL_SECONDS);
+          if (result === 'replaced') await handoff.reserved();
+        } else {
+          result = await releaseEntry(this.#ctx.client, this.#held);
+        }
+        if (result === 'replaced') result = 'released';
         ok = result === 'released';
         if (ok) publish(channels.released, () => ({ key: this.key, clientId: this.clientId, heldMs: performance.now() - this.#acquiredAt }));
         else publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: result as 'gone' | 'taken', error: undefined }));

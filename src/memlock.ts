@@ -3,37 +3,57 @@
  * `tryWithLock` / `acquire` / `wrap` / `inspect` / `close` surface, and the
  * shared default instance.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import pRetry from 'p-retry';
+import { hostname } from 'node:os';
 import type { LockClient } from './client.js';
 import { channels, publish } from './diagnostics.js';
-import { LockNotAcquiredError, MemlockError, notAcquired } from './errors.js';
+import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
 import { Scheduler } from './heartbeat.js';
-import { memcacheKey } from './keys.js';
+import { memcacheKey, queueKey } from './keys.js';
 import { LocalKey } from './local-queue.js';
-import { HeldLock, type Lock, type LockContext } from './lock.js';
+import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
 import { MemjsLockClient } from './memjs-adapter.js';
 import {
-  checkCallArgs, reasonOf, resolveLockOptions, resolveMemlockOptions,
+  checkCallArgs, isSignalLike, reasonOf, resolveLockOptions, resolveMemlockOptions,
   type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
 } from './options.js';
 import { acquireEntry, readHolder, type AcquireMode, type Holder } from './protocol.js';
+import { joined, liveOthers, readQueue, updateQueue, without, type QueueState } from './waiter-queue.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
 const CONTESTED_LIMIT = 4096;
+/** A key counts as wanted by other processes this long after the last sign of it. */
+const REMOTE_WINDOW_MS = 10_000;
+/** How often a queued waiter refreshes its liveness in the waiter queue. */
+const QUEUE_REFRESH_MS = 1000;
+/** A non-head waiter re-reads the queue after this many ms per place ahead of it (capped by `wait.maxDelayMs`). */
+const PLACE_POLL_MS = 10;
+
+/** Prefix of `wrap()`'s default clientIds: names the host and process. */
+let defaultIdPrefix: string | undefined;
 
 /** Options of `memlock.wrap()`. */
-export interface WrapOptions<A extends unknown[], R> extends Omit<LockOptions, 'signal'> {
+export interface WrapOptions<A extends unknown[], N = never> extends Omit<LockOptions, 'signal'> {
   /** Derives the lock key from the handler's arguments. */
   readonly key: (...args: A) => string;
-  /** The holder's id; a function of the arguments, or a fixed string. @default a random id per call */
-  readonly clientId?: string | ((...args: A) => string);
+  /**
+   * The holder's id; a function of the arguments, or a fixed string (then
+   * concurrent calls with one key take the lock over from each other: use it
+   * only when calls never overlap). @default `${hostname}:${pid}:${random}` per call
+   */
+  readonly clientId?: string | ((...args: A) => string) | undefined;
+  /**
+   * The caller's signal for one call, from its arguments (e.g. an HTTP
+   * request's abort): it cancels waiting and aborts the handler's signal
+   * with its reason. @default undefined (no caller cancellation)
+   */
+  readonly signal?: ((...args: A) => AbortSignal | undefined) | undefined;
   /**
    * Called instead of rejecting when the lock is held elsewhere; its result
    * becomes the wrapped call's result. @default undefined (reject with `LockNotAcquiredError`)
    */
-  readonly onNotAcquired?: (error: LockNotAcquiredError, ...args: A) => R | Promise<R>;
+  readonly onNotAcquired?: ((error: LockNotAcquiredError, ...args: A) => N | Promise<N>) | undefined;
 }
 
 /** What `inspect()` reports about a held key. */
@@ -50,13 +70,19 @@ export class Memlock {
   readonly #ownsClient: boolean;
   readonly #scheduler: Scheduler;
   readonly #locks = new Set<HeldLock>();
-  readonly #local = new Map<string, LocalKey>();
+  readonly #local = new Map<string, LocalKey<HeldLock>>();
   readonly #contested = new Map<string, true>();
+  /** Keys other processes wanted recently (refusals, queued waiters): `performance.now()` of the last sign. */
+  readonly #remote = new Map<string, number>();
   readonly #context: LockContext;
+  /** This instance's token in waiter queues: it stands for all of its local waiters. */
+  readonly #token = randomBytes(12).toString('base64url');
   /** Per-call settings when a call passes no options (the common case: resolved once). */
   readonly #defaultLockOptions: ResolvedLockOptions;
   /** Aborted by `close()`: stops calls that are waiting for a lock. */
   readonly #closed = new AbortController();
+  /** Acquisition attempts and queue updates in flight: `close()` lets them finish first. */
+  readonly #pending = new Set<Promise<unknown>>();
   #closing: Promise<void> | undefined;
 
   /**
@@ -87,12 +113,12 @@ export class Memlock {
       scheduler: this.#scheduler,
       onDone: (lock) => {
         this.#locks.delete(lock);
-        const mkey = lock.mkey;
-        const local = this.#local.get(mkey);
+        const local = this.#local.get(lock.mkey);
         if (local === undefined) return;
-        local.holderDone();
-        if (local.idle) this.#local.delete(mkey);
+        local.holderDone(lock);
+        if (local.idle && !local.queued) this.#local.delete(lock.mkey);
       },
+      planRelease: (lock) => this.#planRelease(lock),
     };
   }
 
@@ -103,24 +129,46 @@ export class Memlock {
 
   /**
    * Runs `fn` while holding `key`. Resolves with what `fn` resolves, rejects
-   * with what it throws; the lock is released afterwards (a failed release is
-   * reported on `memlock:release-failed`, never thrown over the result).
+   * with what it throws (with the `LockLostError` when the lock was lost
+   * before `fn` rejected); the lock is released afterwards (a failed release
+   * is reported on `memlock:release-failed`, never thrown over the result).
    */
   async tryWithLock<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, options?: LockOptions): Promise<T> {
     checkCallArgs(key, clientId);
     if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${fn === null ? 'null' : typeof fn}`);
-    const lock = await this.acquire(key, clientId, options);
+    return this.#run(key, clientId, fn, this.#resolve(options));
+  }
+
+  async #run<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, opts: ResolvedLockOptions): Promise<T> {
+    let lock: HeldLock;
     try {
-      return await fn(lock.signal);
-    } finally {
-      await lock.release();
+      lock = await this.#acquire(key, clientId, opts);
+    } catch (error) {
+      if (opts.failOpen && error instanceof MemcacheUnavailableError) return this.#runUnlocked(key, clientId, fn, opts, error);
+      throw error;
     }
+    let result: T;
+    try {
+      result = await fn(lock.signal);
+    } catch (error) {
+      await lock.release();
+      throw lostAtCallSite(lock.signal, error);
+    }
+    await lock.complete();
+    return result;
   }
 
   /** Acquires `key` and returns a handle; the caller must `release()` it (or `await using`). */
   async acquire(key: string, clientId: string, options?: LockOptions): Promise<Lock> {
     checkCallArgs(key, clientId);
-    const opts = options === undefined ? this.#defaultLockOptions : resolveLockOptions(options, this.#options);
+    return this.#acquire(key, clientId, this.#resolve(options));
+  }
+
+  #resolve(options: LockOptions | undefined): ResolvedLockOptions {
+    return options === undefined ? this.#defaultLockOptions : resolveLockOptions(options, this.#options);
+  }
+
+  async #acquire(key: string, clientId: string, opts: ResolvedLockOptions): Promise<HeldLock> {
     this.#checkOpen();
     const { signal, dispose } = linkedSignal(opts.signal);
     try {
@@ -134,29 +182,66 @@ export class Memlock {
     }
   }
 
-  /** One attempt; `LockNotAcquiredError` when refused. */
-  async #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
+  /** `fn` without a lock (`failOpen`): its signal follows only the caller's signal. */
+  async #runUnlocked<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, opts: ResolvedLockOptions, error: MemcacheUnavailableError): Promise<T> {
+    publish(channels.failOpen, () => ({ key, clientId, error }));
+    // A native signal for fn even when the caller's is polyfilled, or absent.
+    const controller = new AbortController();
+    const { signal: caller, dispose } = linkedSignal(opts.signal, controller.signal);
+    try {
+      return await fn(caller ?? controller.signal);
+    } finally {
+      dispose();
+    }
+  }
+
+  /** One attempt; `LockNotAcquiredError` when refused. Tracked so `close()` can let it finish. */
+  #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
+    const attempt = this.#attempt(key, mkey, clientId, opts, signal, mode);
+    this.#track(attempt);
+    return attempt;
+  }
+
+  #track(work: Promise<unknown>): void {
+    this.#pending.add(work);
+    const done = (): void => {
+      this.#pending.delete(work);
+    };
+    work.then(done, done);
+  }
+
+  async #attempt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
     signal?.throwIfAborted();
     this.#checkOpen();
     const started = performance.now();
-    const outcome = await acquireEntry(this.#client, mkey, clientId, opts.ttlSeconds, opts.stealAfterMs, mode);
+    let outcome;
+    try {
+      outcome = await acquireEntry(this.#client, mkey, clientId, opts.ttlSeconds, opts.stealAfterMs, mode, this.#token);
+    } catch (error) {
+      // close() waits for this attempt; a failure meanwhile is the close's doing.
+      if (this.#closing !== undefined) throw closedError(error);
+      throw error;
+    }
     if (!outcome.acquired) {
       this.#markContested(mkey);
-      const holder = outcome.holder?.clientId;
-      publish(channels.refused, () => ({ key, clientId, holder, server: this.#client.serverOf(mkey) }));
+      const holder = outcome.holder;
+      const done = holder?.state === 'done';
+      const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
+      publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
+      this.#checkOpen();
       signal?.throwIfAborted();
-      throw notAcquired(key, holder);
+      throw notAcquired(key, holderId, done ? { done } : undefined);
     }
     this.#contested.delete(mkey);
-    let local = this.#local.get(mkey);
-    if (local === undefined) {
-      local = new LocalKey();
-      this.#local.set(mkey, local);
-    }
-    local.holders++;
+    const local = this.#localKey(mkey);
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
-    const lock = new HeldLock(this.#context, key, clientId, outcome.held, opts.heartbeatMs, opts.signal);
+    const lock = new HeldLock(this.#context, key, clientId, outcome.held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, outcome.how);
+    const earlier = outcome.how === 'takeover' || outcome.how === 'stolen' ? [...local.holders] : [];
+    // Added first: the local key must not look idle (and be dropped) while the earlier holders finish.
+    local.holders.add(lock);
+    // Our own earlier holders of this entry learn now, not at their next renewal.
+    for (const other of earlier) other.lose('taken', undefined);
     this.#locks.add(lock);
     if (this.#closing !== undefined || signal?.aborted === true) {
       await lock.release();
@@ -171,45 +256,156 @@ export class Memlock {
     return lock;
   }
 
-  async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
-    const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
-    const start = performance.now();
+  #localKey(mkey: string): LocalKey<HeldLock> {
     let local = this.#local.get(mkey);
     if (local === undefined) {
-      local = new LocalKey();
+      local = new LocalKey<HeldLock>();
       this.#local.set(mkey, local);
     }
+    return local;
+  }
+
+  /**
+   * Waits for `key`, fairly across processes (waiter-queue.ts): the local
+   * head asks memcache; once refused, this instance queues up in the key's
+   * waiter queue; the queue's head polls the lock entry fast (a releaser
+   * reserves the key for it), the others re-read the queue now and then.
+   */
+  async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
+    const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
+    const deadline = performance.now() + wait.timeoutMs;
+    const local = this.#localKey(mkey);
     const ticket = local.join();
-    let acquired: HeldLock | undefined;
     // Waiting stops on the caller's signal (its reason, unchanged) or on
     // close() (ERR_MEMLOCK_CLOSED), whichever comes first.
     const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
+    let mode: AcquireMode = this.#expectRefusal(mkey) ? 'probe' : 'pipelined';
+    let holder: string | undefined;
+    let since = performance.now();
     try {
-      if (!await local.turn(ticket, stop, wait.timeoutMs)) {
-        throw new LockNotAcquiredError(key, undefined, { message: `Timed out after ${wait.timeoutMs} ms waiting for lock "${key}"` });
+      for (;;) {
+        if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder);
+        if (local.position <= 0) {
+          try {
+            const lock = await this.#once(key, mkey, clientId, opts, stop, mode);
+            if (local.handingOff) local.handingOff = false;
+            else local.startTurn();
+            local.position = -1;
+            return lock;
+          } catch (error) {
+            if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
+            if (error.holder !== holder) {
+              holder = error.holder;
+              since = performance.now();
+            }
+          }
+          mode = 'probe';
+        }
+        this.#remote.set(mkey, performance.now());
+        await this.#queueUp(local, mkey);
+        const now = performance.now();
+        if (now >= deadline) throw waitTimeout(key, wait.timeoutMs, holder);
+        // The head polls at a pace that follows how long the holder has held
+        // (an eighth of it): short holds hand off fast, long ones cost few polls.
+        const pace = local.position <= 0
+          ? Math.min(Math.max(wait.minDelayMs, (now - since) / 8), wait.maxDelayMs)
+          : Math.min(PLACE_POLL_MS * local.position, wait.maxDelayMs);
+        await local.turn(ticket, stop, Math.min(pace, deadline - now), true);
       }
-      const remaining = Math.max(0, wait.timeoutMs - (performance.now() - start));
-      return await pRetry(async (attempt) => {
-        acquired = await this.#once(key, mkey, clientId, opts, stop, attempt > 1 || this.#expectRefusal(mkey) ? 'pipelined' : 'add');
-        return acquired;
-      }, {
-        retries: Number.POSITIVE_INFINITY,
-        factor: 2,
-        minTimeout: wait.minDelayMs,
-        maxTimeout: wait.maxDelayMs,
-        randomize: true,
-        maxRetryTime: remaining,
-        signal: stop,
-        shouldRetry: ({ error }) => error instanceof LockNotAcquiredError && this.#closing === undefined,
-      });
-    } catch (error) {
-      // p-retry checks the signal after a successful attempt: do not leak that lock.
-      if (acquired !== undefined) await acquired.release();
-      throw error;
     } finally {
       dispose();
       local.leave(ticket);
-      if (local.idle) this.#local.delete(mkey);
+      if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
+      if (local.idle && !local.queued) this.#local.delete(mkey);
+    }
+  }
+
+  /** Joins (or refreshes our place in) the key's waiter queue and learns our position. Never rejects. */
+  async #queueUp(local: LocalKey<HeldLock>, mkey: string): Promise<void> {
+    const qkey = queueKey(this.#options.prefix, mkey);
+    const now = performance.now();
+    const work = (async (): Promise<void> => {
+      let list: readonly { token: string; expiresAt: number }[] | undefined;
+      if (!local.queued || now - local.queuedAt >= QUEUE_REFRESH_MS) {
+        list = await updateQueue(this.#client, qkey, joined(this.#token, Date.now()));
+        local.queued = list !== undefined;
+        local.queuedAt = now;
+      } else {
+        list = (await readQueue(this.#client, qkey)).waiters;
+      }
+      const wall = Date.now();
+      const live = list?.filter((w) => w.expiresAt > wall) ?? [];
+      local.position = live.findIndex((w) => w.token === this.#token);
+      // Missing (the queue expired, was evicted, or our entry expired): join again next time.
+      if (local.position === -1) local.queuedAt = -Infinity;
+    })();
+    this.#track(work);
+    try {
+      await work;
+    } catch {
+      // The queue is a fairness aid: without it, waiting degrades to polling.
+      local.position = -1;
+    }
+  }
+
+  /** Leaves the waiter queue in the background (no local waiter is left). */
+  #dequeue(local: LocalKey<HeldLock>, mkey: string): void {
+    local.queued = false;
+    local.position = -1;
+    const work = updateQueue(this.#client, queueKey(this.#options.prefix, mkey), without([this.#token], Date.now()));
+    this.#track(work);
+    work.catch(noop);
+  }
+
+  /**
+   * How a release lets go (lock.ts asks): hand the key to a local waiter
+   * while this turn's batch lasts; otherwise, when other processes queue for
+   * it, reserve it for the queue's head; else delete it.
+   */
+  async #planRelease(lock: HeldLock): Promise<Handoff | undefined> {
+    const mkey = lock.mkey;
+    const local = this.#local.get(mkey);
+    const localWaiters = local?.waiting ?? 0;
+    if (local !== undefined && localWaiters > 0 && local.batch > 0) {
+      local.batch--;
+      local.handingOff = true;
+      return undefined;
+    }
+    const seen = this.#remote.get(mkey);
+    const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
+    if (localWaiters === 0 && !remote && lock.how !== 'handoff' && local?.queued !== true) return undefined;
+    const qkey = queueKey(this.#options.prefix, mkey);
+    let state: QueueState;
+    try {
+      state = await readQueue(this.#client, qkey);
+    } catch {
+      return undefined;
+    }
+    const head = liveOthers(state.waiters, this.#token, Date.now())[0];
+    if (head === undefined) {
+      if (local !== undefined && localWaiters > 0) local.handingOff = true;
+      return undefined;
+    }
+    this.#remote.set(mkey, performance.now());
+    return { token: head.token, reserved: () => this.#reserved(local, qkey, state, head.token) };
+  }
+
+  /** After reserving the key for `head`: drop it from the queue, and queue up again if we still have waiters. Never rejects. */
+  async #reserved(local: LocalKey<HeldLock> | undefined, qkey: string, state: QueueState, head: string): Promise<void> {
+    const requeue = local !== undefined && local.waiting > 0;
+    const now = Date.now();
+    const drop = without(requeue ? [head] : [head, this.#token], now);
+    const change = requeue ? (ws: Parameters<typeof drop>[0]) => joined(this.#token, now)(drop(ws) ?? ws) : drop;
+    try {
+      const list = await updateQueue(this.#client, qkey, change, state);
+      if (local !== undefined) {
+        local.batch = 0;
+        local.queued = requeue && list !== undefined;
+        local.queuedAt = performance.now();
+        local.position = -1;
+      }
+    } catch {
+      // The head still finds its reservation; a stale queue heals by expiry.
     }
   }
 
@@ -217,23 +413,28 @@ export class Memlock {
    * Wraps a handler so each call runs under a lock whose key comes from its
    * arguments. The handler receives the lock's signal as an extra last argument.
    */
-  wrap<A extends unknown[], R>(fn: (...args: [...A, AbortSignal]) => R | Promise<R>, options: WrapOptions<A, R>): (...args: A) => Promise<R> {
+  wrap<A extends unknown[], R, N = never>(fn: (...args: [...A, AbortSignal]) => R | Promise<R>, options: WrapOptions<A, N>): (...args: A) => Promise<R | N> {
     if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
     if (options === null || typeof options !== 'object') throw new TypeError('Expected `options` to be an object with a `key` function');
     if (typeof options.key !== 'function') throw new TypeError(`Expected \`key\` to be a function, got ${typeof options.key}`);
-    const { key, clientId, onNotAcquired, ...lockOptions } = options;
-    if (clientId !== undefined && typeof clientId !== 'string' && typeof clientId !== 'function') {
-      throw new TypeError(`Expected \`clientId\` to be a string or a function, got ${typeof clientId}`);
-    }
+    const { key, clientId, onNotAcquired, signal, ...lockOptions } = options;
+    if (clientId !== undefined && typeof clientId !== 'function') checkCallArgs('key', clientId);
     if (onNotAcquired !== undefined && typeof onNotAcquired !== 'function') {
       throw new TypeError(`Expected \`onNotAcquired\` to be a function, got ${typeof onNotAcquired}`);
     }
+    if (signal !== undefined && typeof signal !== 'function') {
+      throw new TypeError(`Expected \`signal\` to be a function returning an AbortSignal, got ${typeof signal}`);
+    }
     // Validate the lock options once, up front.
-    resolveLockOptions(lockOptions, this.#options);
-    return async (...args: A): Promise<R> => {
-      const id = typeof clientId === 'function' ? clientId(...args) : clientId ?? randomUUID();
+    const resolved = resolveLockOptions(lockOptions, this.#options);
+    return async (...args: A): Promise<R | N> => {
+      const id = typeof clientId === 'function' ? clientId(...args) : clientId ?? defaultClientId();
+      const callSignal = signal?.(...args);
+      const k = key(...args);
+      checkCallArgs(k, id);
+      if (callSignal !== undefined && !isSignalLike(callSignal)) throw new TypeError('Expected `signal` to return an AbortSignal or undefined');
       try {
-        return await this.tryWithLock(key(...args), id, (signal) => fn(...args, signal), lockOptions);
+        return await this.#run(k, id, (lockSignal) => fn(...args, lockSignal), callSignal === undefined ? resolved : { ...resolved, signal: callSignal });
       } catch (error) {
         if (onNotAcquired !== undefined && error instanceof LockNotAcquiredError) return onNotAcquired(error, ...args);
         throw error;
@@ -247,13 +448,15 @@ export class Memlock {
     if (key === '') throw new TypeError('Expected `key` to be a non-empty string');
     this.#checkOpen();
     const holder = await readHolder(this.#client, memcacheKey(this.#options.prefix, key));
-    return holder === null ? null : { clientId: holder.clientId, acquiredAt: new Date(holder.acquiredAt) };
+    return holder === null || holder.state === 'reserved' ? null : { clientId: holder.clientId, acquiredAt: new Date(holder.acquiredAt) };
   }
 
   /**
    * Releases every held lock (their signals abort with `LockLostError`,
-   * kind `closed`), stops the heartbeat timer and closes the connections this
-   * instance opened. Idempotent.
+   * kind `closed`), stops waiting calls, lets acquisitions in flight finish
+   * (an entry granted meanwhile is deleted, and that call rejects with
+   * `ERR_MEMLOCK_CLOSED`), stops the heartbeat timer and closes the
+   * connections this instance opened. Idempotent.
    */
   close(): Promise<void> {
     if (this.#closing === undefined) this.#closed.abort(closedError());
@@ -265,6 +468,8 @@ export class Memlock {
     const locks = [...this.#locks];
     for (const lock of locks) lock.lose('closed', undefined);
     await Promise.all(locks.map((lock) => lock.release()));
+    // Attempts in flight release what they got (they see #closing); new ones cannot start.
+    while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
     this.#scheduler.stop();
     if (this.#ownsClient) await this.#client.close();
   }
@@ -279,10 +484,15 @@ export class Memlock {
    * waiting, sends the read with the add), so a refusal costs one round trip.
    */
   #expectRefusal(mkey: string): boolean {
-    return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders ?? 0) > 0;
+    return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders.size ?? 0) > 0;
   }
 
   #markContested(mkey: string): void {
+    this.#remote.set(mkey, performance.now());
+    if (this.#remote.size > CONTESTED_LIMIT) {
+      const oldest = this.#remote.keys().next().value;
+      if (oldest !== undefined) this.#remote.delete(oldest);
+    }
     if (this.#contested.has(mkey)) return;
     if (this.#contested.size >= CONTESTED_LIMIT) {
       const oldest = this.#contested.keys().next().value;
@@ -290,6 +500,27 @@ export class Memlock {
     }
     this.#contested.set(mkey, true);
   }
+}
+
+/** `wrap()`'s default clientId: host and process, plus a random part so every call is its own holder. */
+function defaultClientId(): string {
+  defaultIdPrefix ??= `${hostname()}:${process.pid}:`;
+  return defaultIdPrefix + randomUUID();
+}
+
+function waitTimeout(key: string, timeoutMs: number, holder: string | undefined): LockNotAcquiredError {
+  return new LockNotAcquiredError(key, holder, { message: `Timed out after ${timeoutMs} ms waiting for lock "${key}"` });
+}
+
+/**
+ * `fn` rejected: if its lock had been lost, reject with that `LockLostError`
+ * (so `instanceof` works at the call site) and keep fn's own error on it.
+ */
+function lostAtCallSite(signal: AbortSignal, error: unknown): unknown {
+  const reason: unknown = signal.reason;
+  if (!(reason instanceof LockLostError) || error === reason) return error;
+  reason.fnError ??= error;
+  return reason;
 }
 
 /**
@@ -320,8 +551,8 @@ function linkedSignal(...sources: Array<AbortSignal | undefined>): { signal: Abo
 
 function noop(): void {}
 
-function closedError(): MemlockError {
-  return new MemlockError('This Memlock instance is closed', 'ERR_MEMLOCK_CLOSED');
+function closedError(cause?: unknown): MemlockError {
+  return new MemlockError('This Memlock instance is closed', 'ERR_MEMLOCK_CLOSED', cause === undefined ? undefined : { cause });
 }
 
 let defaultInstance: Memlock | undefined;

@@ -78,6 +78,22 @@ export interface LockOptions {
   readonly leaseMs?: number | undefined;
   /** Per-call heartbeat override, same bounds as the instance option. */
   readonly heartbeatMs?: number | undefined;
+  /**
+   * After `fn` resolves, keep the key blocked this long as a completed marker
+   * (a CAS write) instead of deleting the entry: attempts meanwhile are
+   * refused with `LockNotAcquiredError` whose `done` is `true`. Rounded up to
+   * whole seconds; memcached may drop the marker up to 1 s early (the same
+   * n-1 rule as the lease). When `fn` rejects, the entry is deleted as usual.
+   * 0 to 30 days. @default 0 (delete at once)
+   */
+  readonly holdAfterMs?: number | undefined;
+  /**
+   * When acquisition fails with `MemcacheUnavailableError`, run `fn` anyway,
+   * unlocked, with a signal that follows only the caller's `signal`; the call
+   * is published on `memlock:fail-open`. Contention and loss are unaffected.
+   * @default false (reject with `MemcacheUnavailableError`; `fn` is not called)
+   */
+  readonly failOpen?: boolean | undefined;
 }
 
 /** Resolved, validated per-call settings. */
@@ -88,6 +104,9 @@ export interface ResolvedLockOptions {
   readonly stealAfterMs: number | undefined;
   readonly wait: Required<WaitOptions> | undefined;
   readonly signal: AbortSignal | undefined;
+  /** Completed-marker expiry in whole seconds; 0 = delete on success. */
+  readonly holdTtlSeconds: number;
+  readonly failOpen: boolean;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -229,7 +248,12 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
       maxDelayMs,
     };
   }
-  return { leaseMs, heartbeatMs, ttlSeconds: Math.ceil(leaseMs / 1000), stealAfterMs, wait, signal };
+  const holdAfterMs = o.holdAfterMs === undefined ? 0 : checkNumber('holdAfterMs', o.holdAfterMs, 0, MAX_LEASE_MS);
+  if (o.failOpen !== undefined && typeof o.failOpen !== 'boolean') throw new TypeError(`Expected \`failOpen\` to be a boolean, got ${describe(o.failOpen)}`);
+  return {
+    leaseMs, heartbeatMs, ttlSeconds: Math.ceil(leaseMs / 1000), stealAfterMs, wait, signal,
+    holdTtlSeconds: Math.ceil(holdAfterMs / 1000), failOpen: o.failOpen === true,
+  };
 }
 
 /** Duck-typed so signals from the `abort-controller` package are accepted. */

@@ -23,19 +23,37 @@
  * - Eviction: memcache may drop the entry at any moment (LRU, flush,
  *   restart). Nothing here can prevent it; the next renewal detects it. This
  *   is a best-effort lock: the real transaction stays the guard.
+ * - Entry states: an entry is held (`ml1`), a completed marker left by
+ *   `holdAfterMs` (`ml1d`: refuses everyone, never taken over or stolen, ends
+ *   by expiry), or a reservation (`ml1r`) a releaser wrote for the head of the
+ *   waiter queue (see waiter-queue.ts): only that waiter may take it over by
+ *   CAS; it expires after RESERVATION_TTL_SECONDS if that waiter died.
  */
 import { randomUUID } from 'node:crypto';
 import type { Entry, LockClient } from './client.js';
 import { MemcacheUnavailableError } from './errors.js';
 
 const VALUE_TAG = 'ml1';
+const DONE_TAG = 'ml1d';
+const RESERVED_TAG = 'ml1r';
+
+/**
+ * Expiry of a reservation: the longest a key waits for a reserved waiter
+ * that died (memcached may drop it after 1 s, and keeps it at most 2 s).
+ */
+export const RESERVATION_TTL_SECONDS = 2;
+
+/** What an entry is: held by a client, a completed marker, or reserved for a queued waiter. */
+export type EntryState = 'held' | 'done' | 'reserved';
 
 /** Who holds an entry, decoded from its value. */
 export interface Holder {
+  /** The holder's clientId (who completed it, for `done`; the waiter's queue token, for `reserved`). */
   readonly clientId: string;
-  /** Wall-clock ms of the (first) acquisition. */
+  /** Wall-clock ms of the (first) acquisition, the completion, or the reservation. */
   readonly acquiredAt: number;
   readonly token: string;
+  readonly state: EntryState;
 }
 
 /** What we know about an entry we hold; mutated by renewals. */
@@ -53,7 +71,7 @@ export interface Held {
 }
 
 /** How an acquisition happened. */
-export type AcquireHow = 'added' | 'takeover' | 'stolen' | 'recovered';
+export type AcquireHow = 'added' | 'takeover' | 'stolen' | 'recovered' | 'handoff';
 
 /** Outcome of one acquisition attempt. */
 export type AcquireOutcome =
@@ -61,8 +79,9 @@ export type AcquireOutcome =
   | { readonly acquired: false; readonly holder: Holder | null };
 
 /** Encodes a value: `ml1:<acquiredAt>:<token>:<clientId>` (clientId last: it may hold ':'). */
-export function encodeValue(clientId: string, acquiredAt: number, token: string = randomUUID()): Buffer {
-  return Buffer.from(`${VALUE_TAG}:${acquiredAt}:${token}:${clientId}`);
+export function encodeValue(clientId: string, acquiredAt: number, token: string = randomUUID(), state: EntryState = 'held'): Buffer {
+  const tag = state === 'held' ? VALUE_TAG : state === 'done' ? DONE_TAG : RESERVED_TAG;
+  return Buffer.from(`${tag}:${acquiredAt}:${token}:${clientId}`);
 }
 
 /** Decodes a value written by `encodeValue`; `null` for anything else. */
@@ -71,10 +90,13 @@ export function decodeValue(value: Buffer): Holder | null {
   const a = text.indexOf(':');
   const b = text.indexOf(':', a + 1);
   const c = text.indexOf(':', b + 1);
-  if (a === -1 || b === -1 || c === -1 || text.slice(0, a) !== VALUE_TAG) return null;
+  if (a === -1 || b === -1 || c === -1) return null;
+  const tag = text.slice(0, a);
+  const state: EntryState | undefined = tag === VALUE_TAG ? 'held' : tag === DONE_TAG ? 'done' : tag === RESERVED_TAG ? 'reserved' : undefined;
+  if (state === undefined) return null;
   const acquiredAt = Number(text.slice(a + 1, b));
   if (!Number.isFinite(acquiredAt)) return null;
-  return { acquiredAt, token: text.slice(b + 1, c), clientId: text.slice(c + 1) };
+  return { acquiredAt, token: text.slice(b + 1, c), clientId: text.slice(c + 1), state };
 }
 
 /** `performance.now()` until which a write sent at `sentAt` keeps the entry alive for sure. */
@@ -114,6 +136,7 @@ export async function acquireEntry(
   ttlSeconds: number,
   stealAfterMs: number | undefined,
   mode: AcquireMode,
+  queueToken?: string,
 ): Promise<AcquireOutcome> {
   // Built lazily: a probe that finds the key held never needs it.
   let encoded: Buffer | undefined;
@@ -152,8 +175,10 @@ export async function acquireEntry(
     const holder = decodeValue(entry.value);
     lastHolder = holder;
     let how: AcquireHow | undefined;
-    if (holder?.clientId === clientId) how = 'takeover';
-    else if (holder !== null && stealAfterMs !== undefined && Date.now() - holder.acquiredAt > stealAfterMs) how = 'stolen';
+    if (holder === null || holder.state === 'done') how = undefined;
+    else if (holder.state === 'reserved') how = queueToken !== undefined && holder.clientId === queueToken ? 'handoff' : undefined;
+    else if (holder.clientId === clientId) how = 'takeover';
+    else if (stealAfterMs !== undefined && Date.now() - holder.acquiredAt > stealAfterMs) how = 'stolen';
     if (how === undefined) return { acquired: false, holder };
     // A CAS from a connection that has since been replaced may predate a restart.
     if (!client.isCurrent(mkey, entry.conn)) continue;
@@ -166,7 +191,7 @@ export async function acquireEntry(
       return recover(client, mkey, casValue, ttlSeconds, casSentAt, error);
     }
     if (result.status === 'ok') {
-      return { acquired: true, held: held(mkey, casValue, ttlSeconds, result.cas, result.conn, casSentAt), how, previous: holder };
+      return { acquired: true, held: held(mkey, casValue, ttlSeconds, result.cas, result.conn, casSentAt), how, previous: how === 'handoff' ? null : holder };
     }
   }
   return { acquired: false, holder: lastHolder };
@@ -247,6 +272,24 @@ export async function renewEntry(client: LockClient, held: Held): Promise<'renew
     held.sentAt = sentAt;
     return 'renewed';
   }
+  return result.status === 'not_found' ? 'gone' : 'taken';
+}
+
+/**
+ * Replaces a held entry, CAS-checked, with a completed marker (`holdAfterMs`)
+ * or a reservation for a queued waiter; `ttlSeconds` is the new entry's expiry.
+ */
+export async function replaceEntry(client: LockClient, held: Held, state: 'done' | 'reserved', clientId: string, ttlSeconds: number): Promise<'replaced' | 'gone' | 'taken'> {
+  const fresh = await freshCas(client, held);
+  if (fresh !== 'ok') return fresh;
+  let result;
+  try {
+    result = await client.casSet(held.mkey, encodeValue(clientId, Date.now(), randomUUID(), state), ttlSeconds, held.cas);
+  } catch (error) {
+    held.verify = true;
+    throw error;
+  }
+  if (result.status === 'ok') return 'replaced';
   return result.status === 'not_found' ? 'gone' : 'taken';
 }
 
