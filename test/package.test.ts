@@ -50,7 +50,7 @@ const body = (key: string): string => `
   console.log(JSON.stringify(out));
 `;
 
-test('the tarball holds the built package, its typings, LICENSE, README and CHANGELOG, and no sources or tests', async (t) => {
+test.serial('the tarball holds the built package, its typings, LICENSE, README and CHANGELOG, and no sources or tests', async (t) => {
   const files = await tarballFiles(tarball);
   for (const file of ['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/index.d.ts']) {
     t.true(files.includes(file), `${file} ships`);
@@ -72,7 +72,7 @@ test('the tarball holds the built package, its typings, LICENSE, README and CHAN
   t.regex(readFileSync(path.join(installed, 'LICENSE'), 'utf8'), /MIT License/);
 });
 
-test('only the public surface is reachable: deep imports are blocked, @internal declarations are stripped', async (t) => {
+test.serial('only the public surface is reachable: deep imports are blocked, @internal declarations are stripped', async (t) => {
   const dist = path.join(consumer, 'node_modules', 'memlock', 'dist');
   t.notRegex(readFileSync(path.join(dist, 'index.d.ts'), 'utf8'), /HeldLock|LockContext|ResolvedLockOptions|resolveLockOptions|\bpublish\b/);
   t.notRegex(readFileSync(path.join(dist, 'diagnostics.d.ts'), 'utf8'), /function publish\b/, 'stripInternal removed publish()');
@@ -81,13 +81,13 @@ test('only the public surface is reachable: deep imports are blocked, @internal 
   t.is(stdout.trim(), 'ERR_PACKAGE_PATH_NOT_EXPORTED');
 });
 
-test('ESM: import from a plain .mjs consumer', async (t) => {
+test.serial('ESM: import from a plain .mjs consumer', async (t) => {
   writeFiles(consumer, { 'esm.mjs': `import { Memlock, LockNotAcquiredError, MemlockError } from 'memlock';\n${body('esm')}` });
   const { stdout } = await sh(process.execPath, ['esm.mjs'], { cwd: consumer, env: env() });
   t.deepEqual(JSON.parse(stdout), expected);
 });
 
-test('CommonJS: require() from a plain .cjs consumer, the same module instance as import()', async (t) => {
+test.serial('CommonJS: require() from a plain .cjs consumer, the same module instance as import()', async (t) => {
   writeFiles(consumer, {
     'cjs.cjs': `const { Memlock, LockNotAcquiredError, MemlockError } = require('memlock');
 (async () => {
@@ -139,7 +139,7 @@ const tsBody = (key: string): string => `
   console.log(JSON.stringify(out));
 `;
 
-test('TypeScript ESM project (module nodenext, strict, skipLibCheck false) compiles and runs', async (t) => {
+test.serial('TypeScript ESM project (module nodenext, strict, skipLibCheck false) compiles and runs', async (t) => {
   const dir = path.join(consumer, 'ts-esm');
   writeFiles(dir, {
     'package.json': JSON.stringify({ type: 'module' }),
@@ -151,7 +151,7 @@ test('TypeScript ESM project (module nodenext, strict, skipLibCheck false) compi
   t.deepEqual(JSON.parse(stdout), expected);
 });
 
-test('TypeScript CommonJS project (module nodenext, strict, skipLibCheck false) compiles to require() and runs', async (t) => {
+test.serial('TypeScript CommonJS project (module nodenext, strict, skipLibCheck false) compiles to require() and runs', async (t) => {
   const dir = path.join(consumer, 'ts-cjs');
   writeFiles(dir, {
     'package.json': JSON.stringify({ type: 'commonjs' }),
@@ -168,4 +168,29 @@ main().catch((error: unknown) => { console.error(error); process.exitCode = 1; }
   t.regex(emitted, /require\("memlock"\)/, 'compiled to CommonJS');
   const { stdout } = await sh(process.execPath, ['out/main.js'], { cwd: dir, env: env() });
   t.deepEqual(JSON.parse(stdout), expected);
+});
+
+test.serial('the installed `memlock` command runs through npx (bin, shebang, executable)', async (t) => {
+  const help = await sh('npx', ['--no-install', 'memlock', '--help'], { cwd: consumer, env: env() });
+  t.regex(help.stdout, /Usage: memlock <command>/);
+  const writer = `import { Memlock } from 'memlock';
+const m = new Memlock();
+const lock = await m.acquire('npx-key', 'npx-holder');
+const { execFile } = await import('node:child_process');
+const { promisify } = await import('node:util');
+// What npx runs: the bin link npm created (shebang + executable bit).
+const npx = (...args) => promisify(execFile)('node_modules/.bin/memlock', args, { encoding: 'utf8' }).then((r) => r.stdout);
+const out = await npx('inspect', 'npx-key', '--json');
+const released = await npx('release', 'npx-key', '--force');
+await new Promise((resolve) => lock.signal.addEventListener('abort', resolve, { once: true }));
+await lock.release();
+await m.close();
+console.log(JSON.stringify({ info: JSON.parse(out), released, reason: lock.signal.reason.kind }));
+`;
+  writeFiles(consumer, { 'bin.mjs': writer });
+  const { stdout } = await sh(process.execPath, ['bin.mjs'], { cwd: consumer, env: env() });
+  const result = JSON.parse(stdout) as { info: { clientId: string; state: string }; released: string; reason: string };
+  t.like(result.info, { clientId: 'npx-holder', state: 'held' });
+  t.regex(result.released, /removed the entry memlock:npx-key \(held, holder "npx-holder"/);
+  t.is(result.reason, 'gone');
 });
