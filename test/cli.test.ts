@@ -11,6 +11,8 @@ import { randomUUID } from 'node:crypto';
 import { LockLostError } from '../src/index.js';
 import { root } from './helpers/package.js';
 import { startProxy } from './helpers/proxy.js';
+import { startMemcached } from './helpers/memcached.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { waitFor } from './helpers/resources.js';
 import { sharedServer } from './helpers/shared.js';
 
@@ -124,7 +126,7 @@ test('release --force deletes exactly the entry it read and says what it removed
 });
 
 test('release --force never removes an entry that changed after it was read (CAS)', async (t) => {
-  const { prefix, memlock } = setup();
+  const { prefix } = setup();
   // The CLI talks through a proxy that delays every chunk by 300 ms, so at
   // least 600 ms pass between the server answering its read and receiving its
   // delete; the holder renews (a CAS write) directly every 50 ms meanwhile.
@@ -140,7 +142,6 @@ test('release --force never removes an entry that changed after it was read (CAS
   t.false(lock.signal.aborted);
   t.is((await busy.inspect('hot'))?.clientId, 'renewer', 'the entry is still there');
   t.true(await lock.release());
-  void memlock;
 });
 
 test('watch prints diagnostics-style events when the holder changes and exits 0 on SIGINT', async (t) => {
@@ -164,4 +165,32 @@ test('watch prints diagnostics-style events when the holder changes and exits 0 
   t.notRegex(stdout, /key='w2' (clientId|previousClientId)/, 'w2 never changed');
   child.kill('SIGINT');
   t.is(await exited, 0, stderr);
+});
+
+test('watch --json: one JSON object per line; completed (holdAfterMs); one error per failure streak, then recovered', async (t) => {
+  const own = await startMemcached();
+  t.teardown(() => own.stop());
+  const prefix = `cliw${randomUUID().slice(0, 6)}:`;
+  const memlock = shared.memlock({ servers: own.address }, prefix);
+  const child = spawn(process.execPath, [cli, 'watch', 'job', '--json', '--interval-ms', '50', '--timeout-ms', '100', '--servers', own.address, '--prefix', prefix], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  t.teardown(() => child.kill('SIGKILL'));
+  const events = (): Array<Record<string, unknown>> => stdout.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+  const has = (event: string): boolean => events().some((e) => e.event === event);
+  await waitFor(() => has('state'), 5000);
+  t.like(events()[0], { event: 'state', key: 'job', state: 'free' });
+  await memlock.tryWithLock('job', 'worker-9', () => sleep(300), { holdAfterMs: 3000 });
+  await waitFor(() => has('completed'), 5000);
+  t.like(events().find((e) => e.event === 'acquired'), { key: 'job', clientId: 'worker-9' });
+  t.like(events().find((e) => e.event === 'completed'), { key: 'job', clientId: 'worker-9' });
+  await own.pause();
+  await waitFor(() => has('error'), 5000);
+  await sleep(500); // ten more failing polls
+  t.is(events().filter((e) => e.event === 'error').length, 1, 'one line per failure streak');
+  await own.resume();
+  await waitFor(() => has('recovered'), 5000);
+  child.kill('SIGTERM');
+  t.is(await exited, 0);
 });
