@@ -19,8 +19,8 @@ export async function startConsumer({ url, queue, memlock, handle, prefetch = 10
   await channel.assertQueue(queue, { durable: false });
   await channel.prefetch(prefetch);
   const clientId = () => `${os.hostname()}:${process.pid}:${randomUUID()}`;
-  const { consumerTag } = await channel.consume(queue, async (message) => {
-    if (message === null) return; // the queue was deleted
+  const inFlight = new Set();
+  const onMessage = async (message) => {
     const id = message.properties.messageId;
     try {
       await memlock.tryWithLock(`msg:${id}`, clientId(), (signal) => handle(message.content, signal), { holdAfterMs: 60_000 });
@@ -29,10 +29,17 @@ export async function startConsumer({ url, queue, memlock, handle, prefetch = 10
       if (error instanceof LockNotAcquiredError) channel.ack(message); // a duplicate: drop it
       else channel.nack(message, false, true); // failed (or lock lost): let it be redelivered
     }
+  };
+  const { consumerTag } = await channel.consume(queue, (message) => {
+    if (message === null) return; // the queue was deleted
+    const done = onMessage(message).catch((error) => console.error(error)).finally(() => inFlight.delete(done));
+    inFlight.add(done);
   });
   return {
+    /** Stops taking messages, lets the ones in hand finish (ack/nack), then closes. */
     async close() {
       await channel.cancel(consumerTag);
+      await Promise.all(inFlight);
       await channel.close();
       await connection.close();
     },

@@ -180,3 +180,34 @@ test('cron-job: two instances, one runs each tick and the other skips; SIGTERM a
   t.regex(b.stdout(), /stopped/);
   t.is(await memlock.inspect('cron:nightly-report'), null, 'the lock was released on the way out');
 });
+
+test('rabbitmq-consumer: close() while a message is in hand lets it finish and ack, then closes', async (t) => {
+  const example = await import(pathToFileURL(path.join(examples, 'rabbitmq-consumer.js')).href) as AmqpExample;
+  const queue = `memlock-example-${randomUUID().slice(0, 8)}`;
+  let started = false;
+  const handled: string[] = [];
+  const consumer = await example.startConsumer({
+    url: AMQP_URL,
+    queue,
+    memlock: shared.memlock(),
+    handle: async (content, signal) => {
+      started = true;
+      await sleep(500, undefined, { signal });
+      handled.push(content.toString());
+    },
+  });
+  const connection = await amqp.connect(AMQP_URL);
+  t.teardown(async () => {
+    const channel = await connection.createChannel();
+    await channel.deleteQueue(queue);
+    await connection.close();
+  });
+  const channel = await connection.createConfirmChannel();
+  channel.sendToQueue(queue, Buffer.from('slow'), { messageId: 'slow' });
+  await channel.waitForConfirms();
+  await waitFor(() => started, 5000);
+  await consumer.close();
+  t.deepEqual(handled, ['slow'], 'finished before close() resolved');
+  const { messageCount } = await channel.checkQueue(queue);
+  t.is(messageCount, 0, 'acked, not requeued');
+});
