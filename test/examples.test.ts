@@ -54,8 +54,9 @@ test('http-hot-handler: concurrent requests build once (409 for the other), a cl
   t.teardown(() => app.child.kill('SIGKILL'));
   await waitFor(() => /listening on /.test(app.stdout()), 10_000);
   const base = /listening on (\S+)/.exec(app.stdout())?.[1] ?? '';
-  const first = fetch(`${base}/reports/7?ms=800`);
-  await sleep(200);
+  const first = fetch(`${base}/reports/7?ms=1500`);
+  const observer = shared.memlock({}, 'memlock:');
+  await waitFor(async () => (await observer.inspect('report:7')) !== null, 5000); // the first request holds it
   const second = await fetch(`${base}/reports/7`);
   t.is(second.status, 409);
   t.is((await first).status, 200);
