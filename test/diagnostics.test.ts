@@ -76,7 +76,7 @@ test('NODE_DEBUG=memlock logs every event without subscribers, errors with their
   t.is(code, 0, stderr);
   t.regex(stdout, /done/);
   const pid = child.pid ?? 0;
-  t.regex(stderr, new RegExp(`MEMLOCK ${pid}: acquired key='dbg-1' clientId='worker-A' how='added' server='${mc.address}' durationMs=`));
+  t.regex(stderr, new RegExp(`MEMLOCK ${pid}: acquired key='dbg-1' clientId='worker-A' how='(added|recovered)' server='${mc.address}' durationMs=`));
   t.regex(stderr, new RegExp(`MEMLOCK ${pid}: released key='dbg-1' clientId='worker-A' heldMs=`));
   t.regex(stderr, /heartbeat-error key='dbg-2' .*error='MemcacheUnavailableError: .*\(likely cause: .*(down, unreachable or slower than timeoutMs|nothing accepts connections)/);
   t.regex(stderr, /lost key='dbg-2' clientId='worker-A' kind='unreachable' error='LockLostError: .*\(likely cause: /);
