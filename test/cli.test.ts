@@ -32,7 +32,7 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
 /** A fresh prefix per test, so tests do not see each other's keys. */
 function setup(): { prefix: string; args: string[]; memlock: ReturnType<typeof shared.memlock> } {
   const prefix = `cli${randomUUID().slice(0, 6)}:`;
-  return { prefix, args: ['--servers', shared.mc.address, '--prefix', prefix], memlock: shared.memlock({ leaseMs: 4000, heartbeatMs: 200 }, prefix) };
+  return { prefix, args: ['--servers', shared.mc.address, '--prefix', prefix, '--timeout-ms', '3000'], memlock: shared.memlock({ leaseMs: 4000, heartbeatMs: 200 }, prefix) };
 }
 
 test('--help prints usage and exits 0; usage errors exit 2 with a clear message', async (t) => {
@@ -172,7 +172,7 @@ test('watch --json: one JSON object per line; completed (holdAfterMs); one error
   t.teardown(() => own.stop());
   const prefix = `cliw${randomUUID().slice(0, 6)}:`;
   const memlock = shared.memlock({ servers: own.address }, prefix);
-  const child = spawn(process.execPath, [cli, 'watch', 'job', '--json', '--interval-ms', '50', '--timeout-ms', '100', '--servers', own.address, '--prefix', prefix], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cli, 'watch', 'job', '--json', '--interval-ms', '50', '--timeout-ms', '300', '--servers', own.address, '--prefix', prefix], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
   const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
@@ -185,10 +185,11 @@ test('watch --json: one JSON object per line; completed (holdAfterMs); one error
   await waitFor(() => has('completed'), 5000);
   t.like(events().find((e) => e.event === 'acquired'), { key: 'job', clientId: 'worker-9' });
   t.like(events().find((e) => e.event === 'completed'), { key: 'job', clientId: 'worker-9' });
+  const seen = events().length;
   await own.pause();
-  await waitFor(() => has('error'), 5000);
-  await sleep(500); // ten more failing polls
-  t.is(events().filter((e) => e.event === 'error').length, 1, 'one line per failure streak');
+  await waitFor(() => events().slice(seen).some((e) => e.event === 'error'), 5000);
+  await sleep(1000); // more failing polls
+  t.is(events().slice(seen).filter((e) => e.event === 'error').length, 1, 'one line per failure streak');
   await own.resume();
   await waitFor(() => has('recovered'), 5000);
   child.kill('SIGTERM');
