@@ -20,19 +20,25 @@ import { heartbeat } from './scenarios/heartbeat.js';
 import { lossDetection } from './scenarios/loss-detection.js';
 import { prefilter } from './scenarios/prefilter.js';
 import { dedupe } from './scenarios/dedupe.js';
+import { FLEET_DEFAULT_DURATION_MS, FLEET_SHAPES, FLEET_SUBJECTS, fleet, parseShape } from './scenarios/fleet.js';
 
-const SCENARIOS: readonly Scenario[] = [uncontended, refused, handoff, heartbeat, lossDetection, prefilter, dedupe];
+const SCENARIOS: readonly Scenario[] = [uncontended, refused, handoff, heartbeat, lossDetection, prefilter, dedupe, fleet];
 
-const HELP = `Usage: npm run bench -- [options]
+const HELP = `Usage: npm run bench -- [SCENARIO...] [options]
 
 Benchmarks memlock against raw memcache (memjs), redlock (Redis) and
 PostgreSQL, and measures what memlock saves in front of a database.
 
 Options:
-  --scenario NAME   run only this scenario; repeatable (default: all, in the order below)
-  --duration S      seconds per measurement, split over the rounds (default 3)
-  --rounds N        interleaved rounds per measurement, A B A B ... (default 5)
+  --scenario NAME   run only this scenario; repeatable (default: all, in the order below);
+                    a scenario name without --scenario does the same
+  --duration S      seconds per measurement, split over the rounds (default 3;
+                    fleet: measured seconds per shape and subject, default ${FLEET_DEFAULT_DURATION_MS / 1000})
+  --rounds N        interleaved rounds per measurement, A B A B ... (default 5; fleet runs once)
   --locks N         locks held at once in the heartbeat scenario (default 10000)
+  --shape PxWxR     fleet: processes x workers per process x hot rows; repeatable
+                    (default: ${FLEET_SHAPES.join(', ')})
+  --subject NAME    fleet: run only this subject; repeatable (${FLEET_SUBJECTS.join(', ')}; default: all)
   --json            print one JSON document on stdout instead of tables
   --help            show this help
 
@@ -61,23 +67,28 @@ interface Options {
   rounds: number;
   locks: number;
   json: boolean;
+  fleetShapes: string[];
+  fleetSubjects: string[];
+  fleetDurationMs: number;
 }
 
 class UsageError extends Error {}
 
 function parseOptions(argv: string[]): Options | 'help' {
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     args: argv,
     options: {
       scenario: { type: 'string', multiple: true },
       duration: { type: 'string' },
       rounds: { type: 'string' },
       locks: { type: 'string' },
+      shape: { type: 'string', multiple: true },
+      subject: { type: 'string', multiple: true },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
-    allowPositionals: false,
+    allowPositionals: true,
   });
   if (values.help) return 'help';
   const number = (name: string, raw: string | undefined, fallback: number, min: number, max: number, integer: boolean): number => {
@@ -88,13 +99,24 @@ function parseOptions(argv: string[]): Options | 'help' {
     }
     return n;
   };
-  const names = values.scenario ?? [];
+  const names = [...(values.scenario ?? []), ...positionals];
   const scenarios = names.length === 0 ? [...SCENARIOS] : names.map((name) => {
     const s = SCENARIOS.find((x) => x.name === name);
     if (!s) throw new UsageError(`unknown scenario '${name}' (one of: ${SCENARIOS.map((x) => x.name).join(', ')})`);
     return s;
   });
+  const shapes = values.shape ?? [...FLEET_SHAPES];
+  for (const shape of shapes) {
+    if (!parseShape(shape)) throw new UsageError(`--shape must be PxWxR (processes x workers x rows, e.g. 4x8x1, at most 256 workers), got '${shape}'`);
+  }
+  const subjects = values.subject ?? [...FLEET_SUBJECTS];
+  for (const subject of subjects) {
+    if (!(FLEET_SUBJECTS as readonly string[]).includes(subject)) throw new UsageError(`--subject must be one of ${FLEET_SUBJECTS.join(', ')}, got '${subject}'`);
+  }
   return {
+    fleetShapes: [...new Set(shapes.map((x) => parseShape(x)?.label ?? x))],
+    fleetSubjects: subjects,
+    fleetDurationMs: values.duration === undefined ? FLEET_DEFAULT_DURATION_MS : number('duration', values.duration, 3, 0.1, 3600, false) * 1000,
     scenarios: [...new Set(scenarios)],
     durationMs: number('duration', values.duration, 3, 0.1, 3600, false) * 1000,
     rounds: number('rounds', values.rounds, 5, 1, 100, true),
@@ -186,6 +208,7 @@ async function main(): Promise<number> {
       return 1;
     }
 
+    const onlyFleet = options.scenarios.every((s) => s === fleet);
     const system: SystemInfo = {
       node: process.version,
       platform: `${os.type()} ${os.release()} ${os.arch()}`,
@@ -199,8 +222,9 @@ async function main(): Promise<number> {
       postgres: pgProbe?.ok ? pgProbe.value.version : null,
       memcacheServers,
       memcachedStartedWith,
-      durationSeconds: options.durationMs / 1000,
-      rounds: options.rounds,
+      // A fleet-only run measures once per shape and subject for its own duration.
+      durationSeconds: (onlyFleet ? options.fleetDurationMs : options.durationMs) / 1000,
+      rounds: onlyFleet ? 1 : options.rounds,
       date: new Date().toISOString(),
     };
     progress(systemLine(system));
@@ -211,6 +235,12 @@ async function main(): Promise<number> {
       // Long enough for the JIT and connection pools, short next to the measurement.
       warmupMs: Math.min(1000, Math.max(200, options.durationMs * 0.1)),
       locks: options.locks,
+      fleet: {
+        shapes: options.fleetShapes,
+        subjects: options.fleetSubjects,
+        durationMs: options.fleetDurationMs,
+        warmupMs: Math.min(1000, Math.max(200, options.fleetDurationMs * 0.1)),
+      },
       runId: `${Date.now().toString(36)}${process.pid.toString(36)}`,
       memcache: mc?.ok ? { ok: true, value: mc.value.target } : { ok: false, reason: mcReason ?? 'memcache not needed' },
       redis: redis?.ok ? { ok: true, value: redis.value.target } : { ok: false, reason: redisReason ?? 'Redis not needed' },
@@ -227,7 +257,7 @@ async function main(): Promise<number> {
       let report: ScenarioReport;
       try {
         // A hung subject must not hold the whole run hostage.
-        report = await withDeadline(scenario.run(ctx), Math.max(180_000, options.durationMs * 40), scenario.name);
+        report = await withDeadline(scenario.run(ctx), scenario.deadlineMs?.(ctx) ?? Math.max(180_000, options.durationMs * 40), scenario.name);
       } catch (err) {
         failed++;
         progress(`[${scenario.name}] FAILED: ${describeError(err)}`);

@@ -2,12 +2,14 @@
 // bag so each scenario closes exactly what it opened, even when it fails.
 
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { Client as MemjsClient } from 'memjs';
 import type { Redis } from 'ioredis';
 import { Redlock, type Settings as RedlockSettings } from '@sesamecare-oss/redlock';
 import pg from 'pg';
 import type { MemlockInstance, MemlockModule, MemlockOptions } from './lib.js';
-import { newRedis } from './servers.js';
+import { newRedis, parseServers } from './servers.js';
+import { makePki, startTlsMemcached } from '../test/helpers/tls.js';
 
 const silent = { log: (): void => undefined };
 
@@ -45,6 +47,25 @@ export class Resources {
     const client = newMemjs(servers);
     this.defer(() => client.close());
     return client;
+  }
+
+  /** The raw-socket floor client (see `RawSocketClient`), connected. */
+  async rawSocket(servers: string): Promise<RawSocketClient> {
+    const client = await RawSocketClient.connect(servers);
+    this.defer(() => client.close());
+    return client;
+  }
+
+  /**
+   * A private `memcached -Z` with a throwaway CA (the TLS test harness), for
+   * the `memlock (tls)` rows: its address and the CA to trust.
+   */
+  async tlsMemcached(): Promise<{ servers: string; ca: Buffer }> {
+    const pki = await makePki();
+    this.defer(() => pki.remove());
+    const server = await startTlsMemcached(pki);
+    this.defer(() => server.stop());
+    return { servers: server.address, ca: pki.ca };
   }
 
   memlock(mod: MemlockModule, options: MemlockOptions): MemlockInstance {
@@ -124,5 +145,118 @@ export async function repeatableRead<T>(client: pg.PoolClient, counters: TxCount
       counters.aborts++;
       if (attempt >= MAX_TX_ATTEMPTS) throw err;
     }
+  }
+}
+
+// ------------------------------------------------------------ raw-socket floor
+
+/**
+ * The floor a memcache lock client can reach in Node.js: one `net.Socket`
+ * (Nagle off), binary-protocol requests built by hand, writes corked per
+ * tick while others are in flight, replies matched first-in first-out. No deadlines, no generation
+ * tracking, no error recovery: nothing a real client could do without.
+ */
+export class RawSocketClient {
+  readonly #socket: net.Socket;
+  readonly #waiting: Array<(status: number) => void> = [];
+  #head = 0;
+  #partial: Buffer | undefined;
+  #corked = false;
+  #seq = 0;
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    socket.on('data', (data: Buffer) => this.#onData(data));
+    socket.on('error', () => undefined);
+  }
+
+  static connect(servers: string): Promise<RawSocketClient> {
+    const [target] = parseServers(servers);
+    if (target === undefined) return Promise.reject(new Error(`no server in '${servers}'`));
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: target.host, port: target.port, noDelay: true }, () => resolve(new RawSocketClient(socket)));
+      socket.once('error', reject);
+    });
+  }
+
+  /** add with flags 0; resolves with the binary status (0 = stored). */
+  add(key: string, value: string, ttlSeconds: number): Promise<number> {
+    const k = Buffer.byteLength(key);
+    const v = Buffer.byteLength(value);
+    const buf = this.#header(0x02, k, 8, 8 + k + v);
+    buf.writeUInt32BE(0, 24);
+    buf.writeUInt32BE(ttlSeconds, 28);
+    buf.write(key, 32);
+    buf.write(value, 32 + k);
+    return this.#send(buf);
+  }
+
+  /** delete; resolves with the binary status. */
+  delete(key: string): Promise<number> {
+    return this.#keyOnly(0x04, key);
+  }
+
+  /** get; resolves with the binary status (1 = not found). */
+  get(key: string): Promise<number> {
+    return this.#keyOnly(0x00, key);
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+
+  #keyOnly(opcode: number, key: string): Promise<number> {
+    const k = Buffer.byteLength(key);
+    const buf = this.#header(opcode, k, 0, k);
+    buf.write(key, 24);
+    return this.#send(buf);
+  }
+
+  #header(opcode: number, keyLength: number, extras: number, body: number): Buffer {
+    const buf = Buffer.allocUnsafe(24 + body);
+    buf.fill(0, 0, 24);
+    buf[0] = 0x80;
+    buf[1] = opcode;
+    buf.writeUInt16BE(keyLength, 2);
+    buf[4] = extras;
+    buf.writeUInt32BE(body, 8);
+    this.#seq = (this.#seq + 1) & 0x7fff_ffff;
+    buf.writeUInt32BE(this.#seq, 12);
+    return buf;
+  }
+
+  #send(buf: Buffer): Promise<number> {
+    return new Promise((resolve) => {
+      this.#waiting.push(resolve);
+      // A lone request goes out at once; with others in flight, the writes of
+      // this tick are corked into one writev.
+      if (!this.#corked && this.#waiting.length - this.#head > 1) {
+        this.#corked = true;
+        this.#socket.cork();
+        process.nextTick(() => {
+          this.#corked = false;
+          this.#socket.uncork();
+        });
+      }
+      this.#socket.write(buf);
+    });
+  }
+
+  #onData(data: Buffer): void {
+    const buf = this.#partial === undefined ? data : Buffer.concat([this.#partial, data]);
+    this.#partial = undefined;
+    let offset = 0;
+    while (buf.length - offset >= 24) {
+      const end = offset + 24 + buf.readUInt32BE(offset + 8);
+      if (end > buf.length) break;
+      const resolve = this.#waiting[this.#head++];
+      if (this.#head === this.#waiting.length) {
+        this.#waiting.length = 0;
+        this.#head = 0;
+      }
+      resolve?.(buf.readUInt16BE(offset + 6));
+      offset = end;
+    }
+    if (offset < buf.length) this.#partial = Buffer.from(buf.subarray(offset));
   }
 }

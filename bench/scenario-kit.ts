@@ -19,6 +19,7 @@ export function defineScenario(def: ScenarioDefinition): Scenario {
     name: def.name,
     summary: def.summary,
     needs: def.needs,
+    ...(def.deadlineMs ? { deadlineMs: def.deadlineMs } : {}),
     run: async (ctx) => {
       const res = new Resources();
       try {

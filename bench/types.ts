@@ -37,7 +37,19 @@ export interface BenchContext {
   redis: Avail<RedisTarget>;
   pg: Avail<PoolConfig>;
   memlock: Avail<MemlockModule>;
+  /** Options of the fleet scenario (--shape, --subject, its own duration). */
+  fleet: FleetOptions;
   progress: (message: string) => void;
+}
+
+export interface FleetOptions {
+  /** 'PxWxR' shapes to run (processes x workers per process x hot rows). */
+  shapes: readonly string[];
+  /** Subjects to run; the targets need all three. */
+  subjects: readonly string[];
+  /** Measured seconds per (shape, subject), in ms: --duration when given, else 10 s. */
+  durationMs: number;
+  warmupMs: number;
 }
 
 export type MetricValue = number | string | boolean | null;
@@ -96,6 +108,8 @@ export interface Scenario {
   summary: string;
   needs: readonly ServerKind[];
   run: (ctx: BenchContext) => Promise<ScenarioReport>;
+  /** How long the CLI lets the scenario run before failing it (default: max(180 s, 40 x --duration)). */
+  deadlineMs?: (ctx: BenchContext) => number;
 }
 
 export function emptyResult(scenario: string, subject: string, variant = ''): Result {

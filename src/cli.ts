@@ -10,9 +10,9 @@ import { parseArgs } from 'node:util';
 import type { LockClient } from './client.js';
 import { formatEvent, likelyCause } from './diagnostics.js';
 import { memcacheKey } from './keys.js';
-import { MemjsLockClient } from './memjs-adapter.js';
 import { resolveMemlockOptions, type MemlockOptions } from './options.js';
 import { decodeValue, type Holder } from './protocol.js';
+import { MemcacheLockClient } from './transport/cluster.js';
 
 const EXIT_OK = 0;
 const EXIT_NOT_FOUND = 1;
@@ -106,10 +106,8 @@ function parse(argv: string[]): Parsed | 'help' {
     servers: values.servers,
     prefix: values.prefix,
     timeoutMs: number('timeout-ms', values['timeout-ms'], 500),
-    // Passed through only when given, so the command works with transports
-    // that do not know these options yet.
-    ...(values.protocol !== undefined ? { protocol: values.protocol } : {}),
-    ...(values.tls === true ? { tls: true } : {}),
+    protocol: values.protocol as 'binary' | 'meta' | undefined,
+    tls: values.tls === true ? true : undefined,
   };
   return {
     command,
@@ -125,15 +123,14 @@ function parse(argv: string[]): Parsed | 'help' {
 function openClient(options: MemlockOptions): { client: LockClient; prefix: string } {
   try {
     const resolved = resolveMemlockOptions(options);
-    const extra = options as Record<string, unknown>;
-    const client = new MemjsLockClient({
+    const client = new MemcacheLockClient({
       servers: resolved.servers,
+      protocol: resolved.protocol,
+      tls: resolved.tls,
       username: resolved.username,
       password: resolved.password,
       timeoutMs: resolved.timeoutMs,
       ref: true,
-      ...(extra.protocol !== undefined ? { protocol: extra.protocol } : {}),
-    ...(extra.tls !== undefined ? { tls: extra.tls } : {}),
     });
     return { client, prefix: resolved.prefix };
   } catch (error) {

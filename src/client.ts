@@ -8,6 +8,16 @@
  * write that is re-sent can be applied twice), must put a deadline on every
  * operation, and throw `MemcacheUnavailableError` (with `cause`) for any
  * transport failure or unexpected server status.
+ *
+ * The "may have been applied" contract: every `MemcacheUnavailableError` a
+ * `LockClient` throws says, in `mayHaveApplied`, whether the server may have
+ * executed the request. It must be `true` whenever the request (or any byte
+ * of it) was handed to a socket and no answer was parsed (timeout, connection
+ * lost or dropped after the write), and may be `false` only when that is
+ * certain: the server answered with an error status, or the request was never
+ * written (connect refused or timed out, TLS or SASL handshake failed, client
+ * closed). The lock protocol reads the entry back after a write that may have
+ * been applied and trusts a `false` as "not applied".
  */
 
 /** An entry as read with its CAS. */

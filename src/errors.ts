@@ -126,9 +126,18 @@ export class MemcacheUnavailableError extends MemlockError {
   declare readonly code: 'ERR_MEMLOCK_UNAVAILABLE';
   /** The server ('host:port') the operation was routed to, when known. */
   readonly server: string | undefined;
+  /**
+   * Whether the failed request may still have been applied by the server:
+   * `true` when it was sent and no answer came (timeout, connection lost),
+   * `false` when the server answered with an error or the request never left
+   * (connection refused, TLS or SASL failure, client closed). A write that
+   * may have been applied is read back, never re-sent. Unknown means `true`.
+   */
+  readonly mayHaveApplied: boolean;
 
-  constructor(message: string, options?: { cause?: unknown; server?: string }) {
+  constructor(message: string, options?: { cause?: unknown; server?: string; mayHaveApplied?: boolean }) {
     super(message, 'ERR_MEMLOCK_UNAVAILABLE', options);
     this.server = options?.server;
+    this.mayHaveApplied = options?.mayHaveApplied ?? true;
   }
 }

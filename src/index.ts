@@ -13,4 +13,6 @@ export type {
   AcquiredMessage, RefusedMessage, StolenMessage, LostMessage, ReleasedMessage, ReleaseFailedMessage, HeartbeatErrorMessage, FailOpenMessage,
 } from './diagnostics.js';
 export type { LockClient, Entry, WriteResult } from './client.js';
-export { MemjsLockClient } from './memjs-adapter.js';
+export { MemcacheLockClient, type MemcacheLockClientOptions } from './transport/cluster.js';
+export { MemjsClientAdapter, type MemjsClientLike, type MemjsServerLike, type MemjsResponseLike } from './transport/memjs-client.js';
+export type { ProtocolName } from './transport/codec.js';

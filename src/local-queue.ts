@@ -13,13 +13,21 @@
 
 /** Most local handoffs per turn while remote waiters exist. */
 export const MAX_BATCH = 8;
+/** First guess of the handoff interval, before the queue was seen to move. */
+const INITIAL_CYCLE_MS = 10;
 
-interface Ticket {
+/** A local waiter. `G` is what a releaser hands it directly (the held entry). */
+export interface Ticket<G = unknown> {
   wake: (() => void) | undefined;
+  /** Set by a releaser that transferred the entry to this waiter (one CAS write, no add). */
+  granted: G | undefined;
+  /** The waiter's clientId and lease (whole seconds): what a transfer writes. */
+  readonly clientId: string;
+  readonly ttlSeconds: number;
 }
 
 /** Per-key local state: which local locks hold it, who waits, and our place in the remote queue. */
-export class LocalKey<L = unknown> {
+export class LocalKey<L = unknown, G = unknown> {
   readonly holders = new Set<L>();
   /** Local handoffs left in this process's current turn. */
   batch = 0;
@@ -27,11 +35,13 @@ export class LocalKey<L = unknown> {
   queued = false;
   /** `performance.now()` of our last queue write (liveness refresh). */
   queuedAt = 0;
-  /** Our last known position among live remote waiters (0 = head). */
+  /** Our last known position among live remote waiters (0 = head, -1 = unknown). */
   position = -1;
-  /** The current release hands the key to a local waiter: its acquisition continues the turn. */
-  handingOff = false;
-  readonly #waiters: Ticket[] = [];
+  /** `performance.now()` when `position` was last read. */
+  #positionAt = 0;
+  /** Estimated ms between handoffs to other processes (EMA of observed queue movement). */
+  cycleMs = INITIAL_CYCLE_MS;
+  readonly #waiters: Array<Ticket<G>> = [];
 
   get idle(): boolean {
     return this.holders.size === 0 && this.#waiters.length === 0;
@@ -42,20 +52,65 @@ export class LocalKey<L = unknown> {
     return this.#waiters.length;
   }
 
+  /** `performance.now()` since when the entry seen by our polls has been the same. */
+  holderSince = performance.now();
+  #seen: string | undefined;
+
+  /**
+   * Records the entry a refused poll saw (its token). A change means the key
+   * moved on: the handoff interval is re-estimated, and the waiter next in
+   * line (place 1) knows the head was served and is now the head itself.
+   */
+  sawEntry(token: string | undefined, now: number): void {
+    if (token === this.#seen) return;
+    if (this.#seen !== undefined) this.cycleMs += (now - this.holderSince - this.cycleMs) / 4;
+    this.#seen = token;
+    this.holderSince = now;
+    if (this.position === 1) this.position = 0;
+  }
+
+  /** Records a queue read: our position, and how fast the queue moved since the last read. */
+  observe(position: number, now: number): void {
+    if (this.position > 0 && position >= 0 && position < this.position) {
+      const perPlace = (now - this.#positionAt) / (this.position - position);
+      this.cycleMs += (perPlace - this.cycleMs) / 4;
+    }
+    // Moved up to the first two places: the hold in progress is news to us (we did not poll the entry).
+    if (position >= 0 && position <= 1 && (this.position < 0 || this.position > 1)) this.holderSince = now;
+    this.position = position;
+    this.#positionAt = now;
+  }
+
   /** Starts a turn: the waiters present now may be served locally, up to MAX_BATCH. */
   startTurn(): void {
     this.batch = Math.min(Math.max(0, this.#waiters.length - 1), MAX_BATCH);
   }
 
   /** Joins the queue. */
-  join(): Ticket {
-    const ticket: Ticket = { wake: undefined };
+  join(clientId: string, ttlSeconds: number): Ticket<G> {
+    const ticket: Ticket<G> = { wake: undefined, granted: undefined, clientId, ttlSeconds };
     this.#waiters.push(ticket);
     return ticket;
   }
 
   /** Leaves the queue (acquired, gave up or aborted) and wakes the next head if free. */
-  leave(ticket: Ticket): void {
+  /** The waiter a local handoff goes to: the head of the queue. */
+  get head(): Ticket<G> | undefined {
+    return this.#waiters[0];
+  }
+
+  /**
+   * Hands `grant` to `ticket` if it still waits; `false` if it left meanwhile
+   * (then the releaser must let go of what it meant to hand over).
+   */
+  give(ticket: Ticket<G>, grant: G): boolean {
+    if (!this.#waiters.includes(ticket)) return false;
+    ticket.granted = grant;
+    ticket.wake?.();
+    return true;
+  }
+
+  leave(ticket: Ticket<G>): void {
     const index = this.#waiters.indexOf(ticket);
     if (index !== -1) this.#waiters.splice(index, 1);
     ticket.wake = undefined;
@@ -77,7 +132,8 @@ export class LocalKey<L = unknown> {
    * key (at once if that is so already, unless `nap`: then only when woken).
    * Resolves `false` if `timeoutMs` passes first; rejects with `signal.reason`.
    */
-  async turn(ticket: Ticket, signal: AbortSignal | undefined, timeoutMs: number, nap = false): Promise<boolean> {
+  async turn(ticket: Ticket<G>, signal: AbortSignal | undefined, timeoutMs: number, nap = false): Promise<boolean> {
+    if (ticket.granted !== undefined) return true;
     if (!nap && this.#waiters[0] === ticket && this.holders.size === 0) return true;
     signal?.throwIfAborted();
     let timer: NodeJS.Timeout | undefined;

@@ -13,7 +13,7 @@ import { channels, publish } from './diagnostics.js';
 import { LockLostError, type LockLostKind } from './errors.js';
 import { reasonOf } from './options.js';
 import type { Scheduled, Scheduler } from './heartbeat.js';
-import { leaseDeadline, releaseEntry, renewEntry, replaceEntry, RESERVATION_TTL_SECONDS, type Held } from './protocol.js';
+import { leaseDeadline, releaseEntry, renewEntry, replaceEntry, RESERVATION_TTL_SECONDS, transferEntry, type Held } from './protocol.js';
 
 /** A held lock, as returned by `memlock.acquire()`. */
 export interface Lock {
@@ -33,13 +33,26 @@ export interface Lock {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** A release that hands the key to the head of the remote waiter queue. */
-export interface Handoff {
-  /** Queue token of the waiter the key is reserved for. */
-  readonly token: string;
-  /** Called after the reservation is written: updates the queue. Never rejects. */
-  readonly reserved: () => Promise<void>;
-}
+/**
+ * How a release hands the key on: reserve it for the head of the remote
+ * waiter queue, or transfer it to a local waiter (one CAS write of that
+ * waiter's value; it adopts the entry without a round trip of its own).
+ */
+export type Handoff =
+  | {
+    readonly kind: 'remote';
+    /** Queue token of the waiter the key is reserved for. */
+    readonly token: string;
+    /** Called after the reservation is written: updates the queue. Never rejects. */
+    readonly reserved: () => Promise<void>;
+  }
+  | {
+    readonly kind: 'local';
+    readonly clientId: string;
+    readonly ttlSeconds: number;
+    /** Hands the transferred entry over; `false` when the waiter left meanwhile. */
+    readonly give: (held: Held) => boolean;
+  };
 
 /** What a lock needs from its Memlock. */
 export interface LockContext {
@@ -83,8 +96,10 @@ export class HeldLock implements Lock, Scheduled {
   readonly #holdTtlSeconds: number;
   #failures = 0;
   #errorPublishedAt = -Infinity;
-  /** How this lock was acquired (a handoff starts a new turn). */
+  /** How this lock was acquired. */
   readonly how: string;
+  /** Acquired by a waiting call: its release checks the waiter queue. */
+  waited = false;
 
   constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined, holdTtlSeconds = 0, how = 'added') {
     this.#ctx = ctx;
@@ -234,9 +249,15 @@ export class HeldLock implements Lock, Scheduled {
         let result;
         if (hold) {
           result = await replaceEntry(this.#ctx.client, this.#held, 'done', this.clientId, this.#holdTtlSeconds);
-        } else if (handoff !== undefined) {
+        } else if (handoff?.kind === 'remote') {
           result = await replaceEntry(this.#ctx.client, this.#held, 'reserved', handoff.token, RESERVATION_TTL_SECONDS);
           if (result === 'replaced') await handoff.reserved();
+        } else if (handoff?.kind === 'local') {
+          const next = await transferEntry(this.#ctx.client, this.#held, handoff.clientId, handoff.ttlSeconds);
+          if (typeof next === 'string') result = next;
+          else if (handoff.give(next)) result = 'released';
+          // The waiter gave up while the write was out: let go of its entry.
+          else result = await releaseEntry(this.#ctx.client, next);
         } else {
           result = await releaseEntry(this.#ctx.client, this.#held);
         }

@@ -13,22 +13,23 @@ import { Scheduler } from './heartbeat.js';
 import { memcacheKey, queueKey } from './keys.js';
 import { LocalKey } from './local-queue.js';
 import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
-import { MemjsLockClient } from './memjs-adapter.js';
+import { MemcacheLockClient } from './transport/cluster.js';
+import { MemjsClientAdapter } from './transport/memjs-client.js';
 import {
   checkCallArgs, isSignalLike, reasonOf, resolveLockOptions, resolveMemlockOptions,
   type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
 } from './options.js';
-import { acquireEntry, readHolder, type AcquireMode, type Holder } from './protocol.js';
-import { joined, liveOthers, readQueue, updateQueue, without, type QueueState } from './waiter-queue.js';
+import { acquireEntry, readHolder, releaseEntry, type AcquireHow, type AcquireMode, type Held, type Holder } from './protocol.js';
+import { joined, liveOthers, readQueue, updateQueue, without, type QueuedWaiter, type QueueState } from './waiter-queue.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
 const CONTESTED_LIMIT = 4096;
 /** A key counts as wanted by other processes this long after the last sign of it. */
 const REMOTE_WINDOW_MS = 10_000;
-/** How often a queued waiter refreshes its liveness in the waiter queue. */
-const QUEUE_REFRESH_MS = 1000;
-/** A non-head waiter re-reads the queue after this many ms per place ahead of it (capped by `wait.maxDelayMs`). */
-const PLACE_POLL_MS = 10;
+/** A key whose queue had other waiters this recently: a new waiter queues up before its first attempt. */
+const QUEUED_WINDOW_MS = 1000;
+/** How often a queued waiter refreshes its liveness in the waiter queue (under a third of QUEUE_ALIVE_MS). */
+const QUEUE_REFRESH_MS = 3000;
 
 /** Prefix of `wrap()`'s default clientIds: names the host and process. */
 let defaultIdPrefix: string | undefined;
@@ -70,7 +71,7 @@ export class Memlock {
   readonly #ownsClient: boolean;
   readonly #scheduler: Scheduler;
   readonly #locks = new Set<HeldLock>();
-  readonly #local = new Map<string, LocalKey<HeldLock>>();
+  readonly #local = new Map<string, LocalKey<HeldLock, Held>>();
   readonly #contested = new Map<string, true>();
   /** Keys other processes wanted recently (refusals, queued waiters): `performance.now()` of the last sign. */
   readonly #remote = new Map<string, number>();
@@ -94,14 +95,17 @@ export class Memlock {
       this.#client = options.lockClient;
       this.#ownsClient = false;
     } else {
-      this.#client = new MemjsLockClient({
-        servers: this.#options.servers,
-        client: options.client,
-        username: this.#options.username,
-        password: this.#options.password,
-        timeoutMs: this.#options.timeoutMs,
-        ref: this.#options.ref,
-      });
+      this.#client = options.client !== undefined
+        ? new MemjsClientAdapter(options.client, { timeoutMs: this.#options.timeoutMs })
+        : new MemcacheLockClient({
+          servers: this.#options.servers,
+          protocol: this.#options.protocol,
+          tls: this.#options.tls,
+          username: this.#options.username,
+          password: this.#options.password,
+          timeoutMs: this.#options.timeoutMs,
+          ref: this.#options.ref,
+        });
       this.#ownsClient = true;
     }
     this.#scheduler = new Scheduler();
@@ -161,7 +165,11 @@ export class Memlock {
   /** Acquires `key` and returns a handle; the caller must `release()` it (or `await using`). */
   async acquire(key: string, clientId: string, options?: LockOptions): Promise<Lock> {
     checkCallArgs(key, clientId);
-    return this.#acquire(key, clientId, this.#resolve(options));
+    const opts = this.#resolve(options);
+    // Both need fn's outcome, which only tryWithLock and wrap see.
+    if (opts.holdTtlSeconds > 0) throw new TypeError('Expected `holdAfterMs` only with tryWithLock or wrap (acquire() has no fn whose success it could mark)');
+    if (opts.failOpen) throw new TypeError('Expected `failOpen` only with tryWithLock or wrap (acquire() cannot hand out a lock it does not have)');
+    return this.#acquire(key, clientId, opts);
   }
 
   #resolve(options: LockOptions | undefined): ResolvedLockOptions {
@@ -225,6 +233,7 @@ export class Memlock {
     if (!outcome.acquired) {
       this.#markContested(mkey);
       const holder = outcome.holder;
+      this.#local.get(mkey)?.sawEntry(holder?.token, performance.now());
       const done = holder?.state === 'done';
       const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
       publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
@@ -233,11 +242,16 @@ export class Memlock {
       throw notAcquired(key, holderId, done ? { done } : undefined);
     }
     this.#contested.delete(mkey);
+    return this.#hold(key, mkey, clientId, opts, signal, outcome.held, outcome.how, outcome.previous, started);
+  }
+
+  /** Turns an acquired entry into a held lock (heartbeat, local bookkeeping, diagnostics). */
+  async #hold(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, how: AcquireHow, previous: Holder | null, started: number): Promise<HeldLock> {
     const local = this.#localKey(mkey);
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
-    const lock = new HeldLock(this.#context, key, clientId, outcome.held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, outcome.how);
-    const earlier = outcome.how === 'takeover' || outcome.how === 'stolen' ? [...local.holders] : [];
+    const lock = new HeldLock(this.#context, key, clientId, held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, how);
+    const earlier = how === 'takeover' || how === 'stolen' ? [...local.holders] : [];
     // Added first: the local key must not look idle (and be dropped) while the earlier holders finish.
     local.holders.add(lock);
     // Our own earlier holders of this entry learn now, not at their next renewal.
@@ -248,70 +262,102 @@ export class Memlock {
       this.#checkOpen();
       signal?.throwIfAborted();
     }
-    publish(channels.acquired, () => ({ key, clientId, how: outcome.how, server: this.#client.serverOf(mkey), durationMs: performance.now() - started }));
-    if (outcome.how === 'takeover' || outcome.how === 'stolen') {
-      const previous = outcome.previous as Holder;
-      publish(channels.stolen, () => ({ key, clientId, how: outcome.how as 'takeover' | 'stolen', previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
+    publish(channels.acquired, () => ({ key, clientId, how, server: this.#client.serverOf(mkey), durationMs: performance.now() - started }));
+    if ((how === 'takeover' || how === 'stolen') && previous !== null) {
+      publish(channels.stolen, () => ({ key, clientId, how, previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
     }
     return lock;
   }
 
-  #localKey(mkey: string): LocalKey<HeldLock> {
+  #localKey(mkey: string): LocalKey<HeldLock, Held> {
     let local = this.#local.get(mkey);
     if (local === undefined) {
-      local = new LocalKey<HeldLock>();
+      local = new LocalKey<HeldLock, Held>();
       this.#local.set(mkey, local);
     }
     return local;
   }
 
   /**
-   * Waits for `key`, fairly across processes (waiter-queue.ts): the local
-   * head asks memcache; once refused, this instance queues up in the key's
-   * waiter queue; the queue's head polls the lock entry fast (a releaser
-   * reserves the key for it), the others re-read the queue now and then.
+   * Waits for `key`, fairly across processes (waiter-queue.ts). The local
+   * head speaks for this instance; once refused, the instance queues up in
+   * the key's waiter queue. A releaser reserves the key for the queue's head,
+   * so only the first two places need to watch the lock entry: the head
+   * closes in on when the hold should end, the next one polls at half the
+   * observed handoff interval (it sees the head get served and moves up);
+   * places further back re-read the queue about when they expect to move up.
    */
   async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
     const local = this.#localKey(mkey);
-    const ticket = local.join();
+    // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
+    if ([...local.holders].some((held) => held.clientId === clientId)) {
+      try {
+        return await this.#once(key, mkey, clientId, opts, signal, 'probe');
+      } catch (error) {
+        // Taken by someone else meanwhile: wait like anyone else.
+        if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
+      }
+    }
+    const ticket = local.join(clientId, opts.ttlSeconds);
+    const started = performance.now();
     // Waiting stops on the caller's signal (its reason, unchanged) or on
     // close() (ERR_MEMLOCK_CLOSED), whichever comes first.
     const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
     let mode: AcquireMode = this.#expectRefusal(mkey) ? 'probe' : 'pipelined';
     let holder: string | undefined;
-    let since = performance.now();
     try {
+      // Other processes queue for this key: go to the back of the queue
+      // rather than race them for it (the queue's head is about to get it).
+      let attempt = !this.#queued(mkey);
+      if (!attempt) mode = 'probe';
       for (;;) {
-        if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder);
-        if (local.position <= 0) {
+        if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder ?? first(local.holders)?.clientId);
+        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
+        if (attempt) {
           try {
             const lock = await this.#once(key, mkey, clientId, opts, stop, mode);
-            if (local.handingOff) local.handingOff = false;
-            else local.startTurn();
+            local.startTurn();
             local.position = -1;
+            // The releaser that reserved the key for us took us out of the queue.
+            if (lock.how === 'handoff') local.queued = false;
+            // A waiting caller expects company: its release looks for remote waiters.
+            lock.waited = true;
             return lock;
           } catch (error) {
             if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
-            if (error.holder !== holder) {
-              holder = error.holder;
-              since = performance.now();
-            }
+            holder = error.holder;
           }
           mode = 'probe';
         }
-        this.#remote.set(mkey, performance.now());
-        await this.#queueUp(local, mkey);
+        this.#sawRemote(mkey);
+        if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
+          await this.#queueUp(local, mkey);
+        }
         const now = performance.now();
         if (now >= deadline) throw waitTimeout(key, wait.timeoutMs, holder);
-        // The head polls at a pace that follows how long the holder has held
-        // (an eighth of it): short holds hand off fast, long ones cost few polls.
-        const pace = local.position <= 0
-          ? Math.min(Math.max(wait.minDelayMs, (now - since) / 8), wait.maxDelayMs)
-          : Math.min(PLACE_POLL_MS * local.position, wait.maxDelayMs);
-        await local.turn(ticket, stop, Math.min(pace, deadline - now), true);
+        const held = now - local.holderSince;
+        const cycle = local.cycleMs;
+        // Not in the queue (-1): reserved for us (the releaser took us out), or
+        // our entry expired: look at the entry at once. The head halves the
+        // distance to when the hold should end, then polls every minDelayMs;
+        // a hold far longer than usual slows polls to an eighth of its length.
+        const pace = local.position < 0
+          ? 0
+          : local.position === 0
+            ? Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8)
+            : local.position === 1
+              ? Math.max(wait.minDelayMs, cycle / 2, held / 8)
+              : Math.max(wait.minDelayMs, (local.position - 1) * cycle);
+        attempt = local.position <= 1;
+        await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
+        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket.granted, started);
       }
+    } catch (error) {
+      // Handed the entry while giving up (timeout, abort, close): let go of it.
+      if (ticket.granted !== undefined) await releaseEntry(this.#client, ticket.granted).catch(noop);
+      throw error;
     } finally {
       dispose();
       local.leave(ticket);
@@ -320,8 +366,18 @@ export class Memlock {
     }
   }
 
+  /** A local releaser transferred the entry to us: hold it (no round trip), continuing this turn. */
+  #adopt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, started: number): Promise<HeldLock> {
+    const adopted = this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started);
+    this.#track(adopted);
+    return adopted.then((lock) => {
+      lock.waited = true;
+      return lock;
+    });
+  }
+
   /** Joins (or refreshes our place in) the key's waiter queue and learns our position. Never rejects. */
-  async #queueUp(local: LocalKey<HeldLock>, mkey: string): Promise<void> {
+  async #queueUp(local: LocalKey<HeldLock, Held>, mkey: string): Promise<void> {
     const qkey = queueKey(this.#options.prefix, mkey);
     const now = performance.now();
     const work = (async (): Promise<void> => {
@@ -335,7 +391,7 @@ export class Memlock {
       }
       const wall = Date.now();
       const live = list?.filter((w) => w.expiresAt > wall) ?? [];
-      local.position = live.findIndex((w) => w.token === this.#token);
+      local.observe(live.findIndex((w) => w.token === this.#token), performance.now());
       // Missing (the queue expired, was evicted, or our entry expired): join again next time.
       if (local.position === -1) local.queuedAt = -Infinity;
     })();
@@ -349,7 +405,7 @@ export class Memlock {
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */
-  #dequeue(local: LocalKey<HeldLock>, mkey: string): void {
+  #dequeue(local: LocalKey<HeldLock, Held>, mkey: string): void {
     local.queued = false;
     local.position = -1;
     const work = updateQueue(this.#client, queueKey(this.#options.prefix, mkey), without([this.#token], Date.now()));
@@ -368,12 +424,11 @@ export class Memlock {
     const localWaiters = local?.waiting ?? 0;
     if (local !== undefined && localWaiters > 0 && local.batch > 0) {
       local.batch--;
-      local.handingOff = true;
-      return undefined;
+      return localHandoff(local);
     }
     const seen = this.#remote.get(mkey);
     const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
-    if (localWaiters === 0 && !remote && lock.how !== 'handoff' && local?.queued !== true) return undefined;
+    if (localWaiters === 0 && !remote && !lock.waited && local?.queued !== true) return undefined;
     const qkey = queueKey(this.#options.prefix, mkey);
     let state: QueueState;
     try {
@@ -382,27 +437,36 @@ export class Memlock {
       return undefined;
     }
     const head = liveOthers(state.waiters, this.#token, Date.now())[0];
-    if (head === undefined) {
-      if (local !== undefined && localWaiters > 0) local.handingOff = true;
-      return undefined;
-    }
-    this.#remote.set(mkey, performance.now());
-    return { token: head.token, reserved: () => this.#reserved(local, qkey, state, head.token) };
+    if (head === undefined) return local !== undefined && localWaiters > 0 ? localHandoff(local) : undefined;
+    this.#sawRemote(mkey);
+    return { kind: 'remote', token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
   }
 
   /** After reserving the key for `head`: drop it from the queue, and queue up again if we still have waiters. Never rejects. */
-  async #reserved(local: LocalKey<HeldLock> | undefined, qkey: string, state: QueueState, head: string): Promise<void> {
-    const requeue = local !== undefined && local.waiting > 0;
+  /**
+   * After reserving the key for `head`: take it out of the queue and put
+   * ourselves at the tail, in the same write. We queue up even without local
+   * waiters: a worker loop calls again at once, and then finds its place
+   * taken already (no join round trips); if no call comes within this turn
+   * of the event loop, we leave the queue again. Never rejects.
+   */
+  async #reserved(local: LocalKey<HeldLock, Held> | undefined, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
     const now = Date.now();
-    const drop = without(requeue ? [head] : [head, this.#token], now);
-    const change = requeue ? (ws: Parameters<typeof drop>[0]) => joined(this.#token, now)(drop(ws) ?? ws) : drop;
+    const change = (waiters: readonly QueuedWaiter[]): readonly QueuedWaiter[] => joined(this.#token, now)(without([head], now)(waiters) ?? waiters);
     try {
       const list = await updateQueue(this.#client, qkey, change, state);
-      if (local !== undefined) {
-        local.batch = 0;
-        local.queued = requeue && list !== undefined;
-        local.queuedAt = performance.now();
-        local.position = -1;
+      if (local === undefined) return;
+      local.batch = 0;
+      local.queued = list !== undefined;
+      local.queuedAt = performance.now();
+      local.position = -1;
+      if (list !== undefined) local.observe(list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token), performance.now());
+      if (local.queued) {
+        const check = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+          if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
+          if (local.idle && !local.queued && this.#local.get(mkey) === local) this.#local.delete(mkey);
+        });
+        this.#track(check);
       }
     } catch {
       // The head still finds its reservation; a stale queue heals by expiry.
@@ -483,16 +547,27 @@ export class Memlock {
    * or held by this instance): then the attempt reads first (or, while
    * waiting, sends the read with the add), so a refusal costs one round trip.
    */
+  #queued(mkey: string): boolean {
+    const seen = this.#remote.get(mkey);
+    return seen !== undefined && performance.now() - seen < QUEUED_WINDOW_MS;
+  }
+
   #expectRefusal(mkey: string): boolean {
     return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders.size ?? 0) > 0;
   }
 
-  #markContested(mkey: string): void {
+  /** Other processes want `mkey` (a refusal, a queue with others in it). Bounded like #contested. */
+  #sawRemote(mkey: string): void {
+    this.#remote.delete(mkey);
     this.#remote.set(mkey, performance.now());
     if (this.#remote.size > CONTESTED_LIMIT) {
       const oldest = this.#remote.keys().next().value;
       if (oldest !== undefined) this.#remote.delete(oldest);
     }
+  }
+
+  #markContested(mkey: string): void {
+    this.#sawRemote(mkey);
     if (this.#contested.has(mkey)) return;
     if (this.#contested.size >= CONTESTED_LIMIT) {
       const oldest = this.#contested.keys().next().value;
@@ -502,10 +577,22 @@ export class Memlock {
   }
 }
 
+/** Transfer to the head of the local queue (lock.ts writes its value by CAS, then gives it the entry). */
+function localHandoff(local: LocalKey<HeldLock, Held>): Handoff | undefined {
+  const ticket = local.head;
+  if (ticket === undefined) return undefined;
+  return { kind: 'local', clientId: ticket.clientId, ttlSeconds: ticket.ttlSeconds, give: (held) => local.give(ticket, held) };
+}
+
 /** `wrap()`'s default clientId: host and process, plus a random part so every call is its own holder. */
 function defaultClientId(): string {
   defaultIdPrefix ??= `${hostname()}:${process.pid}:`;
   return defaultIdPrefix + randomUUID();
+}
+
+function first<T>(items: Iterable<T>): T | undefined {
+  for (const item of items) return item;
+  return undefined;
 }
 
 function waitTimeout(key: string, timeoutMs: number, holder: string | undefined): LockNotAcquiredError {
@@ -526,7 +613,7 @@ function lostAtCallSite(signal: AbortSignal, error: unknown): unknown {
 /**
  * A native signal that aborts with the reason of the first of `sources` to
  * abort (an AbortError DOMException for a polyfilled signal without
- * `reason`). p-retry and our own checks need a native signal's
+ * `reason`). Our own checks need a native signal's
  * `throwIfAborted()`, which signals from the `abort-controller` package lack,
  * and a waiting call must also stop on `close()`. One native source is
  * returned as it is; listeners are removed by `dispose()`.

@@ -3,9 +3,12 @@
  * before any memcache traffic so bad input touches nothing; errors name the
  * option (`TypeError` for a wrong type, `RangeError` for a wrong value).
  */
-import type { Client as MemjsClient } from 'memjs';
+import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { EmptyClientIdError } from './errors.js';
 import type { LockClient } from './client.js';
+import type { ProtocolName } from './transport/codec.js';
+import type { MemjsClientLike } from './transport/memjs-client.js';
+import { parseServer } from './transport/servers.js';
 
 /** All defaults in one place. */
 export const defaults = Object.freeze({
@@ -14,7 +17,7 @@ export const defaults = Object.freeze({
   heartbeatMs: 1000,
   timeoutMs: 500,
   servers: 'localhost:11211',
-  wait: Object.freeze({ timeoutMs: 30_000, minDelayMs: 10, maxDelayMs: 500 }),
+  wait: Object.freeze({ timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 }),
 });
 
 /** Smallest lease: memcache expiry has 1 s granularity, so 2 s is the least that leaves a guaranteed 1 s. */
@@ -26,21 +29,42 @@ export const MAX_LEASE_MS = 30 * 24 * 60 * 60 * 1000;
 export interface MemlockOptions {
   /**
    * memcache servers, `'host:port'` or a list (comma-separated string or array).
-   * Several servers are placed on a consistent hash ring; no failover.
+   * Several servers are placed on a consistent hash ring; no failover. An
+   * entry may carry SASL credentials as `'user:pass@host:port'`.
    * @default process.env.MEMCACHE_SERVERS, else 'localhost:11211'
    */
   readonly servers?: string | readonly string[] | undefined;
   /**
-   * Bring your own memjs client instead of `servers`. memlock uses its
-   * server connections but never its retry/failover logic, and does not close it.
+   * Bring your own memjs client instead of `servers`: memlock sends its
+   * requests on that client's connections (binary protocol, no TLS: memjs has
+   * neither meta nor TLS), never through its retry/failover logic, never
+   * closes or resets them, and leaves the client open on `close()`. memlock
+   * does not import memjs: any memjs >= 1.3 `Client` works.
    */
-  readonly client?: MemjsClient | undefined;
+  readonly client?: MemjsClientLike | undefined;
   /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
   readonly lockClient?: LockClient | undefined;
-  /** SASL username. @default process.env.MEMCACHE_USERNAME (as memjs reads it) */
+  /**
+   * SASL PLAIN username (binary protocol only; memcached has no SASL on meta).
+   * @default process.env.MEMCACHE_USERNAME (as memjs reads it)
+   */
   readonly username?: string | undefined;
-  /** SASL password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
+  /** SASL PLAIN password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
   readonly password?: string | undefined;
+  /**
+   * Wire protocol of memlock's own connections: `'binary'` (memcached's
+   * binary protocol, with SASL) or `'meta'` (the meta text protocol of
+   * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless).
+   * SASL credentials need `'binary'`. @default 'binary'
+   */
+  readonly protocol?: ProtocolName | undefined;
+  /**
+   * TLS for memlock's own connections: `true` uses the system CAs and each
+   * server's host name as servername; an object is passed to `tls.connect`
+   * (e.g. `{ ca }`, client certificates), `servername` defaulting to the host.
+   * @default false
+   */
+  readonly tls?: boolean | TlsConnectionOptions | undefined;
   /** Prefix of every memcache key. @default 'memlock:' */
   readonly prefix?: string | undefined;
   /** Lease length; the entry's expiry is this rounded up to whole seconds. 2 s to 30 days. @default 16000 */
@@ -56,13 +80,17 @@ export interface MemlockOptions {
   readonly ref?: boolean | undefined;
 }
 
-/** Wait options: retry a refused attempt with exponential backoff and jitter. */
+/**
+ * Wait options. A refused caller queues up in the key's waiter queue (fair
+ * across processes); the queue's head polls the lock entry, the others
+ * re-read the queue now and then.
+ */
 export interface WaitOptions {
   /** Give up (with `LockNotAcquiredError`) after this long. `Infinity` waits until the caller's signal aborts. @default 30000 */
   readonly timeoutMs?: number | undefined;
-  /** First backoff delay. @default 10 */
+  /** Fastest poll of the queue's head (it slows to an eighth of how long the holder has held). @default 2 */
   readonly minDelayMs?: number | undefined;
-  /** Largest backoff delay. @default 500 */
+  /** Slowest poll, for the head and for waiters further back. @default 500 */
   readonly maxDelayMs?: number | undefined;
 }
 
@@ -153,6 +181,8 @@ export interface ResolvedMemlockOptions {
   readonly servers: string[];
   readonly username: string | undefined;
   readonly password: string | undefined;
+  readonly protocol: ProtocolName;
+  readonly tls: boolean | TlsConnectionOptions;
   readonly ref: boolean;
 }
 
@@ -188,7 +218,29 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
   if (o.client !== undefined && !isMemjsClient(o.client)) {
     throw new TypeError('Expected `client` to be a memjs Client (with a `servers` array)');
   }
-  return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username: o.username, password: o.password, ref: o.ref ?? true };
+  const protocol = o.protocol ?? 'binary';
+  if (typeof protocol !== 'string') throw new TypeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+  if (protocol !== 'binary' && protocol !== 'meta') throw new RangeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+  const tls = o.tls ?? false;
+  if (typeof tls !== 'boolean' && !isPlainObject(tls)) {
+    throw new TypeError(`Expected \`tls\` to be a boolean or tls.connect options, got ${describe(tls)}`);
+  }
+  const username = o.username ?? process.env.MEMCACHE_USERNAME;
+  const password = o.password ?? process.env.MEMCACHE_PASSWORD;
+  const usesOwnConnections = o.lockClient === undefined && o.client === undefined;
+  if (usesOwnConnections) {
+    // Throws the RangeError naming `servers` for a bad entry.
+    const specs = servers.map(parseServer);
+    if (protocol === 'meta' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
+      const from = o.username !== undefined ? 'the `username` option' : username !== undefined ? 'MEMCACHE_USERNAME' : 'a `servers` entry';
+      throw new RangeError(`Expected \`protocol\` to be 'binary' with SASL credentials (from ${from}): memcached has SASL only on the binary protocol`);
+    }
+  } else if (o.lockClient === undefined) {
+    // A caller's memjs client: binary protocol, no TLS, its own credentials.
+    if (o.protocol === 'meta') throw new RangeError('Expected `protocol` to be \'binary\' with a memjs `client` (memjs speaks only the binary protocol)');
+    if (tls !== false) throw new RangeError('Expected `tls` to be false with a memjs `client` (memjs has no TLS)');
+  }
+  return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username, password, protocol, tls, ref: o.ref ?? true };
 }
 
 function isMemjsClient(value: unknown): boolean {
@@ -243,7 +295,7 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
     const maxDelayMs = checkNumber('wait.maxDelayMs', w.maxDelayMs ?? Math.max(defaults.wait.maxDelayMs, minDelayMs), 0, 3_600_000);
     if (maxDelayMs < minDelayMs) throw new RangeError(`Expected \`wait.maxDelayMs\` (${maxDelayMs}) to be >= wait.minDelayMs (${minDelayMs})`);
     wait = {
-      timeoutMs: checkNumber('wait.timeoutMs', w.timeoutMs ?? defaults.wait.timeoutMs, 0, Number.MAX_SAFE_INTEGER, true),
+      timeoutMs: checkNumber('wait.timeoutMs', w.timeoutMs ?? defaults.wait.timeoutMs, 0, Number.POSITIVE_INFINITY, true),
       minDelayMs,
       maxDelayMs,
     };

@@ -226,14 +226,9 @@ async function recover(client: LockClient, mkey: string, value: Buffer, ttlSecon
   return { acquired: false, holder: decodeValue(entry.value) };
 }
 
-/** Whether a failed write may still have been applied by the server. */
+/** Whether a failed write may still have been applied by the server (see `MemcacheUnavailableError.mayHaveApplied`). */
 export function isAmbiguous(error: unknown): boolean {
-  if (!(error instanceof MemcacheUnavailableError)) return false;
-  const cause = error.cause as { code?: unknown; status?: unknown } | undefined;
-  // The server answered with an error status: it did not apply the write.
-  if (cause?.status !== undefined) return false;
-  // Refused before anything was sent.
-  return cause?.code !== 'ECONNREFUSED';
+  return error instanceof MemcacheUnavailableError && error.mayHaveApplied;
 }
 
 /** Makes sure `held.cas` is usable: re-reads when the connection changed or a write was ambiguous. */
@@ -290,6 +285,26 @@ export async function replaceEntry(client: LockClient, held: Held, state: 'done'
     throw error;
   }
   if (result.status === 'ok') return 'replaced';
+  return result.status === 'not_found' ? 'gone' : 'taken';
+}
+
+/**
+ * Transfers a held entry to another acquisition (a local waiter's clientId)
+ * with one CAS write: resolves with the new holder's `Held`, or why not.
+ */
+export async function transferEntry(client: LockClient, held: Held, clientId: string, ttlSeconds: number): Promise<Held | 'gone' | 'taken'> {
+  const fresh = await freshCas(client, held);
+  if (fresh !== 'ok') return fresh;
+  const value = encodeValue(clientId, Date.now());
+  const sentAt = performance.now();
+  let result;
+  try {
+    result = await client.casSet(held.mkey, value, ttlSeconds, held.cas);
+  } catch (error) {
+    held.verify = true;
+    throw error;
+  }
+  if (result.status === 'ok') return { mkey: held.mkey, value, ttlSeconds, cas: result.cas, conn: result.conn, sentAt, verify: false };
   return result.status === 'not_found' ? 'gone' : 'taken';
 }
 

@@ -31,8 +31,12 @@ import type { Entry, LockClient } from './client.js';
 
 const QUEUE_TAG = 'mq1';
 
-/** A waiter counts as alive this long after its last refresh. */
-export const QUEUE_ALIVE_MS = 3000;
+/**
+ * A waiter counts as alive this long after its last refresh. A dead waiter
+ * costs the key at most one reservation expiry when it reaches the head (it
+ * is taken out when reserved); expiry only keeps the queue clean.
+ */
+export const QUEUE_ALIVE_MS = 10_000;
 /** Expiry of the queue entry itself (refreshed by every write). */
 export const QUEUE_TTL_SECONDS = 30;
 /** CAS conflicts tolerated per queue change before giving up (polling still works). */

@@ -83,6 +83,18 @@ test('inspect: holder, acquired at and entry age of a held key; --json; exit 1 w
   t.true(await lock.release());
 });
 
+test('--protocol meta reads the same entries as the binary protocol', async (t) => {
+  const { args, memlock } = setup();
+  const lock = await memlock.acquire('meta', 'worker-m');
+  const r = await run(['inspect', 'meta', '--json', '--protocol', 'meta', ...args]);
+  t.is(r.code, 0, r.stderr);
+  t.like(JSON.parse(r.stdout), { clientId: 'worker-m', state: 'held' });
+  const released = await run(['release', 'meta', '--force', '--protocol', 'meta', ...args]);
+  t.is(released.code, 0, released.stderr);
+  t.is(await memlock.inspect('meta'), null);
+  await waitFor(() => lock.signal.aborted, 2000);
+});
+
 test('servers from MEMCACHE_SERVERS when --servers is absent; an unreachable server exits 3 naming it', async (t) => {
   const { prefix, memlock } = setup();
   const lock = await memlock.acquire('env', 'A');

@@ -95,6 +95,9 @@ test('holdAfterMs is validated (RangeError naming it) before any traffic', async
   await t.throwsAsync(m.tryWithLock('v', 'a', () => (ran = true), { holdAfterMs: -1 }), { instanceOf: RangeError, message: /holdAfterMs/ });
   await t.throwsAsync(m.tryWithLock('v', 'a', () => (ran = true), { failOpen: 'yes' as unknown as boolean }), { instanceOf: TypeError, message: /failOpen/ });
   t.false(ran);
+  await t.throwsAsync(m.acquire('v', 'a', { holdAfterMs: 1000 }), { instanceOf: TypeError, message: /holdAfterMs/ });
+  await t.throwsAsync(m.acquire('v', 'a', { failOpen: true }), { instanceOf: TypeError, message: /failOpen/ });
+  t.is(await m.inspect('v'), null);
 });
 
 test('failOpen: memcache down runs fn unlocked with a signal that follows only the caller, published on memlock:fail-open', async (t) => {

@@ -1,20 +1,21 @@
 /**
- * The CAS transport (MemjsLockClient) against a real server, the request-id
+ * The CAS transport (MemcacheLockClient) against a real server, the request-id
  * overflow, and the consistent hash ring.
  */
 import test from 'ava';
 import memjs from 'memjs';
-import { MemjsLockClient, MemcacheUnavailableError } from '../src/index.js';
-import { HashRing } from '../src/hashring.js';
+import { MemcacheLockClient, MemjsClientAdapter, MemcacheUnavailableError } from '../src/index.js';
+import { testProtocol } from './helpers/protocol.js';
+import { HashRing } from '../src/transport/hashring.js';
 import { startMemcached, type MemcachedProcess } from './helpers/memcached.js';
 import { startProxy } from './helpers/proxy.js';
 
 let mc: MemcachedProcess;
-let client: MemjsLockClient;
+let client: MemcacheLockClient;
 
 test.before(async () => {
   mc = await startMemcached();
-  client = new MemjsLockClient({ servers: [mc.address], timeoutMs: 500 });
+  client = new MemcacheLockClient({ servers: [mc.address], timeoutMs: 500, protocol: testProtocol });
 });
 test.after.always(async () => {
   await client?.close();
@@ -68,7 +69,7 @@ test('the expiry is applied in seconds', async (t) => {
 
 test('connection generation changes after a reconnect', async (t) => {
   const own = await startMemcached();
-  const c = new MemjsLockClient({ servers: [own.address], timeoutMs: 300 });
+  const c = new MemcacheLockClient({ servers: [own.address], timeoutMs: 300, protocol: testProtocol });
   t.teardown(async () => {
     await c.close();
     await own.stop();
@@ -90,7 +91,7 @@ test('request ids stay in range past 2^31 requests on a shared memjs client', as
   await t.throwsAsync(shared.get('x'), { instanceOf: RangeError });
 
   (shared as unknown as { seq: number }).seq = 2 ** 31 - 20;
-  const c = new MemjsLockClient({ client: shared, timeoutMs: 500 });
+  const c = new MemjsClientAdapter(shared, { timeoutMs: 500 });
   for (let i = 0; i < 60; i++) {
     const r = await c.add(`seq:${i}`, Buffer.from('v'), 10);
     t.is(r.status, 'ok');
@@ -105,7 +106,7 @@ test('request ids stay in range past 2^31 requests on a shared memjs client', as
 });
 
 test('an unreachable server fails fast with MemcacheUnavailableError', async (t) => {
-  const c = new MemjsLockClient({ servers: ['127.0.0.1:1'], timeoutMs: 300 });
+  const c = new MemcacheLockClient({ servers: ['127.0.0.1:1'], timeoutMs: 300, protocol: testProtocol });
   t.teardown(() => c.close());
   const error = await t.throwsAsync(c.add('k', Buffer.from('v'), 10), { instanceOf: MemcacheUnavailableError });
   t.is(error?.server, '127.0.0.1:1');
@@ -114,7 +115,7 @@ test('an unreachable server fails fast with MemcacheUnavailableError', async (t)
 
 test('a stalled server times out at the deadline (no request hangs)', async (t) => {
   const own = await startMemcached();
-  const c = new MemjsLockClient({ servers: [own.address], timeoutMs: 200 });
+  const c = new MemcacheLockClient({ servers: [own.address], timeoutMs: 200, protocol: testProtocol });
   t.teardown(async () => {
     await c.close();
     await own.resume();
@@ -152,7 +153,7 @@ test('a timeout followed at once by a new request leaves one open connection, an
   const { startProxy } = await import('./helpers/proxy.js');
   const own = await startMemcached();
   const proxy = await startProxy({ host: own.host, port: own.port });
-  const c = new MemjsLockClient({ servers: [proxy.address], timeoutMs: 150 });
+  const c = new MemcacheLockClient({ servers: [proxy.address], timeoutMs: 150, protocol: testProtocol });
   t.teardown(async () => {
     await c.close();
     await proxy.close();
@@ -180,7 +181,7 @@ test('responses split into tiny chunks and batched many per chunk are framed rig
   // response header and value straddles 'data' events.
   const proxy = await startProxy(mc);
   proxy.fragment(7);
-  const split = new MemjsLockClient({ servers: [proxy.address], timeoutMs: 5000 });
+  const split = new MemcacheLockClient({ servers: [proxy.address], timeoutMs: 5000, protocol: testProtocol });
   t.teardown(async () => {
     await split.close();
     await proxy.close();

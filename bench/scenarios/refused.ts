@@ -4,7 +4,7 @@
 
 import type { BenchContext, Scenario, ScenarioReport } from '../types.js';
 import { lockValue, type Resources } from '../clients.js';
-import { NOT_ACQUIRED } from '../lib.js';
+import { NOT_ACQUIRED, type MemlockInstance } from '../lib.js';
 import { errorCode, loopResult, type LoopSubject } from '../measure.js';
 import { fmtRatio, ratioOf } from '../report.js';
 import { compareVariants, defineScenario, findResult, loopCostColumns, pairedNote, scenarioReport, skip, targetNote } from '../scenario-kit.js';
@@ -38,20 +38,38 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
       const mustNotRun = (): void => {
         throw new Error('fn ran although the key is held');
       };
-      subjects.push({
-        name: 'memlock',
-        op: async () => {
-          try {
-            await memlock.tryWithLock(key, 'contender', mustNotRun);
-          } catch (err) {
-            if (errorCode(err) === NOT_ACQUIRED) return;
-            throw err;
-          }
-          throw new Error('tryWithLock resolved although the key is held');
-        },
-        serverOps: mc.ops,
-      });
-    } else skip(report, ctx.memlock.reason, 'memlock');
+      const refusedBy = async (instance: MemlockInstance): Promise<void> => {
+        try {
+          await instance.tryWithLock(key, 'contender', mustNotRun);
+        } catch (err) {
+          if (errorCode(err) === NOT_ACQUIRED) return;
+          throw err;
+        }
+        throw new Error('tryWithLock resolved although the key is held');
+      };
+      subjects.push({ name: 'memlock', op: () => refusedBy(memlock), serverOps: mc.ops });
+      const meta = res.memlock(ctx.memlock.value, { servers: mc.servers, protocol: 'meta' });
+      subjects.push({ name: 'memlock (meta)', op: () => refusedBy(meta), serverOps: mc.ops });
+      const tlsServer = await res.tlsMemcached();
+      const tlsHolder = res.memlock(ctx.memlock.value, { servers: tlsServer.servers, tls: { ca: tlsServer.ca } });
+      const tlsHeld = await tlsHolder.acquire(key, 'holder');
+      res.defer(() => tlsHeld.release());
+      const overTls = res.memlock(ctx.memlock.value, { servers: tlsServer.servers, tls: { ca: tlsServer.ca } });
+      subjects.push({ name: 'memlock (tls)', op: () => refusedBy(overTls) });
+    } else skip(report, ctx.memlock.reason, 'memlock', 'memlock (meta)', 'memlock (tls)');
+
+    // The floor: one get of a held entry on a raw socket, the least a refusal can cost.
+    const floor = await res.rawSocket(mc.servers);
+    const floorKey = `${key}:floor`;
+    if ((await floor.add(floorKey, lockValue('holder'), 600)) !== 0) throw new Error('floor entry not stored');
+    res.defer(() => floor.delete(floorKey));
+    subjects.push({
+      name: 'raw-socket',
+      op: async () => {
+        if ((await floor.get(floorKey)) !== 0) throw new Error('held floor entry vanished');
+      },
+      serverOps: mc.ops,
+    });
 
     // The raw floor: one get of a held entry, the least a refusal can cost.
     const memjs = res.memjs(mc.servers);
@@ -66,7 +84,7 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
       },
       serverOps: mc.ops,
     });
-  } else skip(report, ctx.memcache.reason, 'memlock', 'memjs-raw');
+  } else skip(report, ctx.memcache.reason, 'memlock', 'memlock (meta)', 'memlock (tls)', 'raw-socket', 'memjs-raw');
 
   if (ctx.redis.ok) {
     const { redlock } = await res.redlock(ctx.redis.value.url, { retryCount: 0 });
@@ -89,6 +107,17 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
 
   report.results.push(...(await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) => loopResult(NAME, variant, subject, rs, 'p50'))));
 
+  for (const subject of ['memlock', 'memlock (meta)', 'memlock (tls)']) {
+    for (const v of VARIANTS) {
+      const mine = findResult(report.results, subject, v.label);
+      const floor = findResult(report.results, 'raw-socket', v.label);
+      const rate = ratioOf(mine?.opsPerSec, floor?.opsPerSec);
+      const p50 = ratioOf(mine?.p50Ms, floor?.p50Ms);
+      if (rate !== null && p50 !== null) {
+        report.notes.push(`${subject}/raw-socket ${v.label}: attempts/s ${fmtRatio(rate)}, p50 ${fmtRatio(p50)}`);
+      }
+    }
+  }
   for (const v of VARIANTS) {
     const mine = findResult(report.results, 'memlock', v.label);
     const raw = findResult(report.results, 'memjs-raw', v.label);
@@ -110,7 +139,8 @@ function newReport(): ScenarioReport {
       ...loopCostColumns('attempt'),
     ],
     notes: [
-      'memlock: tryWithLock on a key another instance holds (rejects with LockNotAcquiredError); memjs-raw: one get of a held entry; ' +
+      'memlock: tryWithLock on a key another instance holds (rejects with LockNotAcquiredError); memlock (meta) / (tls): the same over ' +
+        'the meta protocol / over TLS to a private memcached -Z; raw-socket: one get on a socket with a minimal hand-written binary client (the floor); memjs-raw: one get of a held entry; ' +
         'redlock: acquire with retryCount 0 on a held key. Ratio: p50 relative to memjs-raw (lower is better); ± is the spread of the per-round p50.',
     ],
   });

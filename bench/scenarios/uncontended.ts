@@ -37,7 +37,23 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
       const memlock = res.memlock(ctx.memlock.value, { servers: mc.servers });
       const noop = (): void => undefined;
       subjects.push({ name: 'memlock', op: () => memlock.tryWithLock(key(), 'bench', noop), serverOps: mc.ops });
-    } else skip(report, ctx.memlock.reason, 'memlock');
+      const meta = res.memlock(ctx.memlock.value, { servers: mc.servers, protocol: 'meta' });
+      subjects.push({ name: 'memlock (meta)', op: () => meta.tryWithLock(key(), 'bench', noop), serverOps: mc.ops });
+      const tlsServer = await res.tlsMemcached();
+      const overTls = res.memlock(ctx.memlock.value, { servers: tlsServer.servers, tls: { ca: tlsServer.ca } });
+      subjects.push({ name: 'memlock (tls)', op: () => overTls.tryWithLock(key(), 'bench', noop) });
+    } else skip(report, ctx.memlock.reason, 'memlock', 'memlock (meta)', 'memlock (tls)');
+
+    const floor = await res.rawSocket(mc.servers);
+    subjects.push({
+      name: 'raw-socket',
+      op: async () => {
+        const k = key();
+        if ((await floor.add(k, lockValue('bench'), 16)) !== 0) throw new Error(`add ${k} refused`);
+        await floor.delete(k);
+      },
+      serverOps: mc.ops,
+    });
 
     const memjs = res.memjs(mc.servers);
     subjects.push({
@@ -49,7 +65,7 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
       },
       serverOps: mc.ops,
     });
-  } else skip(report, ctx.memcache.reason, 'memlock', 'memjs-raw');
+  } else skip(report, ctx.memcache.reason, 'memlock', 'memlock (meta)', 'memlock (tls)', 'raw-socket', 'memjs-raw');
 
   if (ctx.redis.ok) {
     const { redlock } = await res.redlock(ctx.redis.value.url, { retryCount: 0 });
@@ -105,7 +121,9 @@ function newReport(): ScenarioReport {
       ...loopCostColumns('cycle'),
     ],
     notes: [
-      'memjs-raw: add + delete on one memjs client (the floor); redlock: acquire + release, retryCount 0, one Redis; ' +
+      'raw-socket: add + delete on one socket with a minimal hand-written binary client, corked writes (the floor); ' +
+        'memlock (meta): protocol \'meta\'; memlock (tls): TLS to a private memcached -Z (its own server, 1 thread). ' +
+        'memjs-raw: add + delete on one memjs client; redlock: acquire + release, retryCount 0, one Redis; ' +
         `pg-advisory: pg_try_advisory_lock + pg_advisory_unlock on a pool of ${PG_POOL}. Server ops: memcached stats / Redis script calls.`,
     ],
   });
@@ -118,7 +136,18 @@ function targets(results: Result[]): string[] {
     const ratio = ratioOf(ra?.opsPerSec, rb?.opsPerSec);
     return ratio === null ? null : targetNote(`${a}/${b} ${variant} >= ${min}x`, fmtRatio(ratio) + pairedNote(ra, rb), ratio >= min);
   };
+  const floor = (subject: string, variant: string): string | null => {
+    const ra = findResult(results, subject, variant);
+    const rb = findResult(results, 'raw-socket', variant);
+    const ratio = ratioOf(ra?.opsPerSec, rb?.opsPerSec);
+    return ratio === null ? null : `${subject}/raw-socket ${variant}: ${fmtRatio(ratio)}${pairedNote(ra, rb)}`;
+  };
   return [
+    ...['memlock', 'memlock (meta)', 'memlock (tls)'].flatMap((subject) => VARIANTS.map((v) => floor(subject, v.label))),
+    check('memlock', 'raw-socket', 'sequential', 0.95),
+    check('memlock', 'raw-socket', '64 in flight', 0.85),
+    check('memlock (meta)', 'raw-socket', 'sequential', 0.95),
+    check('memlock (meta)', 'raw-socket', '64 in flight', 0.85),
     check('memlock', 'memjs-raw', 'sequential', 0.95),
     check('memlock', 'memjs-raw', '64 in flight', 0.9),
     check('memlock', 'redlock', '64 in flight', 1.4),

@@ -6,7 +6,7 @@
  * memcached processes.
  */
 import test from 'ava';
-import { Memlock, MemjsLockClient, MemcacheUnavailableError, LockLostError } from '../../src/index.js';
+import { Memlock, MemcacheLockClient, MemcacheUnavailableError, LockLostError } from '../../src/index.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';
@@ -17,9 +17,9 @@ const prefix = 'c:';
 const KEYS = 120;
 const keys = Array.from({ length: KEYS }, (_, i) => `key-${i}`);
 
-/** Where the library routes each key (its own ring, via MemjsLockClient.serverOf). */
+/** Where the library routes each key (its own ring, via MemcacheLockClient.serverOf). */
 function routing(servers: string[], names: readonly string[]): Map<string, string> {
-  const client = new MemjsLockClient({ servers, timeoutMs: 500 });
+  const client = new MemcacheLockClient({ servers, timeoutMs: 500 });
   const map = new Map(names.map((k) => [k, client.serverOf(prefix + k)]));
   void client.close(); // opened nothing
   return map;

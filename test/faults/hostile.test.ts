@@ -11,7 +11,7 @@ import fc from 'fast-check';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortController as PolyfillController } from 'abort-controller';
-import { Memlock, MemjsLockClient, MemlockError, type Lock, type LockOptions, type WrapOptions } from '../../src/index.js';
+import { Memlock, MemcacheLockClient, MemlockError, type Lock, type LockOptions, type WrapOptions } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { RecordingClient } from './lib/recording.js';
 import { trackUnhandled } from '../helpers/unhandled.js';
@@ -338,7 +338,7 @@ test.serial('a clientId too large for memcached is a RangeError naming clientId,
 
 /** A Memlock whose every request is counted (the shared server also carries the sentinels' renewals). */
 function recorded(t: { teardown: (fn: () => Promise<void>) => void }): { memlock: Memlock; sent: () => RecordingClient['sent'] } {
-  const recorder = new RecordingClient(new MemjsLockClient({ servers: [mc.address], timeoutMs: 500 }));
+  const recorder = new RecordingClient(new MemcacheLockClient({ servers: [mc.address], timeoutMs: 500 }));
   const memlock = new Memlock({ lockClient: recorder, prefix });
   t.teardown(async () => {
     await memlock.close();

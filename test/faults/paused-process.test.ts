@@ -7,6 +7,7 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Memlock } from '../../src/index.js';
+import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { signalAndWait, startFixture } from './lib/child.js';
@@ -33,7 +34,7 @@ test('holder process paused (SIGSTOP) past its lease: on SIGCONT its signal abor
   const pausedAt = performance.now();
   // The entry expires on the server while the holder sleeps.
   await waitFor(async () => (await mc.rawGet(`${prefix}job`)) === null, leaseMs + 2000, 100, 'entry expired');
-  const b = new Memlock({ servers: mc.address, prefix, leaseMs: 30_000, heartbeatMs: 12_000 });
+  const b = new Memlock({ servers: mc.address, protocol: testProtocol, prefix, leaseMs: 30_000, heartbeatMs: 12_000 });
   t.teardown(() => b.close());
   const bLock = await b.acquire('job', 'B', { wait: { timeoutMs: 5000 } });
   const bEntry = (await mc.rawGet(`${prefix}job`))!;

@@ -7,8 +7,9 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  Memlock, MemjsLockClient, LockNotAcquiredError, MemcacheUnavailableError, LockLostError,
+  Memlock, MemcacheLockClient, LockNotAcquiredError, MemcacheUnavailableError, LockLostError,
 } from '../../src/index.js';
+import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { RecordingClient } from './lib/recording.js';
@@ -21,7 +22,7 @@ test('restart with acquisitions in flight: they fail with MemcacheUnavailableErr
   const mc = await startMemcached();
   t.teardown(() => mc.stop());
   const timeoutMs = 3000; // long: the requests must still be waiting when the server dies
-  const recorder = new RecordingClient(new MemjsLockClient({ servers: [mc.address], timeoutMs }));
+  const recorder = new RecordingClient(new MemcacheLockClient({ servers: [mc.address], timeoutMs, protocol: testProtocol }));
   const m = new Memlock({ lockClient: recorder, prefix: 'ra:', leaseMs: 4000, heartbeatMs: 500, timeoutMs });
   t.teardown(async () => {
     await m.close();
@@ -72,7 +73,7 @@ test('restart under continuous load: calls settle with typed outcomes, an overla
   const leaseMs = 3000;
   const heartbeatMs = 250;
   const timeoutMs = 250;
-  const instances = [0, 1].map(() => new Memlock({ servers: mc.address, prefix: 'rl:', leaseMs, heartbeatMs, timeoutMs }));
+  const instances = [0, 1].map(() => new Memlock({ servers: mc.address, protocol: testProtocol, prefix: 'rl:', leaseMs, heartbeatMs, timeoutMs }));
   t.teardown(() => Promise.all(instances.map((m) => m.close())));
   const monitor = new SectionMonitor();
   const outcomes = { ok: 0, okAfterRestart: 0, refused: 0, unavailable: 0, other: [] as string[] };

@@ -7,8 +7,9 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  Memlock, MemjsLockClient, LockNotAcquiredError, MemcacheUnavailableError, LockLostError,
+  Memlock, MemcacheLockClient, LockNotAcquiredError, MemcacheUnavailableError, LockLostError,
 } from '../../src/index.js';
+import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { startProxy, type FaultProxy } from '../helpers/proxy.js';
 import { RecordingClient } from './lib/recording.js';
@@ -37,7 +38,7 @@ test('latency above timeoutMs: every acquire fails with MemcacheUnavailableError
   const { mc, proxy } = await setup(t);
   const timeoutMs = 200;
   const leaseMs = 3000;
-  const recorders = [0, 1].map(() => new RecordingClient(new MemjsLockClient({ servers: [proxy.address], timeoutMs })));
+  const recorders = [0, 1].map(() => new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol })));
   const instances = recorders.map((lockClient) => new Memlock({ lockClient, prefix: 's:', leaseMs, timeoutMs }));
   t.teardown(async () => {
     await Promise.all(instances.map((m) => m.close()));
@@ -101,8 +102,8 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
   const timeoutMs = 300;
   const leaseMs = 2000;
   const heartbeatMs = 250;
-  const recorders = [0, 1].map(() => new RecordingClient(new MemjsLockClient({ servers: [proxy.address], timeoutMs })));
-  const direct = new RecordingClient(new MemjsLockClient({ servers: [mc.address], timeoutMs }));
+  const recorders = [0, 1].map(() => new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol })));
+  const direct = new RecordingClient(new MemcacheLockClient({ servers: [mc.address], timeoutMs, protocol: testProtocol }));
   const instances = [...recorders, direct].map((lockClient) => new Memlock({ lockClient, prefix: 'f:', leaseMs, heartbeatMs, timeoutMs }));
   t.teardown(async () => {
     await Promise.all(instances.map((m) => m.close()));

@@ -5,6 +5,7 @@
 import type { TestFn } from 'ava';
 import { randomUUID } from 'node:crypto';
 import { Memlock, type MemlockOptions } from '../../src/index.js';
+import { testProtocol } from './protocol.js';
 import { startMemcached, type MemcachedProcess } from './memcached.js';
 
 /** What `sharedServer()` hands a test file. */
@@ -34,7 +35,7 @@ export function sharedServer(test: TestFn): SharedServer {
       return mc;
     },
     memlock(options = {}, prefix = `t${randomUUID().slice(0, 8)}:`) {
-      const m = new Memlock({ servers: this.mc.address, prefix, ...options });
+      const m = new Memlock({ servers: this.mc.address, protocol: testProtocol, prefix, ...options });
       instances.push(m);
       return m;
     },

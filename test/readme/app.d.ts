@@ -7,6 +7,7 @@
  * the README. `memlock` (an instance) is declared for blocks that continue an
  * earlier one.
  */
+import type { IncomingMessage } from 'node:http';
 import type { Memlock } from 'memlock';
 
 declare global {
@@ -21,7 +22,18 @@ declare global {
   /** Builds the receipt email of an order. */
   function receiptFor(orderId: string): { to: string; subject: string; text: string };
   /** A long job that honours a signal. */
-  function buildReport(signal: AbortSignal): Promise<void>;
+  function buildReport(name: string, signal: AbortSignal): Promise<{ name: string; rows: number }>;
+  /** Charges an invoice in a database transaction that honours the signal. */
+  function chargeInvoice(invoiceId: number, signal: AbortSignal): Promise<void>;
+  /** Sends a job's email; honours a signal. */
+  function sendEmail(jobId: string, signal: AbortSignal): Promise<void>;
+  /** An AbortSignal that aborts when the client of `request` hangs up. */
+  function abortOnClose(request: IncomingMessage): AbortSignal;
+  /** A queue job's id and this delivery's id (unique per delivery). */
+  const jobId: string;
+  const deliveryId: string;
+  /** This caller's clientId, built in an earlier block. */
+  const clientId: string;
   /** Work done while holding a lock. */
   function doWork(signal: AbortSignal): Promise<void>;
   /** A structured logger (pino-style). */

@@ -7,6 +7,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Memlock, LockLostError, type Lock } from '../../../src/index.js';
+import { testProtocol } from '../../helpers/protocol.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 import { waitFor } from '../../helpers/resources.js';
 import { startChurn } from './churn.js';
@@ -42,7 +43,7 @@ const keyOf = (i: number): string => `lock-${String(i).padStart(4, '0')}`;
 export async function runEvictionRound(mc: MemcachedProcess, options: EvictionOptions): Promise<EvictionFigures> {
   const { locks: n, heartbeatMs, leaseMs, timeoutMs } = options;
   const prefix = options.prefix ?? 'ev:';
-  const m = new Memlock({ servers: mc.address, prefix, leaseMs, heartbeatMs, timeoutMs });
+  const m = new Memlock({ servers: mc.address, protocol: testProtocol, prefix, leaseMs, heartbeatMs, timeoutMs });
   try {
     const evictionsBefore = Number((await mc.stats()).evictions);
     const held: Lock[] = [];

@@ -8,7 +8,7 @@ import { getEventListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { Memlock, MemjsLockClient, type Entry, type Lock, type LockClient, type WriteResult } from '../../../src/index.js';
+import { Memlock, MemcacheLockClient, type Entry, type Lock, type LockClient, type WriteResult } from '../../../src/index.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 
 const DELAY_RESOLUTION_MS = 10;
@@ -226,7 +226,7 @@ export interface LoadFigures {
 export async function holdMany(mc: MemcachedProcess, options: LoadOptions): Promise<LoadFigures> {
   const { locks: n, holdMs, leaseMs, heartbeatMs, timeoutMs } = options;
   const prefix = 'load:';
-  const counter = new RenewalCounter(new MemjsLockClient({ servers: [mc.address], timeoutMs }), prefix, n);
+  const counter = new RenewalCounter(new MemcacheLockClient({ servers: [mc.address], timeoutMs }), prefix, n);
   const memlock = new Memlock({ lockClient: counter, prefix, leaseMs, heartbeatMs, timeoutMs });
   const caller = new AbortController(); // one caller signal shared by every lock (they share one listener on it)
   const countActiveTimeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;

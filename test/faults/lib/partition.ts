@@ -6,7 +6,8 @@
  * takes the key, the partition heals, A releases.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Memlock, MemjsLockClient, LockLostError, MemcacheUnavailableError } from '../../../src/index.js';
+import { Memlock, MemcacheLockClient, LockLostError, MemcacheUnavailableError } from '../../../src/index.js';
+import { testProtocol } from '../../helpers/protocol.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 import { startProxy } from '../../helpers/proxy.js';
 import { leaseMargin } from '../../../src/protocol.js';
@@ -61,10 +62,10 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
   const prefix = 'p:';
   const mkey = prefix + key;
   const proxy = await startProxy({ host: mc.host, port: mc.port });
-  const recorder = new RecordingClient(new MemjsLockClient({ servers: [proxy.address], timeoutMs }), (_op, k) => k === mkey);
+  const recorder = new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol }), (_op, k) => k === mkey);
   const a = new Memlock({ lockClient: recorder, prefix, leaseMs, heartbeatMs, timeoutMs });
   // B renews rarely, so its CAS stays put while we check that A leaves it alone.
-  const b = new Memlock({ servers: mc.address, prefix, leaseMs: 30_000, heartbeatMs: 12_000, timeoutMs });
+  const b = new Memlock({ servers: mc.address, protocol: testProtocol, prefix, leaseMs: 30_000, heartbeatMs: 12_000, timeoutMs });
   try {
     const lock = await a.acquire(key, 'A');
     let abortAt = Number.NaN;
