@@ -1,6 +1,7 @@
 // @ts-check
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import globals from 'globals';
 
 export default tseslint.config(
   { ignores: ['dist/', 'node_modules/', '.tmp/', 'bench/results/', 'coverage/'] },
@@ -20,6 +21,11 @@ export default tseslint.config(
       '@typescript-eslint/no-non-null-assertion': 'off',
       'no-empty': ['error', { allowEmptyCatch: true }],
     },
+  },
+  {
+    // The examples are plain JavaScript for Node.js.
+    files: ['examples/**/*.js'],
+    languageOptions: { globals: globals.node },
   },
   {
     files: ['test/**/*.ts', 'test/**/*.mts', 'bench/**/*.ts'],

@@ -1,22 +1,15 @@
 /**
- * Instrumentation on `node:diagnostics_channel`. Messages are built only when
- * a channel has subscribers, so an unobserved lock pays one property read.
+ * Instrumentation on `node:diagnostics_channel`, typed per channel, and
+ * `NODE_DEBUG=memlock` logging. Messages are built only when a channel has
+ * subscribers or debug logging is on, so an unobserved lock pays one
+ * property read.
  */
 import diagnostics from 'node:diagnostics_channel';
-import type { LockLostKind } from './errors.js';
+import { debuglog, inspect } from 'node:util';
+import type { LockLostError, LockLostKind } from './errors.js';
 import type { AcquireHow } from './protocol.js';
 
-/** Channel names, all under `memlock:`. */
-export const channels = Object.freeze({
-  acquired: diagnostics.channel('memlock:acquired'),
-  refused: diagnostics.channel('memlock:refused'),
-  stolen: diagnostics.channel('memlock:stolen'),
-  lost: diagnostics.channel('memlock:lost'),
-  released: diagnostics.channel('memlock:released'),
-  releaseFailed: diagnostics.channel('memlock:release-failed'),
-  heartbeatError: diagnostics.channel('memlock:heartbeat-error'),
-  failOpen: diagnostics.channel('memlock:fail-open'),
-});
+export type { AcquireHow } from './protocol.js';
 
 /** `memlock:acquired` payload. */
 export interface AcquiredMessage { key: string; clientId: string; how: AcquireHow; server: string; durationMs: number }
@@ -24,8 +17,8 @@ export interface AcquiredMessage { key: string; clientId: string; how: AcquireHo
 export interface RefusedMessage { key: string; clientId: string; holder: string | undefined; server: string }
 /** `memlock:stolen` payload: a takeover (same clientId) or a steal (stealAfterMs). */
 export interface StolenMessage { key: string; clientId: string; how: 'takeover' | 'stolen'; previousClientId: string; previousAcquiredAt: Date }
-/** `memlock:lost` payload. */
-export interface LostMessage { key: string; clientId: string; kind: LockLostKind; error: Error }
+/** `memlock:lost` payload; `error` is the `LockLostError` the lock's signal aborted with. */
+export interface LostMessage { key: string; clientId: string; kind: LockLostKind; error: LockLostError }
 /** `memlock:released` payload. */
 export interface ReleasedMessage { key: string; clientId: string; heldMs: number }
 /** `memlock:release-failed` payload: `reason` is 'gone' | 'taken' | 'error'. */
@@ -39,7 +32,152 @@ export interface HeartbeatErrorMessage { key: string; clientId: string; error: E
 /** `memlock:fail-open` payload: memcache was unavailable and `failOpen` ran `fn` unlocked. */
 export interface FailOpenMessage { key: string; clientId: string; error: Error }
 
-/** Publishes when somebody listens; builds the message lazily. */
-export function publish<T extends object>(channel: diagnostics.Channel, build: () => T): void {
-  if (channel.hasSubscribers) channel.publish(build());
+/** Payload type of each memlock channel, by channel name. */
+export interface ChannelMessages {
+  'memlock:acquired': AcquiredMessage;
+  'memlock:refused': RefusedMessage;
+  'memlock:stolen': StolenMessage;
+  'memlock:lost': LostMessage;
+  'memlock:released': ReleasedMessage;
+  'memlock:release-failed': ReleaseFailedMessage;
+  'memlock:heartbeat-error': HeartbeatErrorMessage;
+  'memlock:fail-open': FailOpenMessage;
+}
+
+/** Name of a memlock channel. */
+export type ChannelName = keyof ChannelMessages;
+
+/** A subscriber of channel `N`. */
+export type ChannelSubscriber<N extends ChannelName> = (message: ChannelMessages[N], name: N) => void;
+
+/**
+ * A `node:diagnostics_channel` channel whose messages are `M`: the same
+ * object as `diagnostics.channel(name)`, with its message type spelled out.
+ */
+export interface TypedChannel<M> {
+  readonly name: string;
+  readonly hasSubscribers: boolean;
+  subscribe(onMessage: (message: M, name: string | symbol) => void): void;
+  unsubscribe(onMessage: (message: M, name: string | symbol) => void): boolean;
+  publish(message: M): void;
+}
+
+function channel<N extends ChannelName>(name: N): TypedChannel<ChannelMessages[N]> {
+  // The runtime object is Node's own Channel; only its message type is narrowed.
+  return diagnostics.channel(name) as unknown as TypedChannel<ChannelMessages[N]>;
+}
+
+/** The channel objects, all under `memlock:`. */
+export const channels = Object.freeze({
+  acquired: channel('memlock:acquired'),
+  refused: channel('memlock:refused'),
+  stolen: channel('memlock:stolen'),
+  lost: channel('memlock:lost'),
+  released: channel('memlock:released'),
+  releaseFailed: channel('memlock:release-failed'),
+  heartbeatError: channel('memlock:heartbeat-error'),
+  failOpen: channel('memlock:fail-open'),
+});
+
+const channelNames: ReadonlySet<string> = new Set(Object.values(channels).map((c) => c.name));
+
+/**
+ * Subscribes `fn` to a memlock channel with its payload typed
+ * (`diagnostics.subscribe` underneath). Returns a function that unsubscribes.
+ *
+ * @throws {TypeError} for an unknown channel name or a non-function `fn`.
+ */
+export function subscribe<N extends ChannelName>(name: N, fn: ChannelSubscriber<N>): () => void {
+  if (typeof name !== 'string' || !channelNames.has(name)) {
+    throw new TypeError(`Expected \`name\` to be one of ${[...channelNames].join(', ')}, got ${typeof name === 'string' ? JSON.stringify(name) : typeof name}`);
+  }
+  if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
+  const listener = fn as unknown as diagnostics.ChannelListener;
+  diagnostics.subscribe(name, listener);
+  let subscribed = true;
+  return () => {
+    if (subscribed) diagnostics.unsubscribe(name, listener);
+    subscribed = false;
+  };
+}
+
+/**
+ * `NODE_DEBUG=memlock`: every event is also logged to stderr through
+ * `util.debuglog`, subscribers or not. Read once: Node reads `NODE_DEBUG`
+ * at start-up.
+ */
+const debug = debuglog('memlock');
+const debugEnabled = debug.enabled;
+
+/** Publishes when somebody listens (or debug logging is on); builds the message lazily. @internal */
+export function publish<M extends object>(channel: TypedChannel<M>, build: () => M): void {
+  if (!channel.hasSubscribers && !debugEnabled) return;
+  const message = build();
+  if (channel.hasSubscribers) channel.publish(message);
+  if (debugEnabled) debug('%s', formatEvent(channel.name, message));
+}
+
+/** One log line per event: `lost key="k" clientId="a" kind=gone …`, plus the likely cause of an error. @internal */
+export function formatEvent(name: string, message: object): string {
+  const fields: string[] = [];
+  let error: unknown;
+  let server: string | undefined;
+  for (const [field, value] of Object.entries(message)) {
+    if (field === 'error') {
+      error = value;
+      continue;
+    }
+    if (field === 'server' && typeof value === 'string') server = value;
+    fields.push(`${field}=${value instanceof Date ? value.toISOString() : typeof value === 'number' ? String(Math.round(value * 1000) / 1000) : inspect(value, { breakLength: Infinity })}`);
+  }
+  let line = `${name.replace(/^memlock:/, '')} ${fields.join(' ')}`;
+  if (error !== undefined) {
+    line += ` error=${inspect(errorText(error), { breakLength: Infinity })}`;
+    const cause = likelyCause(error, server);
+    if (cause !== undefined) line += ` (likely cause: ${cause})`;
+  }
+  return line;
+}
+
+function errorText(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  let text = `${error.name}: ${error.message}`;
+  for (let cause = error.cause, depth = 0; cause instanceof Error && depth < 3; cause = cause.cause, depth++) {
+    text += ` <- ${(cause as NodeJS.ErrnoException).code ?? cause.name}: ${cause.message}`;
+  }
+  return text;
+}
+
+/**
+ * A guess at why an operation failed, for humans reading debug output.
+ * Looks at the error, its `cause` chain (system error codes), the server and
+ * the environment. `undefined` when there is nothing useful to say.
+ * @internal
+ */
+export function likelyCause(error: unknown, server?: string): string | undefined {
+  const codes = new Set<string>();
+  const kinds = new Set<string>();
+  let target = server;
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const { code, kind } = e as Error & { code?: unknown; kind?: unknown };
+    if (typeof code === 'string') codes.add(code);
+    if (typeof kind === 'string') kinds.add(kind);
+    const errorServer = (e as { server?: unknown }).server;
+    if (target === undefined && typeof errorServer === 'string') target = errorServer;
+    if (/auth|sasl/i.test(e.message)) codes.add('SASL');
+  }
+  const where = target === undefined ? 'the memcache server' : target;
+  const unsetHint = process.env.MEMCACHE_SERVERS === undefined && (target === undefined || /^(localhost|127\.0\.0\.1|::1):11211$/.test(target))
+    ? ' MEMCACHE_SERVERS is unset, so the default instance (and any Memlock without `servers`) uses localhost:11211: set MEMCACHE_SERVERS or pass `servers`.'
+    : '';
+  if (kinds.has('deadline')) return 'the event loop was blocked (or the process paused) longer than the lease allows; move synchronous work off the loop or raise leaseMs';
+  if (kinds.has('gone')) return 'the entry was evicted, flushed, expired or deleted (memcached restart or memory pressure?)';
+  if (kinds.has('taken')) return 'another acquisition took the entry (same clientId elsewhere, or stealAfterMs)';
+  if (codes.has('ECONNREFUSED')) return `nothing accepts connections at ${where}.${unsetHint}`;
+  if (codes.has('ENOTFOUND') || codes.has('EAI_AGAIN')) return `the host name of ${where} does not resolve`;
+  if (codes.has('SASL')) return 'SASL authentication failed: check username/password (MEMCACHE_USERNAME / MEMCACHE_PASSWORD)';
+  if (codes.has('ETIMEDOUT') || codes.has('ECONNRESET') || codes.has('EPIPE') || kinds.has('unreachable') || codes.has('ERR_MEMLOCK_UNAVAILABLE')) {
+    return `${where} is down, unreachable or slower than timeoutMs.${unsetHint}`;
+  }
+  return undefined;
 }

@@ -6,12 +6,20 @@
  * it" from "we cannot know" from "we had it and lost it".
  */
 
+/** The stable `code` of every error memlock creates (see the README's Errors table). */
+export type MemlockErrorCode =
+  | 'ERR_MEMLOCK_NOT_ACQUIRED'
+  | 'ERR_MEMLOCK_EMPTY_CLIENT_ID'
+  | 'ERR_MEMLOCK_LOST'
+  | 'ERR_MEMLOCK_UNAVAILABLE'
+  | 'ERR_MEMLOCK_CLOSED';
+
 /** Base class of every error memlock creates. */
 export class MemlockError extends Error {
   /** Stable machine-readable code, e.g. `ERR_MEMLOCK_LOST`. */
-  readonly code: string;
+  readonly code: MemlockErrorCode;
 
-  constructor(message: string, code: string, options?: { cause?: unknown }) {
+  constructor(message: string, code: MemlockErrorCode, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
     this.code = code;
@@ -26,6 +34,7 @@ export class MemlockError extends Error {
  * refused attempt's CPU. Create it with `notAcquired()`.
  */
 export class LockNotAcquiredError extends MemlockError {
+  declare readonly code: 'ERR_MEMLOCK_NOT_ACQUIRED';
   /** The memlock key (as passed by the caller). */
   readonly key: string;
   /** The holder's clientId when it could be read, else `undefined`. With `done`, who completed the run. */
@@ -45,7 +54,7 @@ export class LockNotAcquiredError extends MemlockError {
   }
 }
 
-/** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). */
+/** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). @internal */
 export function notAcquired(key: string, holder?: string, options?: { cause?: unknown; message?: string; done?: boolean }): LockNotAcquiredError {
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = 0;
@@ -58,6 +67,7 @@ export function notAcquired(key: string, holder?: string, options?: { cause?: un
 
 /** `clientId` was the empty string. Checked before any memcache traffic. */
 export class EmptyClientIdError extends MemlockError {
+  declare readonly code: 'ERR_MEMLOCK_EMPTY_CLIENT_ID';
   constructor() {
     super('clientId must be a non-empty string', 'ERR_MEMLOCK_EMPTY_CLIENT_ID');
   }
@@ -82,6 +92,7 @@ export type LockLostKind = 'gone' | 'taken' | 'unreachable' | 'deadline' | 'clos
  * `kind` says which way; `cause` carries the transport error for `unreachable`.
  */
 export class LockLostError extends MemlockError {
+  declare readonly code: 'ERR_MEMLOCK_LOST';
   readonly key: string;
   readonly kind: LockLostKind;
   /**
@@ -112,6 +123,7 @@ const lostText: Record<LockLostKind, string> = {
  * outcome is unknown or failed; `cause` holds the underlying error.
  */
 export class MemcacheUnavailableError extends MemlockError {
+  declare readonly code: 'ERR_MEMLOCK_UNAVAILABLE';
   /** The server ('host:port') the operation was routed to, when known. */
   readonly server: string | undefined;
   /**

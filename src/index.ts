@@ -6,10 +6,11 @@ export { defaults } from './options.js';
 export {
   MemlockError, LockNotAcquiredError, EmptyClientIdError, LockLostError, MemcacheUnavailableError,
 } from './errors.js';
-export type { LockLostKind } from './errors.js';
-export { channels } from './diagnostics.js';
+export type { LockLostKind, MemlockErrorCode } from './errors.js';
+export { channels, subscribe } from './diagnostics.js';
 export type {
-  AcquiredMessage, RefusedMessage, StolenMessage, LostMessage, ReleasedMessage, ReleaseFailedMessage, HeartbeatErrorMessage,
+  AcquireHow, ChannelMessages, ChannelName, ChannelSubscriber, TypedChannel,
+  AcquiredMessage, RefusedMessage, StolenMessage, LostMessage, ReleasedMessage, ReleaseFailedMessage, HeartbeatErrorMessage, FailOpenMessage,
 } from './diagnostics.js';
 export type { LockClient, Entry, WriteResult } from './client.js';
 export { MemcacheLockClient, type MemcacheLockClientOptions } from './transport/cluster.js';

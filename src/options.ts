@@ -33,7 +33,7 @@ export interface MemlockOptions {
    * entry may carry SASL credentials as `'user:pass@host:port'`.
    * @default process.env.MEMCACHE_SERVERS, else 'localhost:11211'
    */
-  readonly servers?: string | readonly string[];
+  readonly servers?: string | readonly string[] | undefined;
   /**
    * Bring your own memjs client instead of `servers`: memlock sends its
    * requests on that client's connections (binary protocol, no TLS: memjs has
@@ -41,43 +41,43 @@ export interface MemlockOptions {
    * closes or resets them, and leaves the client open on `close()`. memlock
    * does not import memjs: any memjs >= 1.3 `Client` works.
    */
-  readonly client?: MemjsClientLike;
+  readonly client?: MemjsClientLike | undefined;
   /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
-  readonly lockClient?: LockClient;
+  readonly lockClient?: LockClient | undefined;
   /**
    * SASL PLAIN username (binary protocol only; memcached has no SASL on meta).
    * @default process.env.MEMCACHE_USERNAME (as memjs reads it)
    */
-  readonly username?: string;
+  readonly username?: string | undefined;
   /** SASL PLAIN password. @default process.env.MEMCACHE_PASSWORD (as memjs reads it) */
-  readonly password?: string;
+  readonly password?: string | undefined;
   /**
    * Wire protocol of memlock's own connections: `'binary'` (memcached's
    * binary protocol, with SASL) or `'meta'` (the meta text protocol of
    * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless).
    * SASL credentials need `'binary'`. @default 'binary'
    */
-  readonly protocol?: ProtocolName;
+  readonly protocol?: ProtocolName | undefined;
   /**
    * TLS for memlock's own connections: `true` uses the system CAs and each
    * server's host name as servername; an object is passed to `tls.connect`
    * (e.g. `{ ca }`, client certificates), `servername` defaulting to the host.
    * @default false
    */
-  readonly tls?: boolean | TlsConnectionOptions;
+  readonly tls?: boolean | TlsConnectionOptions | undefined;
   /** Prefix of every memcache key. @default 'memlock:' */
-  readonly prefix?: string;
+  readonly prefix?: string | undefined;
   /** Lease length; the entry's expiry is this rounded up to whole seconds. 2 s to 30 days. @default 16000 */
-  readonly leaseMs?: number;
+  readonly leaseMs?: number | undefined;
   /** Renewal interval; at most `leaseMs / 2`. @default 1000 */
-  readonly heartbeatMs?: number;
+  readonly heartbeatMs?: number | undefined;
   /** Deadline of each memcache operation. @default 500 */
-  readonly timeoutMs?: number;
+  readonly timeoutMs?: number | undefined;
   /**
    * Whether open memcache connections keep the process alive. Pending
    * operations always do. @default true (false for the shared default instance)
    */
-  readonly ref?: boolean;
+  readonly ref?: boolean | undefined;
 }
 
 /**
@@ -87,11 +87,11 @@ export interface MemlockOptions {
  */
 export interface WaitOptions {
   /** Give up (with `LockNotAcquiredError`) after this long. `Infinity` waits until the caller's signal aborts. @default 30000 */
-  readonly timeoutMs?: number;
+  readonly timeoutMs?: number | undefined;
   /** Fastest poll of the queue's head (it slows to an eighth of how long the holder has held). @default 2 */
-  readonly minDelayMs?: number;
+  readonly minDelayMs?: number | undefined;
   /** Slowest poll, for the head and for waiters further back. @default 500 */
-  readonly maxDelayMs?: number;
+  readonly maxDelayMs?: number | undefined;
 }
 
 /** Per-call options of `tryWithLock` and `acquire`. */
