@@ -54,7 +54,7 @@ export type Handoff =
     readonly give: (held: Held) => boolean;
   };
 
-/** What a lock needs from its Memlock. */
+/** @internal What a lock needs from its Memlock. */
 export interface LockContext {
   readonly client: LockClient;
   readonly scheduler: Scheduler;
@@ -73,7 +73,7 @@ const RETRY_MS = 100;
  */
 export const HEARTBEAT_ERROR_INTERVAL_MS = 1000;
 
-/** Implementation of `Lock`, scheduled on the instance's heartbeat scheduler. */
+/** @internal Implementation of `Lock`, scheduled on the instance's heartbeat scheduler. */
 export class HeldLock implements Lock, Scheduled {
   readonly key: string;
   readonly clientId: string;
