@@ -214,10 +214,24 @@ export class Memlock {
 
   /** One attempt; `LockNotAcquiredError` when refused. Counted so `close()` can let it finish. */
   async #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
+    signal?.throwIfAborted();
+    this.#checkOpen();
     // A counter, not a promise per attempt: this is the hot path.
     this.#attempts++;
     try {
-      return await this.#attempt(key, mkey, clientId, opts, signal, mode);
+      const started = performance.now();
+      let outcome;
+      try {
+        outcome = await acquireEntry(this.#client, mkey, clientId, opts.ttlSeconds, opts.stealAfterMs, mode, this.#token);
+      } catch (error) {
+        // close() waits for this attempt; a failure meanwhile is the close's doing.
+        if (this.#closing !== undefined) throw closedError(error);
+        throw error;
+      }
+      if (!outcome.acquired) throw this.#refused(key, mkey, clientId, outcome.holder, signal);
+      this.#contested.delete(mkey);
+      const lock = this.#hold(key, mkey, clientId, opts, signal, outcome.held, outcome.how, outcome.previous, started);
+      return lock instanceof HeldLock ? lock : await lock;
     } finally {
       if (--this.#attempts === 0) this.#settled?.();
     }
@@ -231,35 +245,26 @@ export class Memlock {
     work.then(done, done);
   }
 
-  async #attempt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
-    signal?.throwIfAborted();
+  /** A refused attempt: bookkeeping, diagnostics, and the error to throw. */
+  #refused(key: string, mkey: string, clientId: string, holder: Holder | null, signal: AbortSignal | undefined): LockNotAcquiredError {
+    const local = this.#local.get(mkey);
+    // A refusal by our own local holder says nothing about other processes.
+    this.#markContested(mkey, (local?.holders.size ?? 0) === 0);
+    local?.sawEntry(holder?.token, performance.now());
+    const done = holder?.state === 'done';
+    const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
+    publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
     this.#checkOpen();
-    const started = performance.now();
-    let outcome;
-    try {
-      outcome = await acquireEntry(this.#client, mkey, clientId, opts.ttlSeconds, opts.stealAfterMs, mode, this.#token);
-    } catch (error) {
-      // close() waits for this attempt; a failure meanwhile is the close's doing.
-      if (this.#closing !== undefined) throw closedError(error);
-      throw error;
-    }
-    if (!outcome.acquired) {
-      this.#markContested(mkey, (this.#local.get(mkey)?.holders.size ?? 0) === 0);
-      const holder = outcome.holder;
-      this.#local.get(mkey)?.sawEntry(holder?.token, performance.now());
-      const done = holder?.state === 'done';
-      const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
-      publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
-      this.#checkOpen();
-      signal?.throwIfAborted();
-      throw notAcquired(key, holderId, done ? { done } : undefined);
-    }
-    this.#contested.delete(mkey);
-    return this.#hold(key, mkey, clientId, opts, signal, outcome.held, outcome.how, outcome.previous, started);
+    signal?.throwIfAborted();
+    return notAcquired(key, holderId, done ? { done } : undefined);
   }
 
-  /** Turns an acquired entry into a held lock (heartbeat, local bookkeeping, diagnostics). */
-  async #hold(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, how: AcquireHow, previous: Holder | null, started: number): Promise<HeldLock> {
+  /**
+   * Turns an acquired entry into a held lock (heartbeat, local bookkeeping,
+   * diagnostics). Synchronous on the common path; a promise only when the
+   * call is giving up (closed or aborted meanwhile) and must delete it first.
+   */
+  #hold(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, how: AcquireHow, previous: Holder | null, started: number): HeldLock | Promise<HeldLock> {
     const local = this.#localKey(mkey);
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
@@ -270,17 +275,20 @@ export class Memlock {
     // Our own earlier holders of this entry learn now, not at their next renewal.
     for (const other of earlier) other.lose('taken', undefined);
     this.#locks.add(lock);
-    if (this.#closing !== undefined || signal?.aborted === true) {
-      // Giving up: delete it, never hand it on (our own ticket may still head the local queue).
-      await lock.drop();
-      this.#checkOpen();
-      signal?.throwIfAborted();
-    }
+    if (this.#closing !== undefined || signal?.aborted === true) return this.#giveUp(lock, signal);
     publish(channels.acquired, () => ({ key, clientId, how, server: this.#client.serverOf(mkey), durationMs: performance.now() - started }));
     if ((how === 'takeover' || how === 'stolen') && previous !== null) {
       publish(channels.stolen, () => ({ key, clientId, how, previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
     }
     return lock;
+  }
+
+  /** Giving up an entry just acquired: delete it, never hand it on (our own ticket may still head the local queue). */
+  async #giveUp(lock: HeldLock, signal: AbortSignal | undefined): Promise<never> {
+    await lock.drop();
+    this.#checkOpen();
+    signal?.throwIfAborted();
+    throw new Error('unreachable: #giveUp without a reason');
   }
 
   /** Drops `local` from the map once nothing uses it (and only if it is still the map's entry). */
@@ -407,7 +415,7 @@ export class Memlock {
   #adopt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, ticket: Ticket<Held>, started: number): Promise<HeldLock> {
     const held = ticket.granted as Held;
     ticket.granted = undefined;
-    const adopted = this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started);
+    const adopted = Promise.resolve(this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started));
     this.#track(adopted);
     return adopted.then((lock) => {
       lock.waited = true;
