@@ -1,11 +1,12 @@
 /**
  * The CAS transport (MemjsLockClient) against a real server, the request-id
- * overflow, and the consistent hash ring.
+ * overflow. (The consistent hash ring is in test/unit/hashring.test.ts: its
+ * ~400 ms of synchronous hashing must not share an event loop with the
+ * timeouts measured here.)
  */
 import test from 'ava';
 import memjs from 'memjs';
 import { MemjsLockClient, MemcacheUnavailableError } from '../src/index.js';
-import { HashRing } from '../src/hashring.js';
 import { startMemcached, type MemcachedProcess } from './helpers/memcached.js';
 import { startProxy } from './helpers/proxy.js';
 
@@ -126,26 +127,6 @@ test('a stalled server times out at the deadline (no request hangs)', async (t) 
   const error = await t.throwsAsync(c.get('k'), { instanceOf: MemcacheUnavailableError });
   t.regex(error!.message, /timed out/);
   t.true(performance.now() - start < 1000);
-});
-
-test('hash ring: even spread, and adding a 4th server moves about a quarter of keys', (t) => {
-  const three = new HashRing(['a:1', 'b:1', 'c:1']);
-  const four = new HashRing(['a:1', 'b:1', 'c:1', 'd:1']);
-  const counts = [0, 0, 0];
-  let moved = 0;
-  const n = 20_000;
-  for (let i = 0; i < n; i++) {
-    const key = `memlock:key-${i}`;
-    const before = three.lookup(key);
-    counts[before]!++;
-    const after = four.lookup(key);
-    if (after !== before) {
-      moved++;
-      t.is(after, 3, 'a key only ever moves to the new server');
-    }
-  }
-  for (const c of counts) t.true(c > n / 3 * 0.75 && c < n / 3 * 1.25, `spread ${counts.join('/')}`);
-  t.true(moved / n > 0.15 && moved / n < 0.35, `moved ${(100 * moved / n).toFixed(1)}%`);
 });
 
 test('a timeout followed at once by a new request leaves one open connection, and close() leaves none', async (t) => {
