@@ -10,7 +10,7 @@
  */
 export default {
   testRunner: 'command',
-  commandRunner: { command: 'npx ava --config ava.mutation.config.js' },
+  commandRunner: { command: 'node test/mutation/run.mjs' },
   checkers: ['typescript'],
   tsconfigFile: 'tsconfig.json',
   typescriptChecker: { prioritizePerformanceOverAccuracy: true },

@@ -9,7 +9,7 @@ import test from 'ava';
 import dc from 'node:diagnostics_channel';
 import FakeTimers from '@sinonjs/fake-timers';
 import {
-  Memlock, LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, channels,
+  LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, channels,
 } from '../../src/index.js';
 import { decodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
