@@ -15,6 +15,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import process from 'node:process';
 
 const unit = (...names) => names.map((name) => `test/unit/${name}.test.ts`);
 
