@@ -21,7 +21,7 @@ export default {
     '!src/transport/**', // transport socket code (the transport rewrite)
   ],
   coverageAnalysis: 'off', // the command runner cannot map tests to mutants
-  concurrency: 2,
+  concurrency: 3, // one TypeScript checker and two test runners
   timeoutMS: 10_000,
   reporters: ['clear-text', 'progress', 'html', 'json'],
   htmlReporter: { fileName: 'reports/mutation/index.html' },

@@ -50,13 +50,30 @@ test('add, get with CAS, CAS-checked set and delete', async (t) => {
 });
 
 test('addThenGet answers both in one round trip', async (t) => {
+  // Through a proxy that delays each direction by L ms, one round trip takes
+  // 2L and two take 4L: the bound 3L tells them apart whatever the machine.
+  const latencyMs = 150;
+  const proxy = await startProxy(mc);
+  const c = new MemjsLockClient({ servers: [proxy.address], timeoutMs: 10 * latencyMs });
+  t.teardown(async () => {
+    await c.close();
+    await proxy.close();
+  });
+  await c.get('warm'); // connect first: the handshake is not what is measured
+  proxy.setLatency(latencyMs);
   const key = 'cas:pipelined';
-  const first = await client.addThenGet(key, Buffer.from('mine'), 10);
+  let start = performance.now();
+  const first = await c.addThenGet(key, Buffer.from('mine'), 10);
+  let elapsed = performance.now() - start;
   t.is(first.add.status, 'ok');
   t.is(first.entry?.value.toString(), 'mine');
-  const second = await client.addThenGet(key, Buffer.from('theirs'), 10);
+  t.true(elapsed >= 2 * latencyMs - 5 && elapsed < 3 * latencyMs, `add + get took ${elapsed.toFixed(0)} ms (one round trip: ${2 * latencyMs} ms)`);
+  start = performance.now();
+  const second = await c.addThenGet(key, Buffer.from('theirs'), 10);
+  elapsed = performance.now() - start;
   t.is(second.add.status, 'exists');
   t.is(second.entry?.value.toString(), 'mine');
+  t.true(elapsed < 3 * latencyMs, `refused add + get took ${elapsed.toFixed(0)} ms`);
 });
 
 test('the expiry is applied in seconds', async (t) => {
