@@ -54,6 +54,15 @@ export interface MemcacheStandInOptions {
 /** Options of `standIn.client()`. */
 export interface StandInClientOptions {
   /**
+   * Whether the client keeps the process alive until `close()`, as an open
+   * memcache connection does (memlock's heartbeat timer does not, so a test
+   * that only waits for a held lock's signal needs something that does).
+   * memlock never closes a `lockClient` it was given: with `ref: true`, close
+   * the client yourself. @default false (`standIn.memlock()`: true, closed by
+   * its `close()`)
+   */
+  readonly ref?: boolean;
+  /**
    * Deadline of each operation, like memlock's `timeoutMs`: a request not
    * answered by then (see `slow()`) fails with `MemcacheUnavailableError`
    * as "maybe applied". @default 500
@@ -169,16 +178,21 @@ export class MemcacheStandIn {
   client(options: StandInClientOptions = {}): LockClient {
     const timeoutMs = options.timeoutMs ?? 500;
     if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) throw new RangeError(`Expected \`timeoutMs\` to be a number > 0, got ${String(timeoutMs)}`);
-    return new StandInClient(this, timeoutMs);
+    if (options.ref !== undefined && typeof options.ref !== 'boolean') throw new TypeError('Expected `ref` to be a boolean');
+    return new StandInClient(this, timeoutMs, options.ref ?? false);
   }
 
   /**
-   * A `Memlock` on a new client of this server. `timeoutMs` becomes the
-   * client's operation deadline, as it is for memlock's own transport.
+   * A `Memlock` on a new client of this server; its `close()` closes that
+   * client too. `timeoutMs` becomes the client's operation deadline and
+   * `ref` whether it keeps the process alive, as with memlock's own transport.
    */
   memlock(options: Omit<MemlockOptions, 'lockClient' | 'servers' | 'client'> = {}): Memlock {
-    const timeoutMs = options.timeoutMs;
-    return new Memlock({ ...options, lockClient: this.client(timeoutMs === undefined ? {} : { timeoutMs }) });
+    const client = this.client({
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      ref: options.ref ?? true,
+    });
+    return new StandInMemlock({ ...options, lockClient: client }, client);
   }
 
   /** Moves the server's clock forward by `ms` (entries whose time is up expire); memlock's timers do not move. */
@@ -405,6 +419,23 @@ export class MemcacheStandIn {
   }
 }
 
+/** A Memlock whose `close()` also closes its stand-in client (memlock leaves a `lockClient` open). */
+class StandInMemlock extends Memlock {
+  readonly #client: LockClient;
+  #closing: Promise<void> | undefined;
+
+  constructor(options: MemlockOptions, client: LockClient) {
+    super(options);
+    this.#client = client;
+  }
+
+  /** Same as `Memlock.close()` (idempotent: the same promise each time), then closes the client. */
+  override close(): Promise<void> {
+    this.#closing ??= super.close().then(() => this.#client.close());
+    return this.#closing;
+  }
+}
+
 /** One connection to a `MemcacheStandIn`: the `LockClient` memlock talks to. */
 class StandInClient implements LockClient {
   readonly #server: MemcacheStandIn;
@@ -413,11 +444,14 @@ class StandInClient implements LockClient {
   #epochSeen: number;
   #closed = false;
   readonly #pending = new Set<() => void>();
+  /** Stands for the open socket that keeps a process alive (see `ref`). */
+  #keepAlive: ReturnType<typeof setInterval> | undefined;
 
-  constructor(server: MemcacheStandIn, timeoutMs: number) {
+  constructor(server: MemcacheStandIn, timeoutMs: number, ref: boolean) {
     this.#server = server;
     this.timeoutMs = timeoutMs;
     this.#epochSeen = server.epoch;
+    if (ref) this.#keepAlive = setInterval(() => {}, 2 ** 31 - 1);
   }
 
   /** The current connection's generation: a new one after the server broke every connection. */
@@ -469,6 +503,8 @@ class StandInClient implements LockClient {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#keepAlive);
+    this.#keepAlive = undefined;
     for (const reset of [...this.#pending]) reset();
   }
 

@@ -328,7 +328,9 @@ test.serial('diagnostics: acquired, refused, lost, released and release-failed c
   const seen = listen(t);
   await memlock.tryWithLock('a', 'A', () => 1);
   const held = await memlock.acquire('b', 'A');
-  await t.throwsAsync(memcache.memlock().acquire('b', 'B'));
+  const other = memcache.memlock();
+  t.teardown(() => other.close());
+  await t.throwsAsync(other.acquire('b', 'B'));
   memcache.evict('memlock:b');
   await clock.tickAsync(50);
   t.true(held.signal.aborted);

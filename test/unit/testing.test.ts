@@ -268,3 +268,26 @@ test.serial('memlock(): a slow server past timeoutMs makes renewals time out, an
   memcache.slow(0);
   await memlock.close();
 });
+
+test('ref: standIn.memlock() keeps the process alive until its close(); a bare client only with ref: true', async (t) => {
+  const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timeouts();
+  const memcache = new MemcacheStandIn();
+  const bare = memcache.client();
+  t.is(timeouts(), before, 'a bare client holds nothing');
+  const held = memcache.client({ ref: true });
+  t.is(timeouts(), before + 1);
+  await held.close();
+  t.is(timeouts(), before);
+  const memlock = memcache.memlock();
+  t.is(timeouts(), before + 1, 'like an open connection');
+  const closing = memlock.close();
+  t.is(memlock.close(), closing, 'close() is idempotent');
+  await closing;
+  t.is(timeouts(), before);
+  const unref = memcache.memlock({ ref: false });
+  t.is(timeouts(), before, 'ref: false holds nothing');
+  await unref.close();
+  t.is(await bare.get('k'), null);
+  t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
+});
