@@ -330,6 +330,8 @@ export class MemcacheStandIn {
             // Nobody waits for this answer any more.
           }
         }, Math.max(0, delay - client.timeoutMs));
+        // Server-side work nobody waits for: it does not keep the process alive.
+        late.unref?.();
         // A restart or a broken connection before then: never applied.
         const cancelLate = (): void => clearTimeout(late);
         this.#inFlight.add(cancelLate);
