@@ -29,8 +29,8 @@ const testsFor = {
   'hashring.ts': unit('hashring'),
   'local-queue.ts': unit('local-queue', 'memlock'),
   'protocol.ts': unit('protocol', 'heartbeat', 'memlock'),
-  'lock.ts': unit('heartbeat', 'memlock'),
-  'memlock.ts': unit('memlock', 'local-queue', 'heartbeat'),
+  'lock.ts': unit('lock', 'heartbeat', 'memlock'),
+  'memlock.ts': unit('memlock', 'lock', 'local-queue', 'heartbeat'),
   'waiter-queue.ts': unit('waiter-queue', 'memlock', 'local-queue'),
   'testing.ts': unit('testing', 'protocol'),
 };

@@ -139,6 +139,26 @@ test.serial('scheduler: 10,000 nodes in a heap fire in due order', async (t) => 
   t.deepEqual(fired, expected);
 });
 
+test.serial('scheduler: stop() clears its timer; a later node does not re-arm it, an equal one neither', async (t) => {
+  const clock = fakeTime(t);
+  const scheduler = new Scheduler();
+  const timerId = (): number => {
+    const id = setTimeout(() => {}, 0) as unknown as number;
+    clearTimeout(id);
+    return Number(id);
+  };
+  const base = performance.now();
+  const start = timerId();
+  scheduler.schedule(node(() => {}), base + 100);
+  scheduler.schedule(node(() => {}), base + 200); // later: the armed timer stays
+  scheduler.schedule(node(() => {}), base + 100); // equal: stays too
+  t.is(timerId() - start, 2, 'one timer created in between');
+  scheduler.schedule(node(() => {}), base + 50); // earlier: re-armed
+  t.is(clock.countTimers(), 1);
+  scheduler.stop();
+  t.is(clock.countTimers(), 0, 'no timer left after stop()');
+});
+
 test.serial('scheduler: its timer is unref’d (held locks never keep the process alive)', (t) => {
   const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
   const before = timeouts();

@@ -4,6 +4,7 @@
  * poll memcache while a local holder has the key.
  */
 import test from 'ava';
+import { getEventListeners } from 'node:events';
 import FakeTimers from '@sinonjs/fake-timers';
 import { LocalKey, MAX_BATCH } from '../../src/local-queue.js';
 import { MemcacheStandIn } from '../../src/testing.js';
@@ -107,4 +108,37 @@ test('same-process waiters run one at a time in arrival order, without polling m
   t.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7], 'first come, first served');
   // One add each, so no refused attempt: waiters were woken, not polling.
   t.is(memcache.ops.add, 8);
+});
+
+test('idle only with no holder and no waiter; leave() removes exactly the ticket it is given', (t) => {
+  const local = new LocalKey<string>();
+  local.holders.add('x');
+  t.false(local.idle, 'a holder keeps it busy');
+  local.holders.delete('x');
+  const a = local.join();
+  const b = local.join();
+  const c = local.join();
+  local.leave(b); // index 1
+  t.is(local.waiting, 2);
+  local.leave(b); // not queued any more: nobody else leaves
+  t.is(local.waiting, 2);
+  local.leave(c);
+  local.leave(a);
+  t.true(local.idle);
+});
+
+test('turn: an infinite timeout never times out; no abort listener is left on the caller’s signal', async (t) => {
+  const local = new LocalKey<string>();
+  local.holders.add('x');
+  const ticket = local.join();
+  const controller = new AbortController();
+  let settled = false;
+  const waiting = local.turn(ticket, controller.signal, Infinity).then((ok) => { settled = true; return ok; });
+  t.is(getEventListeners(controller.signal, 'abort').length, 1);
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  t.false(settled, 'still waiting');
+  local.holderDone('x');
+  t.true(await waiting);
+  t.is(getEventListeners(controller.signal, 'abort').length, 0);
+  local.leave(ticket);
 });

@@ -160,6 +160,7 @@ test('acquire: a CAS from a replaced connection is not used; the next round read
   const outcome = await acquireEntry(slowClient, 'k', 'A', 5, undefined, 'add');
   t.false(outcome.acquired, 'both rounds saw a CAS from a replaced connection');
   t.is(memcache.ops.set, 0, 'no CAS write with a stale CAS');
+  t.deepEqual(memcache.ops, { add: 3, get: 2, set: 0, delete: 0 }, 'two rounds of add + read, no third');
 });
 
 test('acquire: the entry vanishing between the add and the read is retried once', async (t) => {
@@ -223,6 +224,13 @@ test.serial('acquire after an ambiguous add: read back; ours -> recovered (lease
   t.true(error instanceof MemcacheUnavailableError);
   t.regex((error as Error).message, /timed out/);
   t.deepEqual(memcache.keys(), []);
+});
+
+test('acquire: an add the server refused with a status (not applied) rejects without a read-back', async (t) => {
+  const { memcache, client } = standIn();
+  const error = await t.throwsAsync(acquireEntry(client, 'k'.repeat(251), 'A', 5, undefined, 'add'), { instanceOf: MemcacheUnavailableError });
+  t.false(isAmbiguous(error));
+  t.deepEqual(memcache.ops, { add: 1, get: 0, set: 0, delete: 0 });
 });
 
 test('acquire: a refused add (not applied) rejects at once, without a read-back', async (t) => {

@@ -171,7 +171,7 @@ test('errors: one base class, stable codes, names, messages', (t) => {
   t.like(fast, { key: 'k', holder: 'B', done: true, code: 'ERR_MEMLOCK_NOT_ACQUIRED' });
   t.is(fast.stack?.split('\n').length, 1, 'no stack frames captured');
   t.true(new Error('x').stack!.split('\n').length > 1, 'the stack limit is restored');
-  t.like(new EmptyClientIdError(), { code: 'ERR_MEMLOCK_EMPTY_CLIENT_ID', name: 'EmptyClientIdError' });
+  t.like(new EmptyClientIdError(), { code: 'ERR_MEMLOCK_EMPTY_CLIENT_ID', name: 'EmptyClientIdError', message: 'clientId must be a non-empty string' });
   for (const [kind, text] of [['gone', /evicted, flushed or deleted/], ['taken', /taken by another acquisition/], ['unreachable', /unreachable/], ['deadline', /event loop stalled/], ['closed', /close\(\)/]] as const) {
     const lost = new LockLostError('k', kind);
     t.like(lost, { code: 'ERR_MEMLOCK_LOST', name: 'LockLostError', kind, key: 'k', fnError: undefined });
