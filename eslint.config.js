@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', '.tmp/', 'bench/results/', 'coverage/', '.stryker-tmp/', 'reports/'] },
+  { ignores: ['dist/', 'node_modules/', '.tmp/', 'bench/results/', 'coverage/', '.stryker-tmp*/', 'reports/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
