@@ -144,6 +144,7 @@ export class LocalKey<L = unknown, G = unknown> {
         if (Number.isFinite(timeoutMs)) timer = setTimeout(() => resolve(false), Math.max(0, timeoutMs));
         if (signal !== undefined) {
           onAbort = () => reject(signal.reason);
+          // Stryker disable next-line ObjectLiteral,BooleanLiteral: equivalent, the finally below removes the listener either way
           signal.addEventListener('abort', onAbort, { once: true });
         }
       });

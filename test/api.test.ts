@@ -144,8 +144,31 @@ test.serial('diagnostics: acquired, refused, stolen, lost, released, release-fai
   }
 });
 
-test.serial('nothing is published without subscribers (no work for an unobserved lock)', (t) => {
+test.serial('nothing is published without subscribers (no work for an unobserved lock)', async (t) => {
   for (const channel of Object.values(channels)) t.false(channel.hasSubscribers);
+  // Count publish() calls on every channel through a full cycle: acquire,
+  // refusal, takeover, loss, release and a failed release.
+  const calls: string[] = [];
+  const restore = Object.values(channels).map((channel) => {
+    const original = channel.publish.bind(channel);
+    channel.publish = ((message: unknown) => {
+      calls.push(channel.name as string);
+      original(message as never);
+    }) as typeof channel.publish;
+    return () => { channel.publish = original; };
+  });
+  t.teardown(() => restore.forEach((undo) => undo()));
+  const prefix = `np${randomUUID().slice(0, 6)}:`;
+  const m = memlock({ leaseMs: 4000, heartbeatMs: 100 }, prefix);
+  await m.tryWithLock('k', 'A', () => 1);
+  const held = await m.acquire('k', 'A');
+  await t.throwsAsync(memlock({}, prefix).acquire('k', 'B'));
+  const again = await m.acquire('k', 'A');
+  await shared.mc.rawDelete(prefix + 'k');
+  await waitFor(() => again.signal.aborted, 2000);
+  await held.release();
+  await again.release();
+  t.deepEqual(calls, []);
 });
 
 test('close() releases held locks, aborts their signals, and later calls fail', async (t) => {

@@ -37,8 +37,15 @@ test('writes the entry with add under prefix + key, expiry = lease rounded up', 
     const raw = await shared.mc.rawGet(prefix + 'k');
     t.truthy(raw);
     t.regex(raw!.value.toString(), /client-1$/);
+    // ceil(2500 / 1000) = 3 s as the server counts it (its clock may have ticked once since).
+    const ttl = await shared.mc.rawTtl(prefix + 'k');
+    t.true(ttl === 3 || ttl === 2, `expiry ${ttl} s`);
   });
   t.is(await shared.mc.rawGet(prefix + 'k'), null);
+  // An add: an entry that is already there (whoever wrote it) is never overwritten.
+  await shared.mc.rawSet(prefix + 'k', 'not memlock', 30);
+  await t.throwsAsync(a.tryWithLock('k', 'client-1', () => 1), { instanceOf: LockNotAcquiredError });
+  t.is((await shared.mc.rawGet(prefix + 'k'))?.value.toString(), 'not memlock');
 });
 
 test('a second client is refused while the first holds the key; fn is not called', async (t) => {
@@ -211,11 +218,16 @@ test('wait: the caller signal cancels waiting with its reason', async (t) => {
   t.is(b.heldCount, 0);
 });
 
-test('wait: same-process waiters queue locally and all run, one at a time', async (t) => {
-  const a = memlock();
+test('wait: same-process waiters queue locally and run one at a time, in arrival order, without polling memcache', async (t) => {
+  // Its own server: the test counts the server's commands.
+  const own = await startMemcached();
+  t.teardown(() => own.stop());
+  const a = new Memlock({ servers: own.address });
+  shared.track(a);
   let inside = 0;
   let maxInside = 0;
   const order: number[] = [];
+  const before = await own.stats();
   await Promise.all(Array.from({ length: 8 }, (_, i) => a.tryWithLock('queue', `w${i}`, async () => {
     inside++;
     maxInside = Math.max(maxInside, inside);
@@ -223,8 +235,11 @@ test('wait: same-process waiters queue locally and all run, one at a time', asyn
     order.push(i);
     inside--;
   }, { wait: { timeoutMs: 10_000 } })));
+  const after = await own.stats();
   t.is(maxInside, 1);
-  t.is(order.length, 8);
+  t.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7], 'first come, first served');
+  // One add per waiter (memcached counts an add under cmd_set): nobody was refused and polled.
+  t.is(Number(after.cmd_set) - Number(before.cmd_set), 8);
 });
 
 test('stealAfterMs takes over a holder older than the threshold, not a younger one', async (t) => {

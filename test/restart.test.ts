@@ -111,18 +111,25 @@ test.serial('short lease: renewals keep a 2 s lease alive for several seconds', 
   t.false(aborted);
 });
 
-test.serial('connection dropped (no restart) while held: the lock survives by reading back', async (t) => {
+test.serial('connection dropped (no restart) while held: the lock survives by reading back, and renewals go on past the lease', async (t) => {
   const mc = await startMemcached();
   t.teardown(() => mc.stop());
   const { startProxy } = await import('./helpers/proxy.js');
   const proxy = await startProxy({ host: mc.host, port: mc.port });
   t.teardown(() => proxy.close());
-  const a = new Memlock({ servers: proxy.address, leaseMs: 4000, heartbeatMs: 200 });
+  const leaseMs = 2000; // guaranteed 1 s after each confirmed write
+  const a = new Memlock({ servers: proxy.address, leaseMs, heartbeatMs: 200 });
   t.teardown(() => a.close());
   const lock = await a.acquire('k', 'A');
+  const before = (await mc.rawGet('memlock:k'))!;
   proxy.drop();
-  await sleep(800);
+  // Longer than the lease: only renewals (after a read-back on the new connection) keep it.
+  await sleep(leaseMs + 500);
   t.false(lock.signal.aborted, 'a dropped connection alone does not lose the lock');
+  const after = await mc.rawGet('memlock:k');
+  t.truthy(after, 'the entry outlived its lease');
+  t.true(after!.value.equals(before.value), 'still our entry');
+  t.not(after!.cas, before.cas, 'renewed since the drop');
   t.true(await lock.release());
-  t.is(await mc.rawGet('k'), null);
+  t.is(await mc.rawGet('memlock:k'), null);
 });

@@ -230,6 +230,27 @@ function describe(value: unknown): string {
 
 // --- properties ------------------------------------------------------------
 
+// Positive control for the property tests below, whose pass condition is an
+// empty failure list: the oracle rejects what a broken library would produce.
+test.serial('positive control: the oracle flags an untyped rejection, a stray AbortError and a wrong value', async (t) => {
+  const built = build({ kind: 'value', value: 7 }, { kind: 'none' }, undefined);
+  t.false(acceptable(new Error('plain'), built), 'an untyped error is a failure');
+  t.false(acceptable('a string', built));
+  t.false(acceptable(new DOMException('x', 'AbortError'), built), 'an AbortError nobody asked for is a failure');
+  t.true(acceptable(new TypeError('x'), built));
+  t.true(acceptable(new MemlockError('x', 'ERR_MEMLOCK_CLOSED'), built));
+  const throwing = build({ kind: 'throws', value: 'mine' }, { kind: 'none' }, undefined);
+  t.true(acceptable('mine', throwing), "fn's own throw is acceptable");
+  t.false(acceptable('mine', built));
+  // The count of the held sentinel: a lock left behind is seen.
+  const extra = await m.acquire('positive-control', 'X');
+  t.is(m.heldCount, 2);
+  await extra.release();
+  t.is(m.heldCount, 1);
+  built.cleanup();
+  throwing.cleanup();
+});
+
 test.serial('tryWithLock: success or a typed error (or what fn/caller supplied), never anything else', async (t) => {
   await fc.assert(fc.asyncProperty(keyArb, clientIdArb, fnArb, signalArb, optionsArb, async (key, clientId, fnSpec, signalSpec, options) => {
     const built = build(fnSpec, signalSpec, options);

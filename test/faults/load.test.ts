@@ -71,6 +71,12 @@ test('one caller signal shared by 50 held locks raises no MaxListenersExceededWa
   await sleep(50); // warnings are emitted on process.nextTick
   await Promise.all(locks.map((l) => l.release()));
   t.deepEqual(warnings, []);
+  // Positive control: 11 listeners added directly to one signal do raise the
+  // warning this listener collects, so the empty list above is not vacuous.
+  const control = new AbortController();
+  for (let i = 0; i < 11; i++) control.signal.addEventListener('abort', () => undefined);
+  await sleep(50);
+  t.is(warnings.length, 1, 'positive control: the warning is seen when it happens');
 });
 
 test.serial('a shared memjs client passing 2^31 requests keeps working while locks renew across the wrap', async (t) => {

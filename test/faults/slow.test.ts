@@ -13,7 +13,7 @@ import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { startProxy, type FaultProxy } from '../helpers/proxy.js';
 import { RecordingClient } from './lib/recording.js';
-import { SectionMonitor } from './lib/monitor.js';
+import { SectionMonitor, runControl } from './lib/monitor.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';
 
 failOnUnhandled(test);
@@ -122,6 +122,9 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
     proxy.setLatency(0);
   })();
   const until = performance.now() + 3000;
+  // Positive control: an unlocked worker beside a locked one on key 'control'
+  // (see runControl): the monitor must report its overlaps as silent.
+  const control = runControl(monitor, instances[0]!, until);
   await Promise.all(Array.from({ length: 12 }, async (_, w) => {
     const m = instances[w % 3]!;
     while (performance.now() < until) {
@@ -145,6 +148,7 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
       }
     }
   }));
+  await control;
   flapping = false;
   await flap;
   await sleep(timeoutMs * 2);
@@ -154,12 +158,13 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
   const sentReads = all.reduce((n, r) => n + r.sent.get, 0);
   const sentDeletes = all.reduce((n, r) => n + r.sent.casDelete, 0);
   t.log(`sections ${outcomes.ok}, refused ${outcomes.refused}, unavailable ${outcomes.unavailable}, lost while held ${outcomes.lost}; `
-    + `overlaps ${monitor.overlaps.length} (all signalled before: ${monitor.late().length === 0 && monitor.silent().length === 0}); `
+    + `overlaps ${monitor.overlaps.length} (control ${monitor.overlaps.filter((o) => o.key === 'control').length}); `
     + `sent ${sentWrites} writes / ${sentReads} reads / ${sentDeletes} deletes, memcached saw ${after.set - before.set} / ${after.get - before.get} / ${after.del - before.del}`);
   t.deepEqual(outcomes.other, [], 'only typed errors');
   t.true(outcomes.ok > 10, 'the lock kept working');
-  t.deepEqual(monitor.silent().map((o) => o.key), [], 'no overlap without a loss signal');
-  t.deepEqual(monitor.late().map((o) => o.key), [], 'every overlap came after the earlier holder was told');
+  t.true(monitor.silent().some((o) => o.key === 'control'), 'positive control: an unlocked worker\'s overlaps are reported');
+  t.deepEqual(monitor.silent().map((o) => o.key).filter((k) => k !== 'control'), [], 'no overlap without a loss signal');
+  t.deepEqual(monitor.late().map((o) => o.key).filter((k) => k !== 'control'), [], 'every overlap came after the earlier holder was told');
   t.true(after.set - before.set <= sentWrites, 'no write applied more often than sent');
   t.true(after.get - before.get <= sentReads, 'no read more often than sent');
   t.true(after.del - before.del <= sentDeletes, 'no delete more often than sent');

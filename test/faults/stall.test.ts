@@ -83,13 +83,18 @@ test.serial('CPU-heavy async fn that yields between 40 ms slices keeps its lock 
   t.is(await mc.rawGet('st2:k'), null, 'released afterwards');
 });
 
-test.serial('a stall shorter than the guaranteed lease does not lose the lock', async (t) => {
-  const a = new Memlock({ servers: mc.address, prefix: 'st3:', leaseMs: 4000, heartbeatMs: 500 });
+test.serial('a stall shorter than the guaranteed lease does not lose the lock: renewals resume and carry it past the lease', async (t) => {
+  const leaseMs = 4000; // guaranteed 3 s; the deadline is 2.9 s after the last confirmed write
+  const a = new Memlock({ servers: mc.address, prefix: 'st3:', leaseMs, heartbeatMs: 500 });
   t.teardown(() => a.close());
-  const aborted = await a.tryWithLock('k', 'A', async (signal) => {
+  const outcome = await a.tryWithLock('k', 'A', async (signal) => {
+    const first = (await mc.rawGet('st3:k'))!.cas;
     busy(1500); // well inside the guaranteed 3 s
-    await sleep(700); // renewals catch up
-    return signal.aborted;
+    // Then run on past the lease: without renewals after the stall the signal aborts at 2.9 s.
+    await sleep(leaseMs);
+    const last = (await mc.rawGet('st3:k'))?.cas;
+    return { aborted: signal.aborted, renewed: last !== undefined && last !== first };
   });
-  t.false(aborted);
+  t.false(outcome.aborted);
+  t.true(outcome.renewed, 'the entry was renewed after the stall');
 });

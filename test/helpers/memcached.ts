@@ -302,6 +302,34 @@ export class MemcachedProcess {
     return this.raw.set(key, value, ttlSeconds, opts);
   }
 
+  /**
+   * Remaining TTL of an entry in whole seconds as the server counts it (meta
+   * `mg <key> t`): -1 for no expiry, `null` when missing.
+   */
+  async rawTtl(key: string, opts?: RawOptions): Promise<number | null> {
+    return new Promise<number | null>((resolve, reject) => {
+      const socket = net.createConnection({ host: this.host, port: this.port });
+      let reply = '';
+      const timer = setTimeout(() => socket.destroy(new Error(`mg ${key}: no reply`)), opts?.timeoutMs ?? 2000);
+      socket.setEncoding('latin1');
+      socket.on('connect', () => socket.write(`mg ${key} t\r\n`));
+      socket.on('data', (chunk: string) => {
+        reply += chunk;
+        const line = reply.split('\r\n')[0];
+        if (!reply.includes('\r\n') || line === undefined) return;
+        clearTimeout(timer);
+        socket.destroy();
+        if (line === 'EN') resolve(null);
+        else if (/^HD t-?\d+$/.test(line)) resolve(Number(line.slice(4)));
+        else reject(new Error(`mg ${key}: unexpected reply ${JSON.stringify(line)}`));
+      });
+      socket.on('error', (error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
+    });
+  }
+
   /** Deletes an entry; resolves true if it existed. */
   rawDelete(key: string, opts?: RawOptions): Promise<boolean> {
     return this.raw.delete(key, opts);

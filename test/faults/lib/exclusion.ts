@@ -96,7 +96,34 @@ const DB = {
   database: process.env.PGDATABASE ?? 'test',
 };
 
-interface Row { id: string; key: string; proc: number; started: number; ended: number }
+/** One critical section as recorded (ms on the database clock; `ended` Infinity while unfinished). */
+export interface Row { id: string; key: string; proc: number; started: number; ended: number }
+
+/**
+ * The oracle of scenario 8: every pair of sections on one key where the later
+ * started before the earlier ended, with when (and how) the earlier holder was
+ * told. `sections` must be ordered by key, then start; `told` maps a section
+ * id to its first loss signal (a LockLostError kind, or 'release').
+ */
+export function sweepOverlaps(sections: readonly Row[], told: ReadonlyMap<string, { kind: string; at: number }>): OverlapRecord[] {
+  // Sweep each key in start order, keeping the sections still running.
+  const overlaps: OverlapRecord[] = [];
+  let active: Row[] = [];
+  let currentKey = '';
+  for (const row of sections) {
+    if (row.key !== currentKey) {
+      currentKey = row.key;
+      active = [];
+    }
+    active = active.filter((a) => a.ended > row.started);
+    for (const earlier of active) {
+      const t = told.get(earlier.id);
+      overlaps.push({ key: row.key, earlier: earlier.id, later: row.id, lagMs: t ? t.at - row.started : Number.NaN, toldBy: t?.kind });
+    }
+    active.push(row);
+  }
+  return overlaps;
+}
 
 export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptions): Promise<ExclusionFigures> {
   const processes = options.processes ?? 4;
@@ -171,22 +198,7 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
     const told = new Map<string, { kind: string; at: number }>();
     for (const a of aborts) if (!told.has(a.id)) told.set(a.id, { kind: a.kind, at: a.at });
 
-    // Sweep each key in start order, keeping the sections still running.
-    const overlaps: OverlapRecord[] = [];
-    let active: Row[] = [];
-    let currentKey = '';
-    for (const row of sections) {
-      if (row.key !== currentKey) {
-        currentKey = row.key;
-        active = [];
-      }
-      active = active.filter((a) => a.ended > row.started);
-      for (const earlier of active) {
-        const t = told.get(earlier.id);
-        overlaps.push({ key: row.key, earlier: earlier.id, later: row.id, lagMs: t ? t.at - row.started : Number.NaN, toldBy: t?.kind });
-      }
-      active.push(row);
-    }
+    const overlaps = sweepOverlaps(sections, told);
     const sum = (f: (d: Record<string, unknown>) => number): number => done.reduce((n, d) => n + f(d), 0);
     const lost: Record<string, number> = {};
     for (const d of done) for (const [k, v] of Object.entries(d.lost as Record<string, number>)) lost[k] = (lost[k] ?? 0) + v;

@@ -6,7 +6,8 @@
  * a `LockLostError` (or, for faults memcache itself causes — eviction, flush,
  * restart — aborts within a heartbeat or so of the overlap).
  */
-import { LockLostError } from '../../../src/index.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LockLostError, LockNotAcquiredError, type Memlock } from '../../../src/index.js';
 
 export interface Section {
   readonly key: string;
@@ -77,9 +78,10 @@ export class SectionMonitor {
   }
 
   /** Largest delay between a later holder's start and the earlier holder learning of the loss (0 when always before). */
-  maxLagMs(): number {
+  maxLagMs(...exceptKeys: string[]): number {
     let lag = 0;
     for (const o of this.overlaps) {
+      if (exceptKeys.includes(o.key)) continue;
       const at = learnedAt(o.earlier);
       if (!Number.isNaN(at)) lag = Math.max(lag, at - o.later.start);
     }
@@ -91,4 +93,38 @@ export class SectionMonitor {
 export function learnedAt(section: Section): number {
   if (!Number.isNaN(section.lostAt)) return section.lostAt;
   return section.releaseFailedAt;
+}
+
+/**
+ * Positive control for a scenario whose pass condition is an empty "silent"
+ * list: until `until`, a worker that takes no lock and a worker holding
+ * `memlock`'s lock both run sections on `key` (default 'control'). Their
+ * overlaps are real and nobody is told, so `monitor.silent()` must list the
+ * key: proof the oracle sees violations under the scenario's own load.
+ */
+export async function runControl(monitor: SectionMonitor, memlock: Memlock, until: number, key = 'control'): Promise<void> {
+  const unlocked = (async () => {
+    while (performance.now() < until) {
+      const section = monitor.enter(key, 'unlocked', new AbortController().signal);
+      await sleep(30);
+      monitor.exit(section);
+      await sleep(2);
+    }
+  })();
+  const locked = (async () => {
+    while (performance.now() < until) {
+      try {
+        await memlock.tryWithLock(key, 'locked', async (signal) => {
+          const section = monitor.enter(key, 'locked', signal);
+          await sleep(30);
+          monitor.exit(section);
+        });
+      } catch (error) {
+        // Refused or unavailable: try again; the control only needs some locked sections.
+        if (!(error instanceof LockNotAcquiredError)) await sleep(5);
+      }
+      await sleep(2);
+    }
+  })();
+  await Promise.all([unlocked, locked]);
 }

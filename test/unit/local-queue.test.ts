@@ -1,0 +1,147 @@
+/**
+ * The same-process waiter queue (src/local-queue.ts) and what it buys through
+ * the public API: same-process waiters take turns in arrival order and do not
+ * poll memcache while a local holder has the key.
+ */
+import test from 'ava';
+import { getEventListeners } from 'node:events';
+import FakeTimers from '@sinonjs/fake-timers';
+import { LocalKey, MAX_BATCH } from '../../src/local-queue.js';
+import { MemcacheStandIn } from '../../src/testing.js';
+
+test('turn: the head with no local holder goes at once; others wait to be woken, in order', async (t) => {
+  const local = new LocalKey<string>();
+  t.true(local.idle);
+  const a = local.join('c', 2);
+  const b = local.join('c', 2);
+  const c = local.join('c', 2);
+  t.is(local.waiting, 3);
+  t.false(local.idle);
+  t.true(await local.turn(a, undefined, 1000));
+  local.holders.add('lock-a');
+  local.leave(a);
+  const order: string[] = [];
+  const tb = local.turn(b, undefined, Infinity).then((ok) => { order.push(`b:${ok}`); });
+  const tc = local.turn(c, undefined, Infinity).then((ok) => { order.push(`c:${ok}`); });
+  await Promise.resolve();
+  t.deepEqual(order, []);
+  local.holderDone('lock-a');
+  await tb;
+  t.deepEqual(order, ['b:true'], 'only the head is woken');
+  local.leave(b);
+  await tc;
+  t.deepEqual(order, ['b:true', 'c:true']);
+  local.leave(c);
+  t.true(local.idle);
+});
+
+test('turn with nap waits to be woken even at the head', async (t) => {
+  const local = new LocalKey();
+  const a = local.join('c', 2);
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout'] });
+  t.teardown(() => clock.uninstall());
+  const napping = local.turn(a, undefined, 50, true);
+  await clock.tickAsync(49);
+  let done: boolean | undefined;
+  void napping.then((ok) => { done = ok; });
+  await Promise.resolve();
+  t.is(done, undefined);
+  await clock.tickAsync(1);
+  t.false(await napping, 'the nap timed out');
+});
+
+test.serial('turn: times out with false; the caller’s signal rejects with its reason; listeners and timers are removed', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout'] });
+  t.teardown(() => clock.uninstall());
+  const local = new LocalKey<string>();
+  local.holders.add('x');
+  const a = local.join('c', 2);
+  const p = local.turn(a, undefined, 100);
+  await clock.tickAsync(99);
+  t.is(clock.countTimers(), 1);
+  await clock.tickAsync(1);
+  t.false(await p);
+  t.is(clock.countTimers(), 0);
+  const controller = new AbortController();
+  const q = local.turn(a, controller.signal, 1000);
+  controller.abort(new Error('stop'));
+  await t.throwsAsync(q, { message: 'stop' });
+  t.is(clock.countTimers(), 0, 'the timeout timer is cleared');
+  const aborted = new AbortController();
+  aborted.abort(new Error('before'));
+  await t.throwsAsync(local.turn(a, aborted.signal, 1000), { message: 'before' });
+  t.is(clock.countTimers(), 0);
+});
+
+test('startTurn: local handoffs per turn are the waiters present minus one, capped at MAX_BATCH', (t) => {
+  const local = new LocalKey();
+  local.startTurn();
+  t.is(local.batch, 0);
+  const tickets = Array.from({ length: 3 }, () => local.join('c', 2));
+  local.startTurn();
+  t.is(local.batch, 2);
+  for (let i = 0; i < 20; i++) tickets.push(local.join('c', 2));
+  local.startTurn();
+  t.is(local.batch, MAX_BATCH);
+  t.is(MAX_BATCH, 8);
+  for (const ticket of tickets) local.leave(ticket);
+  t.is(local.waiting, 0);
+  local.leave(tickets[0]!); // leaving twice is harmless
+  t.is(local.waiting, 0);
+});
+
+test('same-process waiters run one at a time in arrival order, without polling memcache while they wait', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const m = memcache.memlock();
+  t.teardown(() => m.close());
+  let inside = 0;
+  let maxInside = 0;
+  const order: number[] = [];
+  await Promise.all(Array.from({ length: 8 }, (_, i) => m.tryWithLock('queue', `w${i}`, async () => {
+    inside++;
+    maxInside = Math.max(maxInside, inside);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    order.push(i);
+    inside--;
+  }, { wait: { timeoutMs: 10_000 } })));
+  t.is(maxInside, 1);
+  t.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7], 'first come, first served');
+  // One add, then each release hands the entry to the next waiter with one CAS
+  // write: no refused attempt, no delete + add per handoff, no polling.
+  t.is(memcache.ops.add, 1);
+  t.is(memcache.ops.set, 7);
+  t.is(memcache.ops.delete, 1);
+});
+
+test('idle only with no holder and no waiter; leave() removes exactly the ticket it is given', (t) => {
+  const local = new LocalKey<string>();
+  local.holders.add('x');
+  t.false(local.idle, 'a holder keeps it busy');
+  local.holders.delete('x');
+  const a = local.join('c', 2);
+  const b = local.join('c', 2);
+  const c = local.join('c', 2);
+  local.leave(b); // index 1
+  t.is(local.waiting, 2);
+  local.leave(b); // not queued any more: nobody else leaves
+  t.is(local.waiting, 2);
+  local.leave(c);
+  local.leave(a);
+  t.true(local.idle);
+});
+
+test('turn: an infinite timeout never times out; no abort listener is left on the caller’s signal', async (t) => {
+  const local = new LocalKey<string>();
+  local.holders.add('x');
+  const ticket = local.join('c', 2);
+  const controller = new AbortController();
+  let settled = false;
+  const waiting = local.turn(ticket, controller.signal, Infinity).then((ok) => { settled = true; return ok; });
+  t.is(getEventListeners(controller.signal, 'abort').length, 1);
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  t.false(settled, 'still waiting');
+  local.holderDone('x');
+  t.true(await waiting);
+  t.is(getEventListeners(controller.signal, 'abort').length, 0);
+  local.leave(ticket);
+});

@@ -1,0 +1,55 @@
+/**
+ * The README's "Testing your code" example, run as a test. The code between
+ * the markers is the README's code block with its imports pointed at src/;
+ * the last test checks that the README still shows exactly this code.
+ */
+import test from 'ava';
+import { readFileSync } from 'node:fs';
+
+// README example: begin
+import { Memlock, LockLostError } from '../../src/index.js';
+import { MemcacheStandIn } from '../../src/testing.js';
+
+// The code under test: charges an invoice while holding its lock, and must
+// not report success when the lock was lost halfway.
+async function chargeInvoice(memlock: Memlock, id: string, charge: (signal: AbortSignal) => Promise<void>): Promise<'charged' | 'lost'> {
+  try {
+    await memlock.tryWithLock(`invoice:${id}`, 'billing-worker', charge);
+    return 'charged';
+  } catch (error) {
+    if (error instanceof LockLostError) return 'lost';
+    throw error;
+  }
+}
+
+test('a charge whose lock is lost reports it', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock({ leaseMs: 4000, heartbeatMs: 100 });
+  t.teardown(() => memlock.close());
+  const outcome = await chargeInvoice(memlock, '42', async (signal) => {
+    memcache.evict('memlock:invoice:42'); // memcached dropped the entry
+    await new Promise((resolve) => signal.addEventListener('abort', resolve));
+    signal.throwIfAborted(); // what a driver given the signal does
+  });
+  t.is(outcome, 'lost');
+});
+
+test('a charge that keeps its lock succeeds; memcache down fails it', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock();
+  t.teardown(() => memlock.close());
+  t.is(await chargeInvoice(memlock, '7', async () => {}), 'charged');
+  memcache.unreachable(true);
+  await t.throwsAsync(chargeInvoice(memlock, '7', async () => {}), { code: 'ERR_MEMLOCK_UNAVAILABLE' });
+});
+// README example: end
+
+test('the README shows this example', (t) => {
+  const source = readFileSync(new URL(import.meta.url), 'utf8');
+  const example = source.slice(source.indexOf('// README example: begin\n') + 25, source.indexOf('// README example: end'))
+    .replace("'../../src/index.js'", "'memlock'").replace("'../../src/testing.js'", "'memlock/testing'");
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const section = readme.slice(readme.indexOf('## Testing your code'));
+  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  t.is(block, `import test from 'ava';\n${example}`);
+});

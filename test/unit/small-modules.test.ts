@@ -1,0 +1,222 @@
+/**
+ * Keys, options, errors and diagnostics: pure functions, no server.
+ */
+import test from 'ava';
+import dc from 'node:diagnostics_channel';
+import { createHash } from 'node:crypto';
+import {
+  MemlockError, LockNotAcquiredError, EmptyClientIdError, LockLostError, MemcacheUnavailableError, channels, defaults,
+} from '../../src/index.js';
+import { notAcquired } from '../../src/errors.js';
+import { publish } from '../../src/diagnostics.js';
+import { MAX_KEY_BYTES, memcacheKey, queueKey } from '../../src/keys.js';
+import {
+  MAX_CLIENT_ID_BYTES, MAX_LEASE_MS, MIN_LEASE_MS, checkCallArgs, checkLease, checkNumber, isSignalLike, reasonOf,
+  resolveLockOptions, resolveMemlockOptions,
+} from '../../src/options.js';
+import { MemcacheStandIn } from '../../src/testing.js';
+
+const sha = (prefix: string, key: string, encoding: BufferEncoding = 'utf8'): string => prefix + 'sha256:' + createHash('sha256').update(key, encoding).digest('hex');
+
+test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (t) => {
+  t.is(MAX_KEY_BYTES, 250);
+  t.is(memcacheKey('p:', 'plain'), 'p:plain');
+  t.is(memcacheKey('p:', 'ключ-🔒'), 'p:ключ-🔒');
+  for (const dirty of ['has space', 'tab\tkey', 'nl\n', 'ctl\u0001', 'del\u007f', 'c1\u0085', 'nbsp\u00a0', 'ideo\u3000']) {
+    t.is(memcacheKey('p:', dirty), sha('p:', dirty), JSON.stringify(dirty));
+  }
+  t.is(memcacheKey('p:', 'x'.repeat(248)), 'p:' + 'x'.repeat(248), 'exactly 250 bytes fits');
+  t.is(memcacheKey('p:', 'x'.repeat(249)), sha('p:', 'x'.repeat(249)), '251 bytes is hashed');
+  t.is(memcacheKey('p:', 'é'.repeat(124)), 'p:' + 'é'.repeat(124), '248 bytes of 2-byte characters fit');
+  t.is(memcacheKey('p:', 'é'.repeat(125)), sha('p:', 'é'.repeat(125)));
+  t.is(memcacheKey('p:', '€'.repeat(82)), 'p:' + '€'.repeat(82), '3-byte characters counted in bytes');
+  t.is(memcacheKey('p:', '€'.repeat(83)), sha('p:', '€'.repeat(83)));
+  // Lone surrogates hash from UTF-16 code units, so distinct strings stay distinct.
+  t.is(memcacheKey('p:', '\uD800'), sha('p:', '\uD800', 'utf16le'));
+  t.not(memcacheKey('p:', '\uD800'), memcacheKey('p:', '\uDBFF'));
+  t.is(sha('p:', 'x').length, 'p:sha256:'.length + 64);
+  t.regex(queueKey('p:', 'p:k'), /^p:sha256q:[0-9a-f]{64}$/);
+  t.is(queueKey('p:', 'p:k'), 'p:sha256q:' + createHash('sha256').update('p:k').digest('hex'));
+});
+
+test('options: defaults and bounds', (t) => {
+  t.deepEqual({ ...defaults, wait: { ...defaults.wait } }, {
+    prefix: 'memlock:', leaseMs: 16_000, heartbeatMs: 1000, timeoutMs: 500, servers: 'localhost:11211',
+    wait: { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 },
+  });
+  t.true(Object.isFrozen(defaults) && Object.isFrozen(defaults.wait));
+  t.is(MIN_LEASE_MS, 2000);
+  t.is(MAX_LEASE_MS, 30 * 24 * 3600 * 1000);
+  t.is(MAX_CLIENT_ID_BYTES, 4096);
+  const saved = process.env.MEMCACHE_SERVERS;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.MEMCACHE_SERVERS;
+    else process.env.MEMCACHE_SERVERS = saved;
+  });
+  delete process.env.MEMCACHE_SERVERS;
+  const resolved = resolveMemlockOptions(undefined);
+  t.deepEqual(resolved, { ...resolved, prefix: 'memlock:', leaseMs: 16_000, heartbeatMs: 1000, timeoutMs: 500, servers: ['localhost:11211'], ref: true });
+  process.env.MEMCACHE_SERVERS = ' a:1 , b:2 ,';
+  t.deepEqual(resolveMemlockOptions({}).servers, ['a:1', 'b:2']);
+  t.deepEqual(resolveMemlockOptions({ servers: 'x:1,y:2' }).servers, ['x:1', 'y:2']);
+  t.deepEqual(resolveMemlockOptions({ servers: [' x:1 '] }).servers, ['x:1']);
+  t.deepEqual(resolveMemlockOptions({ lockClient: new MemcacheStandIn().client() }).servers, [], 'a lockClient needs no servers');
+  t.is(resolveMemlockOptions({ ref: false }).ref, false);
+  t.is(resolveMemlockOptions({ prefix: 'p'.repeat(179) }).prefix.length, 179);
+  t.throws(() => resolveMemlockOptions({ prefix: 'p'.repeat(180) }), { instanceOf: RangeError, message: /`prefix`/ });
+  t.throws(() => resolveMemlockOptions({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
+  t.throws(() => resolveMemlockOptions({ username: 1 as never }), { instanceOf: TypeError, message: /`username`/ });
+  t.throws(() => resolveMemlockOptions({ password: {} as never }), { instanceOf: TypeError, message: /`password`/ });
+  t.throws(() => resolveMemlockOptions({ servers: ' , ' }), { instanceOf: RangeError, message: /`servers`/ });
+  t.throws(() => resolveMemlockOptions({ timeoutMs: 60_001 }), { instanceOf: RangeError, message: /`timeoutMs`/ });
+  t.is(resolveMemlockOptions({ timeoutMs: 60_000 }).timeoutMs, 60_000);
+  t.is(resolveMemlockOptions({ timeoutMs: 1 }).timeoutMs, 1);
+  t.throws(() => resolveMemlockOptions([] as never), { instanceOf: TypeError, message: /`options`/ });
+  t.throws(() => resolveMemlockOptions(null), { instanceOf: TypeError, message: /got null/ });
+});
+
+test('options: numbers and lease pairs name the option and the value', (t) => {
+  t.is(checkNumber('x', 5, 0, 10), 5);
+  t.is(checkNumber('x', 0, 0, 10), 0);
+  t.is(checkNumber('x', 10, 0, 10), 10);
+  t.throws(() => checkNumber('x', 11, 0, 10), { instanceOf: RangeError, message: 'Expected `x` to be between 0 and 10, got 11' });
+  t.throws(() => checkNumber('x', -1, 0, 10), { instanceOf: RangeError });
+  t.throws(() => checkNumber('x', Number.NaN, 0, 10), { instanceOf: TypeError, message: 'Expected `x` to be a number, got number' });
+  t.throws(() => checkNumber('x', '5', 0, 10), { instanceOf: TypeError, message: 'Expected `x` to be a number, got string "5"' });
+  t.throws(() => checkNumber('x', 'y'.repeat(50), 0, 10), { message: new RegExp(`got string "${'y'.repeat(40)}…"`) });
+  t.throws(() => checkNumber('x', null, 0, 10), { message: /got null/ });
+  t.throws(() => checkNumber('x', Infinity, 0, 10), { instanceOf: RangeError, message: 'Expected `x` to be finite, got Infinity' });
+  t.is(checkNumber('x', Infinity, 0, Infinity, true), Infinity);
+  t.deepEqual(checkLease(4000, 2000), { leaseMs: 4000, heartbeatMs: 2000 });
+  t.throws(() => checkLease(4000, 2000.5), { instanceOf: RangeError, message: /at most leaseMs \/ 2 \(2000\)/ });
+  t.throws(() => checkLease(4000, 0), { instanceOf: RangeError, message: /`heartbeatMs` to be > 0/ });
+  t.throws(() => checkLease(1999, 500), { instanceOf: RangeError, message: /`leaseMs`/ });
+  t.deepEqual(checkLease(2000, 1000), { leaseMs: 2000, heartbeatMs: 1000 });
+  t.deepEqual(checkLease(MAX_LEASE_MS, 1), { leaseMs: MAX_LEASE_MS, heartbeatMs: 1 });
+  t.throws(() => checkLease(MAX_LEASE_MS + 1, 1), { instanceOf: RangeError });
+});
+
+test('options: per-call resolution', (t) => {
+  const instance = resolveMemlockOptions({ servers: 'x:1', leaseMs: 10_000, heartbeatMs: 3000 });
+  const base = resolveLockOptions(undefined, instance);
+  t.like(base, { leaseMs: 10_000, heartbeatMs: 3000, ttlSeconds: 10, stealAfterMs: undefined, wait: undefined, signal: undefined, holdTtlSeconds: 0, failOpen: false });
+  t.deepEqual(resolveLockOptions(null, instance), base);
+  // A shorter per-call lease lowers the instance heartbeat to fit.
+  t.like(resolveLockOptions({ leaseMs: 4000 }, instance), { leaseMs: 4000, heartbeatMs: 2000, ttlSeconds: 4 });
+  t.like(resolveLockOptions({ leaseMs: 8000 }, instance), { heartbeatMs: 3000 });
+  t.like(resolveLockOptions({ leaseMs: 2001 }, instance), { ttlSeconds: 3 });
+  t.like(resolveLockOptions({ heartbeatMs: 100 }, instance), { heartbeatMs: 100 });
+  t.like(resolveLockOptions({ stealAfterMs: 0 }, instance), { stealAfterMs: 0 });
+  t.like(resolveLockOptions({ holdAfterMs: 1001 }, instance), { holdTtlSeconds: 2 });
+  t.like(resolveLockOptions({ failOpen: true }, instance), { failOpen: true });
+  t.throws(() => resolveLockOptions({ failOpen: 1 as never }, instance), { instanceOf: TypeError, message: /`failOpen`/ });
+  t.throws(() => resolveLockOptions({ holdAfterMs: -1 }, instance), { instanceOf: RangeError, message: /`holdAfterMs`/ });
+  t.deepEqual(resolveLockOptions({ wait: true }, instance).wait, { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 });
+  t.is(resolveLockOptions({ wait: false }, instance).wait, undefined);
+  t.deepEqual(resolveLockOptions({ wait: {} }, instance).wait, { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 });
+  t.deepEqual(resolveLockOptions({ wait: { minDelayMs: 800 } }, instance).wait, { timeoutMs: 30_000, minDelayMs: 800, maxDelayMs: 800 });
+  t.deepEqual(resolveLockOptions({ wait: { timeoutMs: 0, minDelayMs: 5, maxDelayMs: 5 } }, instance).wait, { timeoutMs: 0, minDelayMs: 5, maxDelayMs: 5 });
+  t.throws(() => resolveLockOptions({ wait: { minDelayMs: 3_600_001 } }, instance), { instanceOf: RangeError, message: /`wait.minDelayMs`/ });
+  t.throws(() => resolveLockOptions({ wait: { maxDelayMs: 3_600_001 } }, instance), { instanceOf: RangeError, message: /`wait.maxDelayMs`/ });
+  t.throws(() => resolveLockOptions({ wait: [] as never }, instance), { instanceOf: TypeError, message: /`wait`/ });
+  const signal = new AbortController().signal;
+  t.is(resolveLockOptions({ signal }, instance).signal, signal);
+  t.is(resolveLockOptions({ signal: null as never }, instance).signal, undefined);
+});
+
+// API.md 3: "`Infinity` waits until the signal aborts" (it was once a RangeError).
+test('options: wait.timeoutMs Infinity is accepted (API.md 3)', (t) => {
+  const instance = resolveMemlockOptions({ servers: 'x:1' });
+  t.is(resolveLockOptions({ wait: { timeoutMs: Infinity } }, instance).wait?.timeoutMs, Infinity);
+});
+
+test('options: call arguments and signals', (t) => {
+  t.notThrows(() => checkCallArgs('k', 'A'));
+  t.throws(() => checkCallArgs(1, 'A'), { instanceOf: TypeError, message: 'Expected `key` to be a string, got number' });
+  t.throws(() => checkCallArgs('k', ''), { instanceOf: EmptyClientIdError });
+  t.notThrows(() => checkCallArgs('k', 'x'.repeat(MAX_CLIENT_ID_BYTES)));
+  t.notThrows(() => checkCallArgs('k', 'é'.repeat(MAX_CLIENT_ID_BYTES / 2)));
+  t.throws(() => checkCallArgs('k', 'x'.repeat(MAX_CLIENT_ID_BYTES + 1)), { instanceOf: RangeError, message: /`clientId`.*4096.*4097/ });
+  t.throws(() => checkCallArgs('k', 'é'.repeat(MAX_CLIENT_ID_BYTES / 2 + 1)), { instanceOf: RangeError, message: /got 4098/ });
+  t.throws(() => checkCallArgs('k', 'a\uD800'), { instanceOf: TypeError, message: /lone surrogate/ });
+  t.true(isSignalLike(new AbortController().signal));
+  t.true(isSignalLike({ aborted: false, addEventListener() {}, removeEventListener() {} }));
+  t.false(isSignalLike({ aborted: false, addEventListener() {} }));
+  t.false(isSignalLike({ aborted: 'no', addEventListener() {}, removeEventListener() {} }));
+  t.false(isSignalLike({ addEventListener() {}, removeEventListener() {} }));
+  t.false(isSignalLike(null));
+  const controller = new AbortController();
+  controller.abort('why');
+  t.is(reasonOf(controller.signal), 'why');
+  const polyfilled = { aborted: true } as AbortSignal;
+  const reason = reasonOf(polyfilled) as DOMException;
+  t.is(reason.name, 'AbortError');
+  t.is(reason.message, 'This operation was aborted');
+});
+
+test('errors: one base class, stable codes, names, messages', (t) => {
+  const base = new MemlockError('m', 'ERR_MEMLOCK_CLOSED', { cause: 1 });
+  t.is(base.code, 'ERR_MEMLOCK_CLOSED');
+  t.is(base.name, 'MemlockError');
+  t.is(base.cause, 1);
+  const refused = new LockNotAcquiredError('k', 'A');
+  t.true(refused instanceof MemlockError);
+  t.like(refused, { code: 'ERR_MEMLOCK_NOT_ACQUIRED', name: 'LockNotAcquiredError', key: 'k', holder: 'A', done: false, message: 'Lock "k" is held by another client' });
+  t.like(new LockNotAcquiredError('k', 'A', { done: true }), { done: true, message: 'Lock "k" was completed recently (holdAfterMs)' });
+  t.is(new LockNotAcquiredError('k', undefined, { message: 'custom' }).message, 'custom');
+  const fast = notAcquired('k', 'B', { done: true });
+  t.like(fast, { key: 'k', holder: 'B', done: true, code: 'ERR_MEMLOCK_NOT_ACQUIRED' });
+  t.is(fast.stack?.split('\n').length, 1, 'no stack frames captured');
+  t.true(new Error('x').stack!.split('\n').length > 1, 'the stack limit is restored');
+  t.like(new EmptyClientIdError(), { code: 'ERR_MEMLOCK_EMPTY_CLIENT_ID', name: 'EmptyClientIdError', message: 'clientId must be a non-empty string' });
+  for (const [kind, text] of [['gone', /evicted, flushed or deleted/], ['taken', /taken by another acquisition/], ['unreachable', /unreachable/], ['deadline', /event loop stalled/], ['closed', /close\(\)/]] as const) {
+    const lost = new LockLostError('k', kind);
+    t.like(lost, { code: 'ERR_MEMLOCK_LOST', name: 'LockLostError', kind, key: 'k', fnError: undefined });
+    t.regex(lost.message, text);
+    t.regex(lost.message, /^Lock "k" was lost: /);
+  }
+  const down = new MemcacheUnavailableError('down', { server: 'h:1', cause: 'c' });
+  t.like(down, { code: 'ERR_MEMLOCK_UNAVAILABLE', name: 'MemcacheUnavailableError', server: 'h:1', cause: 'c' });
+  t.is(new MemcacheUnavailableError('down').server, undefined);
+});
+
+test.serial('diagnostics: publish builds the message only when someone listens', (t) => {
+  const channel = dc.channel('memlock:test-only') as unknown as Parameters<typeof publish>[0];
+  let built = 0;
+  const build = (): { n: number } => ({ n: ++built });
+  publish(channel, build);
+  t.is(built, 0, 'no subscriber: the message is never built');
+  const seen: unknown[] = [];
+  const listener = (message: unknown): void => { seen.push(message); };
+  channel.subscribe(listener);
+  publish(channel, build);
+  t.is(built, 1);
+  t.deepEqual(seen, [{ n: 1 }]);
+  channel.unsubscribe(listener);
+  t.deepEqual(Object.keys(channels).sort(), ['acquired', 'failOpen', 'heartbeatError', 'lost', 'refused', 'releaseFailed', 'released', 'stolen']);
+  t.deepEqual(Object.values(channels).map((c) => c.name).sort(), [
+    'memlock:acquired', 'memlock:fail-open', 'memlock:heartbeat-error', 'memlock:lost', 'memlock:refused', 'memlock:release-failed', 'memlock:released', 'memlock:stolen',
+  ]);
+});
+
+test.serial('diagnostics: an unobserved lock cycle publishes nothing', async (t) => {
+  const calls: string[] = [];
+  const restore = Object.values(channels).map((channel) => {
+    const original = channel.publish.bind(channel);
+    channel.publish = ((message: unknown) => {
+      calls.push(channel.name as string);
+      original(message as never);
+    }) as typeof channel.publish;
+    return () => { channel.publish = original; };
+  });
+  t.teardown(() => restore.forEach((undo) => undo()));
+  const memcache = new MemcacheStandIn();
+  const m = memcache.memlock();
+  await m.tryWithLock('k', 'A', () => 1);
+  const held = await m.acquire('k', 'A');
+  await t.throwsAsync(m.acquire('k', 'B'));
+  memcache.evict('memlock:k');
+  await held.release();
+  await m.close();
+  t.deepEqual(calls, []);
+});

@@ -1,0 +1,293 @@
+/**
+ * The `memlock/testing` stand-in itself: memcached's semantics where memlock
+ * relies on them (CAS, add, whole-second TTL with the n-1 rule, restart),
+ * and its faults. Time comes from a manual clock (`now` option) or from fake
+ * timers, so every bound here is exact.
+ */
+import test from 'ava';
+import FakeTimers from '@sinonjs/fake-timers';
+import { MemcacheUnavailableError, LockLostError } from '../../src/index.js';
+import { isAmbiguous } from '../../src/protocol.js';
+import { MemcacheStandIn } from '../../src/testing.js';
+
+const v = (text: string): Buffer => Buffer.from(text);
+
+function manualClock(): { now: () => number; set: (ms: number) => void } {
+  let time = 0;
+  return { now: () => time, set: (ms) => { time = ms; } };
+}
+
+test('add, get with CAS, CAS-checked set and delete; one CAS counter from 1', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const added = await c.add('k', v('v1'), 10);
+  t.deepEqual(added, { status: 'ok', cas: 1n, conn: 1 });
+  t.deepEqual(await c.add('k', v('v2'), 10), { status: 'exists' });
+  const entry = await c.get('k');
+  t.is(entry?.value.toString(), 'v1');
+  t.is(entry?.cas, 1n);
+  t.deepEqual(await c.casSet('k', v('bad'), 10, 7n), { status: 'exists' });
+  t.deepEqual(await c.casSet('k', v('v3'), 10, 1n), { status: 'ok', cas: 2n, conn: 1 });
+  t.deepEqual(await c.casDelete('k', 1n), { status: 'exists' }, 'a stale CAS cannot delete');
+  t.deepEqual(await c.casDelete('k', 2n), { status: 'ok', cas: 0n, conn: 1 });
+  t.is(await c.get('k'), null);
+  t.deepEqual(await c.casSet('k', v('x'), 10, 2n), { status: 'not_found' });
+  t.deepEqual(await c.casDelete('k', 2n), { status: 'not_found' });
+  t.deepEqual(await c.add('other', v('o'), 10), { status: 'ok', cas: 3n, conn: 1 }, 'the counter is per server, not per key');
+  t.deepEqual(memcache.ops, { add: 3, get: 2, set: 3, delete: 3 });
+});
+
+test('CAS 0 makes a write unconditional, as in memcached', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  t.deepEqual(await c.casSet('k', v('a'), 0, 0n), { status: 'ok', cas: 1n, conn: 1 }, 'stores a missing key');
+  t.deepEqual(await c.casSet('k', v('b'), 0, 0n), { status: 'ok', cas: 2n, conn: 1 }, 'overwrites whatever CAS');
+  t.deepEqual(await c.casDelete('k', 0n), { status: 'ok', cas: 0n, conn: 1 });
+});
+
+test('addThenGet: one request, the add then the read', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const first = await c.addThenGet('k', v('mine'), 10);
+  t.is(first.add.status, 'ok');
+  t.is(first.entry?.value.toString(), 'mine');
+  const second = await c.addThenGet('k', v('theirs'), 10);
+  t.deepEqual(second.add, { status: 'exists' });
+  t.is(second.entry?.value.toString(), 'mine');
+  t.deepEqual(memcache.ops, { add: 2, get: 2, set: 0, delete: 0 });
+});
+
+test('values are copied in and out', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const value = v('abc');
+  await c.add('k', value, 10);
+  value.write('x');
+  const entry = await c.get('k');
+  t.is(entry?.value.toString(), 'abc');
+  entry!.value.write('y');
+  t.is(memcache.peek('k')?.value.toString(), 'abc');
+});
+
+test('TTL n: the entry may expire n-1 s after the write (whole-second clock), never later than n s', async (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  const c = memcache.client();
+  // Written just before the server's clock ticks: gone 1001 ms later.
+  clock.set(999);
+  await c.add('late', v('x'), 2);
+  t.is(memcache.peek('late')?.ttlSeconds, 2);
+  t.is(memcache.peek('late')?.expiresAt, 2000);
+  clock.set(1999);
+  t.truthy(await c.get('late'));
+  t.is(memcache.peek('late')?.ttlSeconds, 1);
+  clock.set(2000);
+  t.is(await c.get('late'), null);
+  // Written just after a tick: lasts the full 2 s.
+  clock.set(3000);
+  await c.add('early', v('x'), 2);
+  clock.set(4999);
+  t.truthy(await c.get('early'));
+  clock.set(5000);
+  t.is(await c.get('early'), null);
+  t.deepEqual(await c.add('early', v('again'), 2), { status: 'ok', cas: 3n, conn: 1 }, 'an expired key can be added again');
+});
+
+test('TTL 0 never expires; a negative TTL expires at once; above 30 days a TTL is a unix time', async (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  memcache.set('forever', 'x', 0);
+  memcache.set('gone', 'x', -1);
+  memcache.set('absolute', 'x', Math.floor(Date.now() / 1000) + 5);
+  memcache.set('past', 'x', 30 * 24 * 3600 + 1);
+  t.is(memcache.peek('gone'), null);
+  t.is(memcache.peek('past'), null, 'an absolute time in the past');
+  t.is(memcache.peek('forever')?.ttlSeconds, -1);
+  t.is(memcache.peek('forever')?.expiresAt, Infinity);
+  const absolute = memcache.peek('absolute')?.ttlSeconds ?? 0;
+  t.true(absolute >= 4 && absolute <= 5, `absolute expiry in ${absolute} s`);
+  t.deepEqual(memcache.keys().sort(), ['absolute', 'forever']);
+  clock.set(10 * 86_400_000);
+  t.deepEqual(memcache.keys(), ['forever']);
+});
+
+test('advance() moves the server clock only', async (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  memcache.set('k', 'x', 3);
+  memcache.advance(2999);
+  t.is(memcache.time, 2999);
+  t.truthy(memcache.peek('k'));
+  memcache.advance(1);
+  t.is(memcache.peek('k'), null);
+  t.throws(() => memcache.advance(-1), { instanceOf: RangeError, message: /`ms`/ });
+  t.throws(() => memcache.advance(Number.NaN), { instanceOf: RangeError });
+});
+
+test('evict, flush, set and peek', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  await c.add('a', v('1'), 10);
+  await c.add('b', v('2'), 10);
+  t.true(memcache.evict('a'));
+  t.false(memcache.evict('a'));
+  t.is(await c.get('a'), null);
+  const cas = memcache.set('b', 'foreign', 10);
+  t.is(cas, 3n);
+  t.is((await c.get('b'))?.value.toString(), 'foreign');
+  memcache.flush();
+  t.deepEqual(memcache.keys(), []);
+  t.deepEqual(await c.add('c', v('3'), 10), { status: 'ok', cas: 4n, conn: 1 }, 'flush keeps the CAS counter');
+});
+
+test('restart: entries gone, CAS counter back to 1, every connection gets a new generation', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const other = memcache.client();
+  for (let i = 0; i < 5; i++) await c.add(`k${i}`, v('x'), 10);
+  const before = await c.add('k', v('x'), 10);
+  t.deepEqual(before, { status: 'ok', cas: 6n, conn: 1 });
+  t.true(c.isCurrent('k', 1));
+  memcache.restart();
+  t.false(c.isCurrent('k', 1), 'a CAS from before the restart is from an old connection');
+  t.false(other.isCurrent('k', 1));
+  t.is(await c.get('k'), null);
+  t.deepEqual(await other.add('k', v('y'), 10), { status: 'ok', cas: 1n, conn: 2 });
+  t.true(other.isCurrent('k', 2));
+});
+
+test('unreachable: requests are refused as not applied (ECONNREFUSED convention); reachable again, entries are kept', async (t) => {
+  const memcache = new MemcacheStandIn({ name: 'cache-1:11211' });
+  const c = memcache.client();
+  await c.add('k', v('x'), 10);
+  memcache.unreachable(true);
+  const ops = { ...memcache.ops };
+  for (const call of [() => c.add('n', v('x'), 10), () => c.get('k'), () => c.casSet('k', v('y'), 10, 1n), () => c.casDelete('k', 1n), () => c.addThenGet('n', v('x'), 10)]) {
+    const error = await t.throwsAsync(call(), { instanceOf: MemcacheUnavailableError });
+    t.is(error?.server, 'cache-1:11211');
+    t.false(isAmbiguous(error), 'a refused request was not applied');
+  }
+  t.deepEqual(memcache.ops, ops, 'nothing reached the server');
+  memcache.unreachable(false);
+  t.is((await c.get('k'))?.value.toString(), 'x');
+  t.is(await c.get('n'), null);
+  t.false(c.isCurrent('k', 1), 'the connection was replaced');
+  t.throws(() => memcache.unreachable('yes' as unknown as boolean), { instanceOf: TypeError });
+});
+
+test.serial('slow: answered late but within timeoutMs is fine; past it the request fails as maybe applied, and is applied when the server gets to it', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client({ timeoutMs: 200 });
+  memcache.slow(150);
+  let settled: unknown;
+  void c.add('k', v('x'), 10).then((r) => { settled = r; });
+  await clock.tickAsync(149);
+  t.is(settled, undefined);
+  t.is(memcache.peek('k'), null, 'applied when answered');
+  await clock.tickAsync(1);
+  t.deepEqual(settled, { status: 'ok', cas: 1n, conn: 1 });
+
+  memcache.slow(500);
+  let failure: unknown;
+  const late = c.add('late', v('x'), 10).catch((error: unknown) => { failure = error; });
+  await clock.tickAsync(199);
+  t.is(failure, undefined);
+  await clock.tickAsync(1);
+  await late;
+  t.true(failure instanceof MemcacheUnavailableError);
+  t.regex((failure as Error).message, /timed out after 200 ms/);
+  t.true(isAmbiguous(failure), 'a timed-out write may have been applied');
+  t.false(c.isCurrent('late', 1), 'a timeout drops the connection, like memlock’s transport');
+  t.is(memcache.peek('late'), null);
+  await clock.tickAsync(300);
+  t.truthy(memcache.peek('late'), 'the write landed after the client gave up');
+  t.throws(() => memcache.slow(-5), { instanceOf: RangeError });
+});
+
+test.serial('restart with slow requests in flight: they fail as maybe applied and are never applied', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client({ timeoutMs: 100 });
+  memcache.slow(300);
+  const inFlight = c.add('a', v('x'), 10).catch((error: unknown) => error);
+  const timedOut = c.add('b', v('x'), 10).catch((error: unknown) => error);
+  await clock.tickAsync(100);
+  t.true(isAmbiguous(await timedOut));
+  memcache.restart();
+  t.true(isAmbiguous(await inFlight));
+  await clock.tickAsync(1000);
+  t.deepEqual(memcache.keys(), [], 'a restart loses what the server had not applied');
+});
+
+test('close(): pending requests fail, later ones too', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client({ timeoutMs: 10_000 });
+  memcache.slow(5000);
+  const pending = c.get('k');
+  await c.close();
+  await t.throwsAsync(pending, { instanceOf: MemcacheUnavailableError });
+  await t.throwsAsync(c.get('k'), { instanceOf: MemcacheUnavailableError, message: /closed/ });
+});
+
+test('keys longer than 250 bytes and values over 1 MB are refused with a server status (not applied)', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const long = await t.throwsAsync(c.add('k'.repeat(251), v('x'), 10), { instanceOf: MemcacheUnavailableError });
+  t.false(isAmbiguous(long));
+  t.truthy(await c.add('k'.repeat(250), v('x'), 10));
+  const big = await t.throwsAsync(c.add('big', Buffer.alloc(1024 * 1024), 10), { instanceOf: MemcacheUnavailableError });
+  t.false(isAmbiguous(big));
+  t.is(memcache.peek('big'), null);
+});
+
+test('bad options are typed errors naming the option', (t) => {
+  t.throws(() => new MemcacheStandIn({ now: 5 as unknown as () => number }), { instanceOf: TypeError, message: /`now`/ });
+  t.throws(() => new MemcacheStandIn({ name: 5 as unknown as string }), { instanceOf: TypeError, message: /`name`/ });
+  t.throws(() => new MemcacheStandIn(null as never), { instanceOf: TypeError, message: /`options`/ });
+  t.throws(() => new MemcacheStandIn().client({ timeoutMs: 0 }), { instanceOf: RangeError, message: /`timeoutMs`/ });
+  t.is(new MemcacheStandIn().client().serverOf('k'), 'stand-in:11211');
+});
+
+test.serial('memlock(): a slow server past timeoutMs makes renewals time out, and the holder loses the lock at its deadline', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock({ leaseMs: 4000, heartbeatMs: 500, timeoutMs: 100 });
+  const lock = await memlock.acquire('job', 'A');
+  memcache.slow(1000);
+  await clock.tickAsync(2899);
+  t.false(lock.signal.aborted, 'still inside the guaranteed lease (3 s - 100 ms margin)');
+  await clock.tickAsync(1);
+  t.true(lock.signal.aborted);
+  const reason = lock.signal.reason as LockLostError;
+  t.is(reason.kind, 'unreachable');
+  t.regex((reason.cause as Error).message, /timed out after 100 ms/);
+  memcache.slow(0);
+  await memlock.close();
+});
+
+test('ref: standIn.memlock() keeps the process alive until its close(); a bare client only with ref: true', async (t) => {
+  const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timeouts();
+  const memcache = new MemcacheStandIn();
+  const bare = memcache.client();
+  t.is(timeouts(), before, 'a bare client holds nothing');
+  const held = memcache.client({ ref: true });
+  t.is(timeouts(), before + 1);
+  await held.close();
+  t.is(timeouts(), before);
+  const memlock = memcache.memlock();
+  t.is(timeouts(), before + 1, 'like an open connection');
+  const closing = memlock.close();
+  t.is(memlock.close(), closing, 'close() is idempotent');
+  await closing;
+  t.is(timeouts(), before);
+  const unref = memcache.memlock({ ref: false });
+  t.is(timeouts(), before, 'ref: false holds nothing');
+  await unref.close();
+  t.is(await bare.get('k'), null);
+  t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
+});
