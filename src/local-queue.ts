@@ -13,6 +13,8 @@
 
 /** Most local handoffs per turn while remote waiters exist. */
 export const MAX_BATCH = 8;
+/** `position` when our place in the waiter queue is unknown (not read yet, or the queue failed); -1 means read and absent. */
+export const UNKNOWN_PLACE = -2;
 /** First guess of the handoff interval, before the queue was seen to move. */
 const INITIAL_CYCLE_MS = 10;
 
@@ -61,12 +63,15 @@ export class LocalKey<L = unknown, G = unknown> {
    * moved on: the handoff interval is re-estimated, and the waiter next in
    * line (place 1) knows the head was served and is now the head itself.
    */
-  sawEntry(token: string | undefined, now: number): void {
+  sawEntry(token: string | undefined, now: number, reservedForOther: boolean): void {
     if (token === this.#seen) return;
     if (this.#seen !== undefined) this.cycleMs += (now - this.holderSince - this.cycleMs) / 4;
     this.#seen = token;
     this.holderSince = now;
     if (this.position === 1) this.position = 0;
+    // We thought we were the head, yet the key was reserved for someone else:
+    // our place was stale. Read the queue again rather than poll as a head.
+    else if (this.position === 0 && reservedForOther) this.position = UNKNOWN_PLACE;
   }
 
   /** Records a queue read: our position, and how fast the queue moved since the last read. */

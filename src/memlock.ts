@@ -11,7 +11,7 @@ import { channels, publish } from './diagnostics.js';
 import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
 import { Scheduler } from './heartbeat.js';
 import { memcacheKey, queueKey } from './keys.js';
-import { LocalKey, type Ticket } from './local-queue.js';
+import { LocalKey, UNKNOWN_PLACE, type Ticket } from './local-queue.js';
 import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
 import { MemcacheLockClient } from './transport/cluster.js';
 import { MemjsClientAdapter } from './transport/memjs-client.js';
@@ -29,7 +29,7 @@ const REMOTE_WINDOW_MS = 10_000;
 /** A key whose queue had other waiters this recently: a new waiter queues up before its first attempt. */
 const QUEUED_WINDOW_MS = 1000;
 /** Our place in the waiter queue is unknown (not read yet, or the queue failed); -1 means read and absent. */
-const UNKNOWN = -2;
+const UNKNOWN = UNKNOWN_PLACE;
 /** The first two places poll the entry at least this often: a reservation lives at least 1 s. */
 const MAX_WATCH_MS = 500;
 /** How often a queued waiter refreshes its liveness in the waiter queue (under a third of QUEUE_ALIVE_MS). */
@@ -250,7 +250,7 @@ export class Memlock {
     const local = this.#local.get(mkey);
     // A refusal by our own local holder says nothing about other processes.
     this.#markContested(mkey, (local?.holders.size ?? 0) === 0);
-    local?.sawEntry(holder?.token, performance.now());
+    local?.sawEntry(holder?.token, performance.now(), holder?.state === 'reserved' && holder.clientId !== this.#token);
     const done = holder?.state === 'done';
     const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
     publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
@@ -364,9 +364,12 @@ export class Memlock {
           }
           mode = 'probe';
         }
+        const before = local.position;
         if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
           await this.#queueUp(local, mkey);
         }
+        // Just moved up to the head by a queue read: the key may be reserved for us already.
+        const promoted = local.position === 0 && before !== 0;
         const now = performance.now();
         if (now >= deadline) throw waitTimeout(key, wait.timeoutMs, holder);
         const held = now - local.holderSince;
@@ -377,13 +380,14 @@ export class Memlock {
         // a hold far longer than usual slows polls to an eighth of its length.
         // The first two places never sleep past a reservation's guaranteed
         // second; without a queue (UNKNOWN: it failed) everyone polls like a head.
-        const pace = local.position === -1
+        const pace = local.position === -1 || promoted
           ? 0
           : local.position === 0 || local.position === UNKNOWN
             ? Math.min(Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8), MAX_WATCH_MS)
             : local.position === 1
               ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
-              : Math.max(wait.minDelayMs, (local.position - 1) * cycle);
+              // A little early (3/4): arriving late costs a handoff, early one read.
+              : Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75);
         attempt = local.position <= 1;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
