@@ -78,6 +78,7 @@ test.serial('released: heldMs is how long the lock was held', async (t) => {
   const fn = (message: unknown): void => { seen.push(message as { heldMs: number }); };
   dc.subscribe('memlock:released', fn);
   t.teardown(() => dc.unsubscribe('memlock:released', fn));
+  await clock.tickAsync(100); // acquired at a non-zero time
   const lock = await memlock.acquire('k', 'A');
   await clock.tickAsync(1234);
   await lock.release();

@@ -220,3 +220,52 @@ test.serial('diagnostics: an unobserved lock cycle publishes nothing', async (t)
   await m.close();
   t.deepEqual(calls, []);
 });
+
+test('options: every validation names its option (the unit-tier twin of test/validation.test.ts)', (t) => {
+  const named = (fn: () => unknown, type: typeof TypeError | typeof RangeError, message: string | RegExp): void => {
+    const error = t.throws(fn);
+    t.true(error instanceof type, `${error?.name}: ${error?.message}`);
+    if (typeof message === 'string') t.is(error?.message, message);
+    else t.regex(error?.message ?? '', message);
+  };
+  named(() => resolveMemlockOptions({ prefix: 5 as never }), TypeError, 'Expected `prefix` to be a string, got number');
+  named(() => resolveMemlockOptions({ prefix: 'a b' }), RangeError, 'Expected `prefix` to hold no whitespace or control characters');
+  named(() => resolveMemlockOptions({ prefix: 'a\u0001' }), RangeError, /`prefix`/);
+  named(() => resolveMemlockOptions({ username: 5 as never }), TypeError, 'Expected `username` to be a string, got number');
+  t.is(resolveMemlockOptions({ servers: 'x:1', username: 'u', password: 'p' }).username, 'u');
+  named(() => resolveMemlockOptions({ servers: ['a:1', 5] as never }), TypeError, 'Expected `servers` to be a string or an array of strings, got object');
+  named(() => resolveMemlockOptions({ servers: 5 as never }), TypeError, /`servers`/);
+  named(() => resolveMemlockOptions({ client: {} as never }), TypeError, 'Expected `client` to be a memjs Client (with a `servers` array)');
+  named(() => resolveMemlockOptions({ client: { servers: 'x' } as never }), TypeError, /`client`/);
+  named(() => resolveMemlockOptions({ client: 'x' as never }), TypeError, /`client`/);
+  const saved = process.env.MEMCACHE_SERVERS;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.MEMCACHE_SERVERS;
+    else process.env.MEMCACHE_SERVERS = saved;
+  });
+  process.env.MEMCACHE_SERVERS = 'env:1';
+  t.deepEqual(resolveMemlockOptions({ client: { servers: [] } as never }).servers, [], 'a memjs client needs no servers');
+  t.deepEqual(resolveMemlockOptions({}).servers, ['env:1']);
+  named(() => resolveMemlockOptions('x'), TypeError, 'Expected `options` to be an object, got string "x"');
+  named(() => resolveMemlockOptions(5), TypeError, 'Expected `options` to be an object, got number');
+  named(() => checkLease(4000, 'x'), TypeError, 'Expected `heartbeatMs` to be a number, got string "x"');
+  named(() => checkCallArgs('', 'A'), TypeError, 'Expected `key` to be a non-empty string');
+  named(() => checkCallArgs('k', 5), TypeError, 'Expected `clientId` to be a string, got number');
+  // 1366 units of 3 bytes = 4098 bytes; 1365 = 4095.
+  named(() => checkCallArgs('k', '€'.repeat(1366)), RangeError, /got 4098/);
+  t.notThrows(() => checkCallArgs('k', '€'.repeat(1365)));
+  t.notThrows(() => checkCallArgs('k', 'x'.repeat(1366)), 'a long ASCII id under the byte bound');
+  const instance = resolveMemlockOptions({ servers: 'x:1' });
+  named(() => resolveLockOptions('x', instance), TypeError, 'Expected `options` to be an object, got string "x"');
+  named(() => resolveLockOptions([], instance), TypeError, /`options`/);
+  named(() => resolveLockOptions({ stealAfterMs: -1 }, instance), RangeError, /^Expected `stealAfterMs` to be between/);
+  named(() => resolveLockOptions({ signal: {} as never }, instance), TypeError, 'Expected `signal` to be an AbortSignal, got object');
+  named(() => resolveLockOptions({ signal: { aborted: false, addEventListener: 1, removeEventListener() {} } as never }, instance), TypeError, /`signal`/);
+  named(() => resolveLockOptions({ wait: { minDelayMs: 100, maxDelayMs: 10 } }, instance), RangeError, 'Expected `wait.maxDelayMs` (10) to be >= wait.minDelayMs (100)');
+  t.notThrows(() => resolveLockOptions({ wait: { minDelayMs: 10, maxDelayMs: 10 } }, instance));
+  named(() => resolveLockOptions({ wait: { timeoutMs: -1 } }, instance), RangeError, /^Expected `wait.timeoutMs` to be between 0 and 9007199254740991/);
+  named(() => resolveLockOptions({ wait: { timeoutMs: 'x' as never } }, instance), TypeError, /`wait.timeoutMs`/);
+  t.is(resolveLockOptions({ wait: { timeoutMs: 0 } }, instance).wait?.timeoutMs, 0);
+  t.throws(() => checkNumber('x', 'a'.repeat(41), 0, 1), { message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}…"` });
+  t.throws(() => checkNumber('x', 'a'.repeat(40), 0, 1), { message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}"` });
+});
