@@ -98,14 +98,14 @@ test.serial('a stalled TLS server times out at the operation deadline; the next 
   t.teardown(() => c.close());
   const warm = await c.add('tls-stall', Buffer.from('v'), 10);
   if (warm.status !== 'ok') return t.fail();
-  server.pause();
+  await server.pause();
   try {
     const started = performance.now();
     const error = await t.throwsAsync(c.get('tls-stall'), { instanceOf: MemcacheUnavailableError });
     t.regex(error?.message ?? '', /timed out/);
     t.true(performance.now() - started < 300 * 3);
   } finally {
-    server.resume();
+    await server.resume();
   }
   const entry = await c.get('tls-stall');
   t.is(entry?.value.toString(), 'v');

@@ -59,9 +59,27 @@ export interface TlsMemcached {
   readonly port: number;
   /** Text-protocol client on the plain listener (same items). */
   readonly raw: RawClient;
-  pause(): void;
-  resume(): void;
+  /** SIGSTOP, resolved once /proc shows the process stopped (signals are delivered asynchronously). */
+  pause(): Promise<void>;
+  /** SIGCONT, resolved once /proc shows it running again. */
+  resume(): Promise<void>;
   stop(): Promise<void>;
+}
+
+/** Sends SIGSTOP/SIGCONT and waits until /proc shows the new state ('T' = stopped). */
+async function signalAndWait(child: ChildProcess, signal: 'SIGSTOP' | 'SIGCONT'): Promise<void> {
+  child.kill(signal);
+  for (let i = 0; i < 500; i++) {
+    let state: string | null = null;
+    try {
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'latin1');
+      state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    } catch {
+      return;
+    }
+    if (signal === 'SIGSTOP' ? state === 'T' : state !== 'T') return;
+    await sleep(2);
+  }
 }
 
 /** Starts `memcached -Z` on a free port with the given certificate. */
@@ -103,8 +121,8 @@ export async function startTlsMemcached(pki: TestPki): Promise<TlsMemcached> {
     address: `127.0.0.1:${port}`,
     port,
     raw,
-    pause: () => child.kill('SIGSTOP'),
-    resume: () => child.kill('SIGCONT'),
+    pause: () => signalAndWait(child, 'SIGSTOP'),
+    resume: () => signalAndWait(child, 'SIGCONT'),
     async stop() {
       process.removeListener('exit', kill);
       if (child.exitCode !== null || child.signalCode !== null) return;
