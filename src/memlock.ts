@@ -365,11 +365,13 @@ export class Memlock {
           mode = 'probe';
         }
         const before = local.position;
+        let lookNow = false;
         if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
-          await this.#queueUp(local, mkey);
+          // Taken out of the queue behind our back (and joined again): maybe reserved for us.
+          lookNow = await this.#queueUp(local, mkey);
         }
         // Just moved up to the head by a queue read: the key may be reserved for us already.
-        const promoted = local.position === 0 && before !== 0;
+        const promoted = (local.position === 0 && before !== 0) || lookNow;
         const now = performance.now();
         if (now >= deadline) throw waitTimeout(key, wait.timeoutMs, holder);
         const held = now - local.holderSince;
@@ -388,7 +390,7 @@ export class Memlock {
               ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
               // A little early (3/4): arriving late costs a handoff, early one read.
               : Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75);
-        attempt = local.position <= 1;
+        attempt = local.position <= 1 || lookNow;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
       }
@@ -427,14 +429,26 @@ export class Memlock {
     });
   }
 
-  /** Joins (or refreshes our place in) the key's waiter queue and learns our position. Never rejects. */
-  async #queueUp(local: LocalKey<HeldLock, Held>, mkey: string): Promise<void> {
+  /**
+   * Joins (or refreshes our place in) the key's waiter queue and learns our
+   * position. Resolves `true` when we believed we were queued but were not
+   * there any more: a releaser may have taken us out to reserve the key for
+   * us, so the caller must look at the entry now, wherever the join put us.
+   * Never rejects.
+   */
+  async #queueUp(local: LocalKey<HeldLock, Held>, mkey: string): Promise<boolean> {
     const qkey = queueKey(this.#options.prefix, mkey);
     const now = performance.now();
+    const believed = local.queued;
+    let missing = false;
     const work = (async (): Promise<void> => {
       let list: readonly { token: string; expiresAt: number }[] | undefined;
       if (!local.queued || now - local.queuedAt >= QUEUE_REFRESH_MS) {
-        list = await updateQueue(this.#client, qkey, joined(this.#token, Date.now()));
+        const join = joined(this.#token, Date.now());
+        list = await updateQueue(this.#client, qkey, (waiters) => {
+          missing = !waiters.some((w) => w.token === this.#token);
+          return join(waiters);
+        });
         local.queued = list !== undefined;
         local.queuedAt = now;
       } else {
@@ -457,6 +471,7 @@ export class Memlock {
       // The queue is a fairness aid: without it, waiting degrades to polling.
       local.position = UNKNOWN;
     }
+    return believed && missing;
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */
@@ -504,19 +519,25 @@ export class Memlock {
   }
 
   /**
-   * After reserving the key for `head`: take it out of the queue and put
-   * ourselves at the tail, in the same write. We queue up even without local
-   * waiters: a worker loop calls again at once, and then finds its place
-   * taken already (no join round trips); if no call comes within this turn
-   * of the event loop, we leave the queue again. Never rejects.
+   * After reserving the key for `head`: take it out of the queue, and put
+   * ourselves at the tail if calls of ours still wait, in the same write.
+   * Then let the local state go once nothing uses it. Never rejects.
    */
   async #reserved(local: LocalKey<HeldLock, Held>, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
     const now = Date.now();
-    const change = (waiters: readonly QueuedWaiter[]): readonly QueuedWaiter[] => joined(this.#token, now)(without([head], now)(waiters) ?? waiters);
+    // Out with the head, and with us wherever we stood; back in at the tail
+    // only if calls of ours still wait. (Queuing up "in case a worker loop
+    // comes back" was tried: a fast releaser elsewhere could reserve the key
+    // for us before we left again, and nobody took it for a second or two.)
+    const requeue = local.waiting > 0;
+    const change = (waiters: readonly QueuedWaiter[]): readonly QueuedWaiter[] => {
+      const rest = without([head, this.#token], now)(waiters) ?? waiters;
+      return requeue ? joined(this.#token, now)(rest) : rest;
+    };
     local.batch = 0;
     try {
       const list = await updateQueue(this.#client, qkey, change, state);
-      local.queued = list !== undefined;
+      local.queued = requeue && list !== undefined;
       local.queuedAt = performance.now();
       local.position = UNKNOWN;
       if (list !== undefined) local.observe(list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token), performance.now());
