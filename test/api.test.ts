@@ -1,5 +1,6 @@
 /** acquire/await using, wrap, diagnostics, polyfilled signals, close(). */
 import test from 'ava';
+import { spyOnPublish } from './helpers/publish-spy.js';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import dc from 'node:diagnostics_channel';
@@ -148,16 +149,7 @@ test.serial('nothing is published without subscribers (no work for an unobserved
   for (const channel of Object.values(channels)) t.false(channel.hasSubscribers);
   // Count publish() calls on every channel through a full cycle: acquire,
   // refusal, takeover, loss, release and a failed release.
-  const calls: string[] = [];
-  const restore = Object.values(channels).map((channel) => {
-    const original = channel.publish.bind(channel);
-    channel.publish = ((message: unknown) => {
-      calls.push(channel.name as string);
-      original(message as never);
-    }) as typeof channel.publish;
-    return () => { channel.publish = original; };
-  });
-  t.teardown(() => restore.forEach((undo) => undo()));
+  const calls = spyOnPublish(t);
   const prefix = `np${randomUUID().slice(0, 6)}:`;
   const m = memlock({ leaseMs: 4000, heartbeatMs: 100 }, prefix);
   await m.tryWithLock('k', 'A', () => 1);

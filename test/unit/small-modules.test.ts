@@ -2,6 +2,7 @@
  * Keys, options, errors and diagnostics: pure functions, no server.
  */
 import test from 'ava';
+import { spyOnPublish } from '../helpers/publish-spy.js';
 import dc from 'node:diagnostics_channel';
 import { createHash } from 'node:crypto';
 import {
@@ -200,16 +201,7 @@ test.serial('diagnostics: publish builds the message only when someone listens',
 });
 
 test.serial('diagnostics: an unobserved lock cycle publishes nothing', async (t) => {
-  const calls: string[] = [];
-  const restore = Object.values(channels).map((channel) => {
-    const original = channel.publish.bind(channel);
-    channel.publish = ((message: unknown) => {
-      calls.push(channel.name as string);
-      original(message as never);
-    }) as typeof channel.publish;
-    return () => { channel.publish = original; };
-  });
-  t.teardown(() => restore.forEach((undo) => undo()));
+  const calls = spyOnPublish(t);
   const memcache = new MemcacheStandIn();
   const m = memcache.memlock();
   await m.tryWithLock('k', 'A', () => 1);
