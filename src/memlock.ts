@@ -626,16 +626,17 @@ export class Memlock {
     if (this.#closing !== undefined) throw closedError();
   }
 
-  /**
-   * Whether an attempt on `mkey` will probably be refused (refused recently,
-   * or held by this instance): then the attempt reads first (or, while
-   * waiting, sends the read with the add), so a refusal costs one round trip.
-   */
+  /** Whether other processes queued for `mkey` recently: a new waiter then queues up before its first attempt. */
   #queued(mkey: string): boolean {
     const seen = this.#remote.get(mkey);
     return seen !== undefined && performance.now() - seen < QUEUED_WINDOW_MS;
   }
 
+  /**
+   * Whether an attempt on `mkey` will probably be refused (refused recently,
+   * or held by this instance): then the attempt reads first (or, while
+   * waiting, sends the read with the add), so a refusal costs one round trip.
+   */
   #expectRefusal(mkey: string): boolean {
     return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders.size ?? 0) > 0;
   }
