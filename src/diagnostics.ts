@@ -130,7 +130,7 @@ export function formatEvent(name: string, message: object): string {
     if (field === 'server' && typeof value === 'string') server = value;
     fields.push(`${field}=${value instanceof Date ? value.toISOString() : typeof value === 'number' ? String(Math.round(value * 1000) / 1000) : inspect(value, { breakLength: Infinity })}`);
   }
-  let line = `${name.replace(/^memlock:/, '')} ${fields.join(' ')}`;
+  let line = [name.replace(/^memlock:/, ''), ...fields].join(' ');
   if (error !== undefined) {
     line += ` error=${inspect(errorText(error), { breakLength: Infinity })}`;
     const cause = likelyCause(error, server);

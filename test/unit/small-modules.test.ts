@@ -179,6 +179,8 @@ test('errors: one base class, stable codes, names, messages', (t) => {
   const down = new MemcacheUnavailableError('down', { server: 'h:1', cause: 'c' });
   t.like(down, { code: 'ERR_MEMLOCK_UNAVAILABLE', name: 'MemcacheUnavailableError', server: 'h:1', cause: 'c' });
   t.is(new MemcacheUnavailableError('down').server, undefined);
+  t.true(new MemcacheUnavailableError('down').mayHaveApplied, 'unknown means it may have been applied');
+  t.false(new MemcacheUnavailableError('down', { mayHaveApplied: false }).mayHaveApplied);
 });
 
 test.serial('diagnostics: publish builds the message only when someone listens', (t) => {

@@ -4,9 +4,9 @@
  * outcome, and a reply cut at any byte is reported incomplete, never misread.
  */
 import test from 'ava';
-import { BinaryCodec } from '../src/transport/binary-codec.js';
-import { MetaCodec, wireKey } from '../src/transport/meta-codec.js';
-import { emptyReply, ProtocolError, type Codec, type Reply } from '../src/transport/codec.js';
+import { BinaryCodec } from '../../src/transport/binary-codec.js';
+import { MetaCodec, wireKey } from '../../src/transport/meta-codec.js';
+import { emptyReply, ProtocolError, type Codec, type Reply } from '../../src/transport/codec.js';
 
 const hex = (s: string): Buffer => Buffer.from(s, 'hex');
 const text = (s: string): Buffer => Buffer.from(s, 'latin1');
