@@ -19,23 +19,27 @@ import process from 'node:process';
 
 const unit = (...names) => names.map((name) => `.mutation-build/test/unit/${name}.test.js`);
 
-/** Source file (relative to src/) -> fast-tier files that exercise it. */
+/**
+ * Source file (relative to src/) -> stages of fast-tier files: the first
+ * stage holds the files written for that source (most mutants die there);
+ * the next runs only when the mutant survived it.
+ */
 const testsFor = {
-  'errors.ts': unit('small-modules', 'memlock'),
-  'keys.ts': unit('small-modules'),
-  'diagnostics.ts': unit('diagnostics', 'small-modules', 'memlock'),
-  'options.ts': unit('small-modules', 'memlock'),
-  'heartbeat.ts': unit('heartbeat'),
-  'local-queue.ts': unit('local-queue', 'memlock'),
-  'protocol.ts': unit('protocol', 'heartbeat', 'memlock'),
-  'lock.ts': unit('lock', 'heartbeat', 'memlock'),
-  'memlock.ts': unit('memlock', 'lock', 'local-queue', 'heartbeat'),
-  'waiter-queue.ts': unit('waiter-queue', 'memlock', 'local-queue'),
-  'testing.ts': unit('testing', 'protocol'),
-  'transport/hashring.ts': unit('hashring'),
-  'transport/codec.ts': unit('codecs'),
-  'transport/binary-codec.ts': unit('codecs'),
-  'transport/meta-codec.ts': unit('codecs'),
+  'errors.ts': [unit('small-modules'), unit('memlock', 'diagnostics')],
+  'keys.ts': [unit('small-modules')],
+  'diagnostics.ts': [unit('diagnostics', 'small-modules'), unit('memlock')],
+  'options.ts': [unit('small-modules'), unit('memlock')],
+  'heartbeat.ts': [unit('heartbeat')],
+  'local-queue.ts': [unit('local-queue'), unit('waiting', 'memlock')],
+  'protocol.ts': [unit('protocol'), unit('heartbeat', 'memlock')],
+  'lock.ts': [unit('lock'), unit('heartbeat', 'memlock')],
+  'memlock.ts': [unit('memlock', 'waiting'), unit('lock', 'local-queue', 'heartbeat')],
+  'waiter-queue.ts': [unit('waiter-queue'), unit('waiting', 'memlock')],
+  'testing.ts': [unit('testing'), unit('protocol', 'memlock')],
+  'transport/hashring.ts': [unit('hashring')],
+  'transport/codec.ts': [unit('codecs')],
+  'transport/binary-codec.ts': [unit('codecs')],
+  'transport/meta-codec.ts': [unit('codecs')],
 };
 
 // No file names: ava.mutation.config.js's list (the whole compiled fast tier).
@@ -46,10 +50,7 @@ if (id !== undefined && id !== '') {
   for (const name of readdirSync('src', { recursive: true })) {
     if (!name.endsWith('.ts')) continue;
     if (call.test(readFileSync(`src/${name}`, 'utf8'))) {
-      const [first, ...rest] = testsFor[name] ?? [];
-      // The file written for this source first: most mutants die there, and
-      // the others only run when it survives.
-      if (first !== undefined) stages = rest.length === 0 ? [[first]] : [[first], rest];
+      stages = testsFor[name] ?? stages;
       break;
     }
   }

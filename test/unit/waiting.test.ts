@@ -1,0 +1,182 @@
+/**
+ * Waiting across processes (memlock.ts's wait loop, waiter-queue.ts,
+ * local-queue.ts) on fake timers: each `standIn.memlock()` is its own
+ * Memlock instance with its own waiter-queue token, as a process is. A
+ * recording client logs every request by kind and key, so a test can say
+ * which key a waiter polls and how often.
+ */
+import test from 'ava';
+import FakeTimers from '@sinonjs/fake-timers';
+import type { Entry, LockClient, WriteResult } from '../../src/client.js';
+import { LockNotAcquiredError, Memlock, type LockOptions } from '../../src/index.js';
+import { memcacheKey, queueKey } from '../../src/keys.js';
+import { decodeValue, RESERVATION_TTL_SECONDS } from '../../src/protocol.js';
+import { decodeQueue, encodeQueue } from '../../src/waiter-queue.js';
+import { MAX_BATCH } from '../../src/local-queue.js';
+import { MemcacheStandIn } from '../../src/testing.js';
+
+type Clock = ReturnType<typeof FakeTimers.install>;
+
+function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  return clock;
+}
+
+const MKEY = memcacheKey('memlock:', 'k');
+const QKEY = queueKey('memlock:', MKEY);
+
+interface Sent { op: string; key: string; at: number }
+
+/** A LockClient that logs each request (op, key, fake time) and passes it on. */
+function recording(inner: LockClient, log: Sent[]): LockClient {
+  const note = (op: string, key: string): void => { log.push({ op, key: key === MKEY ? 'entry' : key === QKEY ? 'queue' : key, at: performance.now() }); };
+  return {
+    add: (key: string, value: Buffer, ttl: number): Promise<WriteResult> => { note('add', key); return inner.add(key, value, ttl); },
+    addThenGet: (key: string, value: Buffer, ttl: number) => { note('addThenGet', key); return inner.addThenGet(key, value, ttl); },
+    get: (key: string): Promise<Entry | null> => { note('get', key); return inner.get(key); },
+    casSet: (key: string, value: Buffer, ttl: number, cas: bigint): Promise<WriteResult> => { note('casSet', key); return inner.casSet(key, value, ttl, cas); },
+    casDelete: (key: string, cas: bigint): Promise<WriteResult> => { note('casDelete', key); return inner.casDelete(key, cas); },
+    isCurrent: (key: string, conn: number) => inner.isCurrent(key, conn),
+    serverOf: (key: string) => inner.serverOf(key),
+    close: () => inner.close(),
+  };
+}
+
+interface Proc { memlock: Memlock; log: Sent[] }
+
+function processes(t: { teardown: (fn: () => Promise<unknown>) => void }, memcache: MemcacheStandIn, count: number): Proc[] {
+  return Array.from({ length: count }, () => {
+    const log: Sent[] = [];
+    const client = memcache.client();
+    const memlock = new Memlock({ lockClient: recording(client, log) });
+    t.teardown(async () => {
+      await memlock.close();
+      await client.close();
+    });
+    return { memlock, log };
+  });
+}
+
+const WAIT: LockOptions = { wait: { timeoutMs: 30_000, minDelayMs: 5, maxDelayMs: 1000 } };
+
+function queueTokens(memcache: MemcacheStandIn): string[] {
+  const entry = memcache.peek(QKEY);
+  return entry === null ? [] : decodeQueue(entry.value).map((w) => w.token);
+}
+
+
+/** Fake-time ms between consecutive requests of `op` on `key` in `log`, from `from` to `to`. */
+function gaps(log: Sent[], key: string, from: number, to: number): number[] {
+  const times = log.filter((s) => s.key === key && s.at >= from && s.at <= to).map((s) => s.at);
+  return times.slice(1).map((at, i) => at - times[i]!);
+}
+
+test.serial('a remote waiter queues once refused; the release reserves the key for it (nobody else may take it); the head polls at most every 500 ms, slower as the hold goes on', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b, c] = processes(t, memcache, 3) as [Proc, Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A', WAIT);
+  let gotAt = -1;
+  const waiting = b.memlock.acquire('k', 'B', WAIT).then((lock) => { gotAt = performance.now(); return lock; });
+  await clock.tickAsync(100);
+  t.is(queueTokens(memcache).length, 1, 'queued in memcache after its first refusal');
+  await clock.tickAsync(5900);
+  const polls = gaps(b.log, 'entry', 100, 6000);
+  t.true(Math.max(...polls) <= 500, `the head never sleeps past 500 ms: ${Math.max(...polls)}`);
+  t.true(polls.length < 100, `polls slow down with the hold: ${polls.length} in 6 s at minDelayMs 5`);
+  t.true(polls.length > 10);
+  const [token] = queueTokens(memcache);
+  const releasedAt = performance.now();
+  t.true(await held.release());
+  const reserved = decodeValue(memcache.peek(MKEY)!.value);
+  t.like(reserved, { state: 'reserved', clientId: token });
+  t.deepEqual(queueTokens(memcache), [], 'the releaser took the head out of the queue');
+  const refused = await t.throwsAsync(c.memlock.acquire('k', 'C'), { instanceOf: LockNotAcquiredError });
+  t.is(refused?.holder, undefined, 'a reservation names no holder');
+  t.is(gotAt, -1);
+  await clock.tickAsync(500);
+  t.true(gotAt > releasedAt && gotAt - releasedAt <= 500, `acquired ${gotAt - releasedAt} ms after the release`);
+  const lock = await waiting;
+  t.like(decodeValue(memcache.peek(MKEY)!.value), { state: 'held', clientId: 'B' });
+  t.true(await lock.release());
+  t.is(memcache.peek(MKEY), null, 'nobody waits: deleted');
+});
+
+test.serial('places 0 and 1 poll the entry, places further back only re-read the queue; the key goes round in queue order', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b, c, d] = processes(t, memcache, 4) as [Proc, Proc, Proc, Proc];
+  const order: string[] = [];
+  const hold = (p: Proc, id: string) => p.memlock.tryWithLock('k', id, async () => {
+    order.push(id);
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+  }, WAIT);
+  const done = [hold(a, 'A')];
+  await clock.tickAsync(10);
+  for (const [p, id] of [[b, 'B'], [c, 'C'], [d, 'D']] as const) {
+    done.push(hold(p, id));
+    await clock.tickAsync(10);
+  }
+  t.is(queueTokens(memcache).length, 3);
+  await clock.tickAsync(2900);
+  const firstAttempt = (p: Proc): number => p.log.find((s) => s.key === 'entry')!.at;
+  t.true(gaps(b.log, 'entry', 0, 2900).length > 5, 'the head polls the entry');
+  t.true(gaps(c.log, 'entry', 0, 2900).length > 5, 'the next one too');
+  t.deepEqual(d.log.filter((s) => s.key === 'entry' && s.at > firstAttempt(d)).map((s) => s.op), [], 'place 2 never touches the entry');
+  t.true(d.log.some((s) => s.key === 'queue' && s.op === 'get' && s.at > firstAttempt(d)), 'place 2 re-reads the queue');
+  await clock.tickAsync(12_000);
+  await Promise.all(done);
+  t.deepEqual(order, ['A', 'B', 'C', 'D']);
+  t.deepEqual(queueTokens(memcache), []);
+  t.is(memcache.peek(MKEY), null);
+});
+
+test.serial('a reservation for a waiter that died expires within its TTL and the next waiter takes the key', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b] = processes(t, memcache, 2) as [Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A', WAIT);
+  // A waiter that queued and then crashed: still alive in the queue, never polls.
+  memcache.set(QKEY, encodeQueue([{ token: 'ghost', joinedAt: Date.now(), expiresAt: Date.now() + 60_000 }]), 30);
+  let gotAt = -1;
+  const waiting = b.memlock.acquire('k', 'B', WAIT).then((lock) => { gotAt = performance.now(); return lock; });
+  await clock.tickAsync(1000);
+  t.is(queueTokens(memcache).length, 2);
+  const releasedAt = performance.now();
+  await held.release();
+  t.like(decodeValue(memcache.peek(MKEY)!.value), { state: 'reserved', clientId: 'ghost' });
+  await clock.tickAsync((RESERVATION_TTL_SECONDS - 1) * 1000 - 1);
+  t.is(gotAt, -1, 'the reservation holds for at least its TTL minus one second');
+  await clock.tickAsync(1000 + 500 + 1);
+  t.true(gotAt !== -1 && gotAt - releasedAt <= RESERVATION_TTL_SECONDS * 1000 + 500, `acquired ${gotAt - releasedAt} ms after the release`);
+  t.is((await waiting).clientId, 'B');
+});
+
+for (const workers of [3, 12]) {
+  test.serial(`two processes x ${workers} workers: the key alternates in turns of at most the waiters present, capped at 1 + MAX_BATCH`, async (t) => {
+    const clock = fakeTime(t);
+    const memcache = new MemcacheStandIn();
+    const procs = processes(t, memcache, 2);
+    const order: number[] = [];
+    const run = async (p: number, w: number): Promise<void> => {
+      for (let i = 0; i < 3; i++) {
+        await procs[p]!.memlock.tryWithLock('k', `p${p}w${w}`, async () => {
+          order.push(p);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }, WAIT);
+      }
+    };
+    const all = Promise.all([0, 1].flatMap((p) => Array.from({ length: workers }, (_, w) => run(p, w))));
+    await clock.tickAsync(30_000);
+    await all;
+    const turns = order.join('').match(/0+|1+/g)!.map((turn) => turn.length);
+    const longest = Math.min(workers, 1 + MAX_BATCH);
+    t.is(Math.max(...turns), longest, order.join(''));
+    // Every turn but the last of each process is a full one: the batch is used, and bounded.
+    t.true(turns.slice(0, -2).every((n) => n === longest), order.join(''));
+    t.is(order.filter((p) => p === 0).length, 3 * workers);
+    const requests = procs.reduce((n, p) => n + p.log.length, 0);
+    t.true(requests / order.length < 5, `${requests / order.length} requests per acquisition`);
+  });
+}
