@@ -291,3 +291,152 @@ test('ref: standIn.memlock() keeps the process alive until its close(); a bare c
   t.is(await bare.get('k'), null);
   t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
 });
+
+test('the errors follow memlock’s transport: message, server, mayHaveApplied and a cause with the socket code or server status', async (t) => {
+  const memcache = new MemcacheStandIn({ name: 'cache-1:11211' });
+  const c = memcache.client({ timeoutMs: 10_000 });
+  memcache.unreachable(true);
+  const refused = await t.throwsAsync(c.get('k'), { instanceOf: MemcacheUnavailableError });
+  t.is(refused?.message, 'memcache get failed (cache-1:11211): connect ECONNREFUSED');
+  t.like(refused, { server: 'cache-1:11211', mayHaveApplied: false });
+  t.like(refused?.cause, { code: 'ECONNREFUSED', message: 'connect ECONNREFUSED cache-1:11211' });
+  memcache.unreachable(false);
+  memcache.slow(1000);
+  const pending = c.casSet('k', v('x'), 10, 1n);
+  memcache.restart();
+  const reset = await t.throwsAsync(pending, { instanceOf: MemcacheUnavailableError });
+  t.is(reset?.message, 'memcache set failed (cache-1:11211): connection reset');
+  t.like(reset, { server: 'cache-1:11211', mayHaveApplied: true });
+  t.like(reset?.cause, { code: 'ECONNRESET', message: 'read ECONNRESET' });
+  memcache.slow(0);
+  await c.close();
+  const closed = await t.throwsAsync(c.casDelete('k', 1n), { instanceOf: MemcacheUnavailableError });
+  t.is(closed?.message, 'memlock client is closed');
+  t.like(closed, { server: 'cache-1:11211', mayHaveApplied: false, cause: undefined });
+  const d = memcache.client();
+  const invalid = await t.throwsAsync(d.add('', v('x'), 10), { instanceOf: MemcacheUnavailableError });
+  t.is(invalid?.message, 'memcache add failed with status 0x4 (cache-1:11211): Invalid arguments');
+  t.like(invalid, { server: 'cache-1:11211', mayHaveApplied: false });
+  t.like(invalid?.cause, { status: 4, message: 'Invalid arguments' });
+  const big = await t.throwsAsync(d.casSet('k', Buffer.alloc(1024 * 1024), 10, 0n), { instanceOf: MemcacheUnavailableError });
+  t.is(big?.message, 'memcache set failed with status 0x3 (cache-1:11211): Too large.');
+  t.like(big?.cause, { status: 3 });
+  t.deepEqual(memcache.ops, { add: 1, get: 0, set: 2, delete: 0 }, 'refused by the server still reached it; refused connections did not');
+});
+
+test('limits at their edges: a 250-byte key and a 1 MB item (key and value together) are accepted; one byte more is not; gets and deletes check the key', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const key = 'é'.repeat(125); // 250 bytes in 125 characters
+  t.is((await c.add(key, v('x'), 10)).status, 'ok');
+  await t.throwsAsync(c.add(`${key}x`, v('x'), 10), { message: /Invalid arguments/ });
+  await t.throwsAsync(c.get(`${key}x`), { message: /Invalid arguments/ });
+  await t.throwsAsync(c.casDelete('', 1n), { message: /Invalid arguments/ });
+  t.is((await c.add('big', Buffer.alloc(1024 * 1024 - 3), 10)).status, 'ok', 'key + value = 1 MB exactly');
+  await t.throwsAsync(c.add('big2', Buffer.alloc(1024 * 1024 - 3), 10), { message: /Too large/ });
+  await t.throwsAsync(c.addThenGet('big', Buffer.alloc(1024 * 1024 - 2), 10), { message: /Too large/ });
+});
+
+test('expiry edges: 30 days exactly is still relative; an absolute time now or earlier expires at once; peek reports the expiry on the stand-in clock', (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  const month = 30 * 24 * 3600;
+  clock.set(1500); // server second 2
+  memcache.set('month', 'x', month);
+  t.is(memcache.peek('month')?.ttlSeconds, month);
+  t.is(memcache.peek('month')?.expiresAt, (1 + month) * 1000, 'expires when the server second reaches 2 + ttl');
+  memcache.set('now', 'x', Math.floor(Date.now() / 1000));
+  t.is(memcache.peek('now'), null, 'an absolute time of now has passed');
+  memcache.set('soon', 'x', Math.floor(Date.now() / 1000) + 100);
+  const soon = memcache.peek('soon')?.ttlSeconds ?? 0;
+  t.true(soon >= 99 && soon <= 100, `${soon}`);
+  memcache.set('neg', 'x', -5);
+  t.is(memcache.peek('neg'), null);
+});
+
+test('restart restarts the whole-second clock: an entry written just after it lasts its full TTL', (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  clock.set(700);
+  memcache.restart(); // the server's second 1 starts at 700
+  memcache.set('k', 'x', 2);
+  clock.set(2699);
+  t.truthy(memcache.peek('k'));
+  t.is(memcache.peek('k')?.expiresAt, 2700);
+  clock.set(2700);
+  t.is(memcache.peek('k'), null);
+  memcache.advance(500);
+  memcache.restart();
+  t.is(memcache.time, 3200);
+  memcache.set('j', 'x', 1);
+  t.is(memcache.peek('j')?.expiresAt, 4200, 'the clock restarts at the stand-in time, advance() included');
+});
+
+test('unreachable() twice breaks connections once; unreachable() without an argument means true', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  await c.get('k');
+  memcache.unreachable();
+  await t.throwsAsync(c.get('k'), { instanceOf: MemcacheUnavailableError });
+  memcache.unreachable(true);
+  memcache.unreachable(false);
+  t.is(await c.get('k'), null);
+  t.true(c.isCurrent('k', 2), 'one new generation, not two');
+  memcache.unreachable(false);
+  t.true(c.isCurrent('k', 2), 'reachable again changes no connection');
+});
+
+test.serial('slow: a write whose client timed out lands (delay - timeoutMs) after the timeout, unless a restart comes first; a server error in a slow answer rejects', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client({ timeoutMs: 100 });
+  memcache.slow(400);
+  const late = c.add('late', v('x'), 10).catch((error: unknown) => error);
+  await clock.tickAsync(100);
+  t.true(isAmbiguous(await late));
+  await clock.tickAsync(299);
+  t.is(memcache.peek('late'), null, 'not before the server gets to it');
+  await clock.tickAsync(1);
+  t.truthy(memcache.peek('late'), 'applied 400 ms after the send');
+  const lost = c.add('lost', v('x'), 10).catch((error: unknown) => error);
+  await clock.tickAsync(100);
+  await lost;
+  memcache.restart();
+  await clock.tickAsync(1000);
+  t.is(memcache.peek('lost'), null, 'a restart before it was applied: never applied');
+  const d = memcache.client({ timeoutMs: 1000 });
+  const invalid = d.get('').catch((error: unknown) => error);
+  await clock.tickAsync(400);
+  const error = await invalid;
+  t.true(error instanceof MemcacheUnavailableError);
+  t.regex((error as Error).message, /Invalid arguments/);
+  t.false(isAmbiguous(error), 'the server answered: not applied');
+  const answered = d.add('ok', v('x'), 10);
+  await clock.tickAsync(400);
+  t.is((await answered).status, 'ok');
+  t.deepEqual(memcache.keys(), ['ok'], 'the restart took late with it');
+});
+
+test.serial('close() of a client fails its own pending requests only; a timed-out request’s connection is replaced', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const a = memcache.client({ timeoutMs: 10_000 });
+  const b = memcache.client({ timeoutMs: 10_000 });
+  memcache.slow(50);
+  const mine = a.add('a', v('x'), 10).catch((error: unknown) => error);
+  const theirs = b.add('b', v('x'), 10);
+  await a.close();
+  t.true(isAmbiguous(await mine), 'sent, then the connection closed: maybe applied');
+  await clock.tickAsync(50);
+  t.is((await theirs).status, 'ok');
+  t.true(b.isCurrent('b', 1));
+  const c = memcache.client({ timeoutMs: 20 });
+  const timedOut = c.get('x').catch((error: unknown) => error);
+  await clock.tickAsync(20);
+  await timedOut;
+  t.false(c.isCurrent('x', 1));
+  t.true(c.isCurrent('x', 2));
+  await clock.tickAsync(100);
+});
