@@ -180,3 +180,89 @@ for (const workers of [3, 12]) {
     t.true(requests / order.length < 5, `${requests / order.length} requests per acquisition`);
   });
 }
+
+test.serial('a release reads the waiter queue only while other processes were seen wanting the key (10 s); otherwise it just deletes', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b] = processes(t, memcache, 2) as [Proc, Proc];
+  const queueReads = (): number => a.log.filter((s) => s.key === 'queue').length;
+  // Never refused, never waited: the uncontended path is add + delete.
+  await a.memlock.tryWithLock('k', 'A', () => {});
+  t.deepEqual(a.log.map((s) => s.op), ['add', 'casDelete']);
+  const theirs = await b.memlock.acquire('k', 'B');
+  await t.throwsAsync(a.memlock.acquire('k', 'A'), { instanceOf: LockNotAcquiredError });
+  await theirs.release();
+  await a.memlock.tryWithLock('k', 'A', () => {});
+  t.is(queueReads(), 1, 'refused by another process moments ago: the release looks for waiters');
+  await clock.tickAsync(9000);
+  await a.memlock.tryWithLock('k', 'A', () => {});
+  t.is(queueReads(), 2, 'still within 10 s of the refusal');
+  await clock.tickAsync(1001);
+  await a.memlock.tryWithLock('k', 'A', () => {});
+  t.is(queueReads(), 2, 'more than 10 s ago: delete without a read');
+});
+
+test.serial('a new waiter goes to the back of the queue (no first attempt) while other processes queued within the last second', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b, c, d] = processes(t, memcache, 4) as [Proc, Proc, Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A', WAIT);
+  const order: string[] = [];
+  const first = b.memlock.tryWithLock('k', 'B', () => { order.push('B'); }, WAIT);
+  await clock.tickAsync(50);
+  // c and d are refused: other processes want k.
+  await t.throwsAsync(c.memlock.acquire('k', 'C'), { instanceOf: LockNotAcquiredError });
+  await t.throwsAsync(d.memlock.acquire('k', 'D'), { instanceOf: LockNotAcquiredError });
+  const cBefore = c.log.length;
+  const second = c.memlock.tryWithLock('k', 'C', () => { order.push('C'); }, WAIT);
+  await clock.tickAsync(0);
+  t.deepEqual(c.log.slice(cBefore).map((s) => `${s.op}:${s.key}`), ['get:queue', 'casSet:queue'], 'joins the queue before touching the entry');
+  await clock.tickAsync(1000);
+  const dBefore = d.log.length;
+  const third = d.memlock.tryWithLock('k', 'D', () => { order.push('D'); }, WAIT);
+  await clock.tickAsync(0);
+  t.is(d.log[dBefore]?.key, 'entry', 'a second later: tries the entry first');
+  await held.release();
+  await clock.tickAsync(5000);
+  await Promise.all([first, second, third]);
+  t.deepEqual(order, ['B', 'C', 'D']);
+});
+
+test.serial('a queued waiter refreshes its liveness every 3 s; one that gives up (timeout, close) leaves the queue', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b, c, d] = processes(t, memcache, 4) as [Proc, Proc, Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A', WAIT);
+  const head = b.memlock.acquire('k', 'B', WAIT);
+  await clock.tickAsync(10);
+  const next = c.memlock.acquire('k', 'C', WAIT);
+  await clock.tickAsync(10);
+  const timingOut = d.memlock.acquire('k', 'D', { wait: { timeoutMs: 5000 } }).catch((error: unknown) => error);
+  await clock.tickAsync(10);
+  t.is(queueTokens(memcache).length, 3);
+  const start = performance.now();
+  const writes = (p: Proc): number[] => p.log.filter((s) => s.key === 'queue' && s.op === 'casSet' && s.at >= start).map((s) => s.at);
+  await clock.tickAsync(4990);
+  const error = await timingOut;
+  t.true(error instanceof LockNotAcquiredError);
+  t.regex((error as Error).message, /Timed out after 5000 ms/);
+  t.is((error as LockNotAcquiredError).holder, 'A');
+  await clock.tickAsync(10);
+  t.is(queueTokens(memcache).length, 2, 'the waiter that timed out left the queue');
+  await clock.tickAsync(10_000);
+  // b waits 15 s: about five refreshes, each at least 3 s after the last.
+  const refreshes = writes(b);
+  t.true(refreshes.length >= 4 && refreshes.length <= 6, `${refreshes.length} refreshes`);
+  t.true(refreshes.slice(1).every((at, i) => at - refreshes[i]! >= 3000), refreshes.join(' '));
+  const alive = decodeQueue(memcache.peek(QKEY)!.value);
+  t.true(alive.every((w) => w.expiresAt > Date.now()), 'nobody in the queue looks dead');
+  const closing = c.memlock.close();
+  await clock.tickAsync(0);
+  const closed = await next.catch((e: unknown) => e);
+  t.is((closed as { code?: string }).code, 'ERR_MEMLOCK_CLOSED', 'close() stops a waiting call at once');
+  await closing;
+  t.is(queueTokens(memcache).length, 1, 'and it left the queue before close() resolved');
+  await held.release();
+  await clock.tickAsync(1000);
+  t.is((await head).clientId, 'B');
+});
