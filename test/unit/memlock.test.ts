@@ -11,7 +11,7 @@ import FakeTimers from '@sinonjs/fake-timers';
 import {
   LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, channels,
 } from '../../src/index.js';
-import { decodeValue } from '../../src/protocol.js';
+import { decodeValue, encodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 
 type Clock = ReturnType<typeof FakeTimers.install>;
@@ -354,4 +354,149 @@ test.serial('diagnostics: acquired, refused, lost, released and release-failed c
   t.true(seen['memlock:lost']?.[0]?.error instanceof LockLostError);
   t.deepEqual(seen['memlock:release-failed']?.map((m) => [m.key, m.reason]), [['b', 'gone'], ['c', 'taken'], ['d', 'error']]);
   t.true(seen['memlock:release-failed']?.[2]?.error instanceof MemcacheUnavailableError);
+});
+
+/** A signal as the abort-controller polyfill makes it: an EventTarget with `aborted`, no `throwIfAborted`, maybe no `reason`. */
+function polyfilledSignal(): { signal: AbortSignal; abort: (reason?: unknown) => void } {
+  const target = new EventTarget() as EventTarget & { aborted: boolean; reason?: unknown };
+  target.aborted = false;
+  return {
+    signal: target as unknown as AbortSignal,
+    abort: (reason?: unknown) => {
+      target.aborted = true;
+      if (reason !== undefined) target.reason = reason;
+      target.dispatchEvent(new Event('abort'));
+    },
+  };
+}
+
+test('wrap: the default clientId names host and pid, new per call; the signal option cancels the call; bad options are TypeErrors', async (t) => {
+  const { memlock } = setup(t);
+  const { hostname } = await import('node:os');
+  const ids: string[] = [];
+  const handler = memlock.wrap(async (key: string) => {
+    ids.push((await memlock.inspect(key))!.clientId);
+  }, { key: (key) => key });
+  await handler('a');
+  await handler('a');
+  const prefix = `${hostname()}:${process.pid}:`;
+  t.true(ids.every((id) => id.startsWith(prefix) && /^[\da-f-]{36}$/.test(id.slice(prefix.length))), ids.join(' '));
+  t.not(ids[0], ids[1]);
+  const controller = new AbortController();
+  const reason = new Error('client went away');
+  const cancellable = memlock.wrap(async (_req: { signal: AbortSignal }, signal: AbortSignal) => {
+    controller.abort(reason);
+    return signal.reason as unknown;
+  }, { key: () => 'c', signal: (req) => req.signal });
+  t.is(await cancellable({ signal: controller.signal }), reason, 'the caller’s abort reaches the handler’s signal');
+  await t.throwsAsync(cancellable({ signal: controller.signal }), { is: reason }, 'already aborted: rejects with its reason');
+  const none = memlock.wrap(async (_x: number, signal: AbortSignal) => signal.aborted, { key: () => 'n', signal: () => undefined });
+  t.false(await none(1));
+  const bad = memlock.wrap(async () => 1, { key: () => 'b', signal: () => 'nope' as never });
+  await t.throwsAsync(bad(), { instanceOf: TypeError, message: 'Expected `signal` to return an AbortSignal or undefined' });
+  const badKey = memlock.wrap(async () => 1, { key: () => '' });
+  await t.throwsAsync(badKey(), { instanceOf: TypeError, message: /`key`/ });
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', signal: 5 as never }), { instanceOf: TypeError, message: 'Expected `signal` to be a function returning an AbortSignal, got number' });
+  t.throws(() => memlock.wrap('x' as never, { key: () => 'k' }), { instanceOf: TypeError, message: 'Expected `fn` to be a function, got string' });
+  t.throws(() => memlock.wrap(async () => 1, { key: 'k' as never }), { instanceOf: TypeError, message: 'Expected `key` to be a function, got string' });
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', onNotAcquired: 5 as never }), { instanceOf: TypeError, message: 'Expected `onNotAcquired` to be a function, got number' });
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', leaseMs: 1 }), { instanceOf: RangeError, message: /`leaseMs`/ }, 'lock options are checked up front');
+});
+
+test('wrap: onNotAcquired gets the error and the arguments; other errors still reject', async (t) => {
+  const { memlock } = setup(t);
+  const held = await memlock.acquire('busy', 'A');
+  const seen: unknown[] = [];
+  const handler = memlock.wrap(async (_a: number, _b: string) => { throw new Error('inner'); }, {
+    key: () => 'busy',
+    onNotAcquired: (error, a, b) => { seen.push(error.holder, a, b); return 'skipped' as const; },
+  });
+  t.is(await handler(1, 'x'), 'skipped');
+  t.deepEqual(seen, ['A', 1, 'x']);
+  await held.release();
+  await t.throwsAsync(handler(1, 'x'), { message: 'inner' });
+});
+
+test('acquire(): holdAfterMs and failOpen are TypeErrors (no fn whose outcome they need), nothing sent', async (t) => {
+  const { memcache, memlock } = setup(t);
+  await t.throwsAsync(memlock.acquire('k', 'A', { holdAfterMs: 1000 }), { instanceOf: TypeError, message: /^Expected `holdAfterMs` only with tryWithLock or wrap/ });
+  await t.throwsAsync(memlock.acquire('k', 'A', { failOpen: true }), { instanceOf: TypeError, message: /^Expected `failOpen` only with tryWithLock or wrap/ });
+  t.deepEqual(memcache.ops, { add: 0, get: 0, set: 0, delete: 0 });
+  const lock = await memlock.acquire('k', 'A', { holdAfterMs: 0, failOpen: false });
+  t.true(await lock.release());
+});
+
+test('inspect(): null for a free key and for a reservation; the holder otherwise', async (t) => {
+  const { memcache, memlock } = setup(t);
+  t.is(await memlock.inspect('k'), null);
+  memcache.set('memlock:k', encodeValue('someone', 1234, 'tok', 'reserved'), 10);
+  t.is(await memlock.inspect('k'), null);
+  memcache.set('memlock:k', encodeValue('B', 1234, 'tok'), 10);
+  t.deepEqual(await memlock.inspect('k'), { clientId: 'B', acquiredAt: new Date(1234) });
+});
+
+test('contested keys: a refused key’s next attempt only reads; the memory of refusals is bounded (4096 keys, oldest forgotten first)', async (t) => {
+  const { memcache, memlock } = setup(t);
+  const other = memcache.memlock();
+  t.teardown(() => other.close());
+  for (let i = 0; i <= 4096; i++) memcache.set(`memlock:k${i}`, encodeValue('B', 1, `t${i}`), 100);
+  for (let i = 0; i <= 4096; i++) await t.throwsAsync(memlock.acquire(`k${i}`, 'A'));
+  const ops = { ...memcache.ops };
+  await t.throwsAsync(memlock.acquire('k4096', 'A'));
+  t.deepEqual(memcache.ops, { ...ops, get: ops.get + 1 }, 'remembered: a read only');
+  await t.throwsAsync(memlock.acquire('k0', 'A'));
+  t.deepEqual(memcache.ops, { ...ops, get: ops.get + 2, add: ops.add + 1 }, 'the oldest was forgotten: an add and a read');
+  await t.throwsAsync(memlock.acquire('k4096', 'A'));
+  t.is(memcache.ops.add, ops.add + 1, 'the newest is still remembered');
+  await t.throwsAsync(memlock.acquire('k1', 'A'));
+  t.is(memcache.ops.add, ops.add + 2, 'k0 coming back pushed out k1, now the oldest');
+});
+
+test('a caller signal without throwIfAborted (polyfill): aborting while fn runs aborts fn’s signal; without a reason, an AbortError', async (t) => {
+  const { memlock } = setup(t);
+  const poly = polyfilledSignal();
+  const reason = await memlock.tryWithLock('k', 'A', async (signal) => {
+    poly.abort();
+    return signal.reason as unknown;
+  }, { signal: poly.signal });
+  t.true(reason instanceof DOMException);
+  t.is((reason as DOMException).name, 'AbortError');
+  const aborted = polyfilledSignal();
+  aborted.abort('why');
+  t.is(await memlock.tryWithLock('k', 'A', () => 1, { signal: aborted.signal }).catch((e: unknown) => e), 'why');
+  const waiting = polyfilledSignal();
+  const other = await memlock.acquire('w', 'B');
+  const pending = memlock.tryWithLock('w', 'A', () => 1, { signal: waiting.signal, wait: true });
+  setTimeout(() => waiting.abort('stop waiting'), 20);
+  t.is(await pending.catch((e: unknown) => e), 'stop waiting');
+  await other.release();
+});
+
+test.serial('an acquisition whose caller aborts while the add is in flight deletes the entry it got and rejects with the reason', async (t) => {
+  const clock = fakeTime(t);
+  const { memcache, memlock } = setup(t, { timeoutMs: 1000 });
+  memcache.slow(100);
+  const controller = new AbortController();
+  const acquiring = memlock.acquire('k', 'A', { signal: controller.signal }).catch((e: unknown) => e);
+  await clock.tickAsync(50);
+  controller.abort('changed my mind');
+  await clock.tickAsync(60);
+  await clock.tickAsync(200);
+  t.is(await acquiring, 'changed my mind');
+  t.is(memcache.peek('memlock:k'), null);
+  t.is(memlock.heldCount, 0);
+});
+
+test.serial('the top-level tryWithLock uses one shared instance on MEMCACHE_SERVERS', async (t) => {
+  const saved = process.env.MEMCACHE_SERVERS;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.MEMCACHE_SERVERS;
+    else process.env.MEMCACHE_SERVERS = saved;
+  });
+  process.env.MEMCACHE_SERVERS = '127.0.0.1:1';
+  const { defaultMemlock, tryWithLock } = await import('../../src/memlock.js');
+  t.is(defaultMemlock(), defaultMemlock());
+  const error = await t.throwsAsync(tryWithLock('k', 'A', () => 1), { instanceOf: MemcacheUnavailableError });
+  t.is(error?.server, '127.0.0.1:1');
+  await defaultMemlock().close();
 });
