@@ -33,7 +33,7 @@ const testsFor = {
   'local-queue.ts': [unit('local-queue'), unit('waiting', 'memlock')],
   'protocol.ts': [unit('protocol'), unit('heartbeat', 'memlock')],
   'lock.ts': [unit('lock'), unit('heartbeat', 'memlock')],
-  'memlock.ts': [unit('memlock', 'waiting'), unit('lock', 'local-queue', 'heartbeat')],
+  'memlock.ts': [unit('memlock', 'waiting'), unit('contested', 'lock', 'local-queue', 'heartbeat')],
   'waiter-queue.ts': [unit('waiter-queue'), unit('waiting', 'memlock')],
   'testing.ts': [unit('testing'), unit('protocol', 'memlock')],
   'transport/hashring.ts': [unit('hashring')],

@@ -435,23 +435,6 @@ test('inspect(): null for a free key and for a reservation; the holder otherwise
   t.deepEqual(await memlock.inspect('k'), { clientId: 'B', acquiredAt: new Date(1234) });
 });
 
-test('contested keys: a refused key’s next attempt only reads; the memory of refusals is bounded (4096 keys, oldest forgotten first)', async (t) => {
-  const { memcache, memlock } = setup(t);
-  const other = memcache.memlock();
-  t.teardown(() => other.close());
-  for (let i = 0; i <= 4096; i++) memcache.set(`memlock:k${i}`, encodeValue('B', 1, `t${i}`), 100);
-  for (let i = 0; i <= 4096; i++) await t.throwsAsync(memlock.acquire(`k${i}`, 'A'));
-  const ops = { ...memcache.ops };
-  await t.throwsAsync(memlock.acquire('k4096', 'A'));
-  t.deepEqual(memcache.ops, { ...ops, get: ops.get + 1 }, 'remembered: a read only');
-  await t.throwsAsync(memlock.acquire('k0', 'A'));
-  t.deepEqual(memcache.ops, { ...ops, get: ops.get + 2, add: ops.add + 1 }, 'the oldest was forgotten: an add and a read');
-  await t.throwsAsync(memlock.acquire('k4096', 'A'));
-  t.is(memcache.ops.add, ops.add + 1, 'the newest is still remembered');
-  await t.throwsAsync(memlock.acquire('k1', 'A'));
-  t.is(memcache.ops.add, ops.add + 2, 'k0 coming back pushed out k1, now the oldest');
-});
-
 test('a caller signal without throwIfAborted (polyfill): aborting while fn runs aborts fn’s signal; without a reason, an AbortError', async (t) => {
   const { memlock } = setup(t);
   const poly = polyfilledSignal();
