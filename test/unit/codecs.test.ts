@@ -152,3 +152,123 @@ test('meta: a base64 key puts the b flag among the flags (after the data length 
   t.is(c.casSet('a b', Buffer.from('hi'), 10, 7n).toString(), `ms ${b64} 2 b T10 c C7\r\nhi\r\n`);
   t.is(c.casDelete('a b', 7n).toString(), `md ${b64} b C7\r\n`);
 });
+
+/** A binary response: opcode, status, cas, seq, and optional extras/key/value. */
+function binaryResponse(o: { opcode?: number; status?: number; cas?: bigint; seq?: number; extras?: Buffer; key?: Buffer; value?: Buffer }): Buffer {
+  const extras = o.extras ?? Buffer.alloc(0);
+  const key = o.key ?? Buffer.alloc(0);
+  const value = o.value ?? Buffer.alloc(0);
+  const head = Buffer.alloc(24);
+  head[0] = 0x81;
+  head[1] = o.opcode ?? 0x00;
+  head.writeUInt16BE(key.length, 2);
+  head[4] = extras.length;
+  head.writeUInt16BE(o.status ?? 0, 6);
+  head.writeUInt32BE(extras.length + key.length + value.length, 8);
+  head.writeUInt32BE(o.seq ?? 0, 12);
+  head.writeBigUInt64BE(o.cas ?? 0n, 16);
+  return Buffer.concat([head, extras, key, value]);
+}
+
+test('emptyReply: a fresh ok reply with nothing in it; ProtocolError is named', (t) => {
+  t.deepEqual(emptyReply(), { status: 'ok', cas: 0n, value: Buffer.alloc(0), seq: -1, message: '', code: 0, fatal: false, sasl: false });
+  t.not(emptyReply(), emptyReply());
+  t.is(new ProtocolError('x').name, 'ProtocolError');
+});
+
+test('binary parse: the value starts after extras and key; every field of the reply is set (none left from an earlier reply)', (t) => {
+  const c = new BinaryCodec();
+  const reply = emptyReply();
+  // A GET hit carries 4 bytes of flags as extras (and, for GETK, the key).
+  const hit = binaryResponse({ opcode: 0x00, cas: 7n, seq: 9, extras: hex('00000000'), key: text('kk'), value: text('value') });
+  t.is(c.parse(Buffer.concat([text('junk'), hit]), 4, reply), 4 + hit.length);
+  t.like(reply, { status: 'ok', cas: 7n, seq: 9, sasl: false, fatal: false, code: 0, message: '' });
+  t.is(reply.value.toString(), 'value');
+  // The next reply, an error with a message, must overwrite every field.
+  Object.assign(reply, { fatal: true, sasl: true });
+  const error = binaryResponse({ opcode: 0x01, status: 0x82, seq: 10, value: text('Out of memory') });
+  c.parse(error, 0, reply);
+  t.like(reply, { status: 'error', code: 0x82, message: 'Out of memory', fatal: false, sasl: false, cas: 0n, seq: 10 });
+  t.is(reply.value.length, 0, 'an error carries no value');
+  c.parse(binaryResponse({ status: 0x83 }), 0, reply);
+  t.is(reply.message, 'status 0x83', 'no text: the status');
+  c.parse(binaryResponse({ status: 0x85, value: text('x'.repeat(300)) }), 0, reply);
+  t.is(reply.message, 'x'.repeat(200), 'long texts are cut at 200');
+  c.parse(binaryResponse({ opcode: 0x21, status: 0x20 }), 0, reply);
+  t.like(reply, { status: 'error', code: 0x20, message: 'authentication failed (status 0x20)', sasl: true });
+  c.parse(binaryResponse({ opcode: 0x21, status: 0x20, value: text('Auth failure.') }), 0, reply);
+  t.is(reply.message, 'authentication failed (status 0x20): Auth failure.');
+  c.parse(binaryResponse({ status: 0x01, value: text('Not found') }), 0, reply);
+  t.like(reply, { status: 'not_found', code: 0, message: '' });
+  const empty = binaryResponse({ status: 0x00, extras: hex('00000000') });
+  c.parse(empty, 0, reply);
+  t.is(reply.value.length, 0, 'extras only: no value');
+  const copied = binaryResponse({ value: text('abc') });
+  c.parse(copied, 0, reply);
+  copied.write('XYZ', 24);
+  t.is(reply.value.toString(), 'abc', 'the value is a copy, not a view of the socket buffer');
+});
+
+test('binary casSet: a renewal of the same value reuses its request with a new CAS, seq and TTL; another key or value gets a new one', (t) => {
+  const c = new BinaryCodec();
+  const value = Buffer.from('v1');
+  const first = Buffer.from(c.casSet('key', value, 10, 5n, 1));
+  const again = c.casSet('key', value, 20, 6n, 2);
+  t.is(again.readUInt32BE(12), 2);
+  t.is(again.readBigUInt64BE(16), 6n);
+  t.is(again.readUInt32BE(28), 20);
+  t.deepEqual(again.subarray(32), first.subarray(32), 'same key and value');
+  const longer = c.casSet('key2', value, 20, 6n, 3);
+  t.is(longer.subarray(32, 36).toString(), 'key2', 'a different key length: a new request');
+  t.is(longer.length, 32 + 4 + 2);
+});
+
+test('meta parse: cas and size fields, CRLF checks, and every reply field reset', (t) => {
+  const c = new MetaCodec();
+  const reply = emptyReply();
+  t.is(c.parse(text('HD\r\n'), 0, reply), 4);
+  t.is(reply.cas, 0n, 'no c flag: CAS 0');
+  t.is(c.parse(text('HD c12 t5\r\n'), 0, reply), 11);
+  t.is(reply.cas, 12n, 'c flag followed by others');
+  t.is(c.parse(text('xxHD c3\r\n'), 2, reply), 9);
+  t.is(reply.cas, 3n, 'parsed from the offset');
+  t.is(c.parse(text('VA 2\r\nhi\r\n'), 0, reply), 10, 'a value without flags');
+  t.is(reply.value.toString(), 'hi');
+  t.is(c.parse(text('VA 0 c4\r\n\r\n'), 0, reply), 11);
+  t.is(reply.value.length, 0);
+  t.is(reply.cas, 4n);
+  const chunk = text('VA 3 c1\r\nabc\r\n');
+  c.parse(chunk, 0, reply);
+  chunk.write('XYZ', 9);
+  t.is(reply.value.toString(), 'abc', 'the value is a copy');
+  Object.assign(reply, { fatal: true, sasl: true, code: 5, message: 'old', seq: 3 });
+  c.parse(text('EN\r\n'), 0, reply);
+  t.like(reply, { status: 'not_found', fatal: false, sasl: false, code: 0, message: '', seq: -1, cas: 0n });
+  t.is(reply.value.length, 0);
+  for (const [line, status] of [['NS', 'exists'], ['EX', 'exists'], ['NF', 'not_found']] as const) {
+    t.is(c.parse(text(`${line}\r\n`), 0, reply), 4);
+    t.is(reply.status, status);
+  }
+  t.throws(() => c.parse(text('\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'a bare LF');
+  t.throws(() => c.parse(text('HD\r\n\n'), 4, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'a bare LF at the offset');
+  t.throws(() => c.parse(text('\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'unexpected meta-protocol reply: ' }, 'an empty line');
+  t.throws(() => c.parse(text('HD\n'), 0, reply), { instanceOf: ProtocolError }, 'LF without CR');
+  t.throws(() => c.parse(text('VA x c1\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply: VA x c1' });
+  t.throws(() => c.parse(text('VA -1\r\n'), 0, reply), { instanceOf: ProtocolError });
+  t.throws(() => c.parse(text('VA 2\r\nhi\rX'), 0, reply), { instanceOf: ProtocolError, message: 'meta-protocol value not terminated by CRLF' });
+  t.throws(() => c.parse(text('VA 2\r\nhiX\n'), 0, reply), { instanceOf: ProtocolError });
+  t.throws(() => c.parse(text('ZZ top\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'unexpected meta-protocol reply: ZZ top' });
+  t.is(c.parse(text(`SERVER_ERROR ${'e'.repeat(300)}\r\n`), 0, reply), 315);
+  t.is(reply.message.length, 200);
+  t.is(c.parse(text('x'.repeat(8192)), 0, reply), -1, 'up to 8 KiB without a newline may still be a line');
+  t.throws(() => c.parse(text('x'.repeat(8193)), 0, reply), { instanceOf: ProtocolError, message: 'meta-protocol reply line too long' });
+  t.is(c.parse(text(`${'y'.repeat(100)}${'x'.repeat(8192)}`), 100, reply), -1, 'measured from the offset');
+});
+
+test('meta keys: base64 up to 250 bytes, longer is a RangeError naming the limit', (t) => {
+  // 187 bytes -> 252 base64 chars; 186 -> 248.
+  t.notThrows(() => wireKey(' '.repeat(186)));
+  t.throws(() => wireKey(' '.repeat(187)), { instanceOf: RangeError, message: 'memcache key needs base64 for the meta protocol and is then longer than 250 bytes' });
+  t.is(wireKey('a\u007fb'), `${Buffer.from('a\u007fb').toString('base64')} b`, 'DEL is unsafe too');
+  t.is(wireKey('a!b~'), 'a!b~');
+});
