@@ -214,3 +214,57 @@ test.serial('after an ambiguous write, release reads back before deleting', asyn
   await run;
   t.is(decodeValue(memcache.peek('memlock:m')!.value)?.state, 'done');
 });
+
+test.serial('a reservation that fails (the entry was taken meanwhile) leaves the waiter queue as it was', async (t) => {
+  const { clock, memcache, memlock } = setup(t, {});
+  const waiter = memcache.memlock();
+  t.teardown(() => waiter.close());
+  const held = await memlock.acquire('k', 'A', { wait: { timeoutMs: 10_000 } });
+  const waiting = waiter.acquire('k', 'B', { wait: { timeoutMs: 10_000, minDelayMs: 50, maxDelayMs: 200 } }).catch((e: unknown) => e);
+  await clock.tickAsync(100);
+  const queueKey = memcache.keys().find((k) => k.includes('sha256q:'))!;
+  const queued = memcache.peek(queueKey)!.value.toString();
+  memcache.set('memlock:k', 'foreign', 100);
+  t.false(await held.release(), 'taken: nothing reserved');
+  t.is(memcache.peek('memlock:k')?.value.toString(), 'foreign');
+  t.is(memcache.peek(queueKey)?.value.toString(), queued, 'the waiter is still queued');
+  memcache.evict('memlock:k');
+  await clock.tickAsync(1000);
+  t.is((await waiting as { clientId: string }).clientId, 'B');
+});
+
+test.serial('holdAfterMs: a lock given up during its add (abort) or closed while fn runs is deleted, never marked completed', async (t) => {
+  const { clock, memcache, memlock } = setup(t, { timeoutMs: 1000 });
+  memcache.slow(100);
+  const controller = new AbortController();
+  const aborted = memlock.tryWithLock('a', 'A', () => 1, { holdAfterMs: 5000, signal: controller.signal }).catch((e: unknown) => e);
+  await clock.tickAsync(50);
+  controller.abort('stop');
+  await clock.tickAsync(300);
+  t.is(await aborted, 'stop');
+  t.is(memcache.peek('memlock:a'), null, 'deleted, no completed marker');
+  memcache.slow(0);
+  const closing = memlock.tryWithLock('b', 'A', async (signal) => {
+    void memlock.close();
+    t.true(signal.aborted, 'close() aborts held locks at once');
+    return 'finished anyway';
+  }, { holdAfterMs: 5000 }).catch((e: unknown) => e);
+  await clock.tickAsync(100);
+  await closing;
+  t.is(memcache.peek('memlock:b'), null, 'closed: deleted, no completed marker');
+});
+
+test.serial('inside a process, a release hands the key to the next waiter with one CAS write (no delete, no add)', async (t) => {
+  const { clock, memcache, recorder, memlock } = setup(t, {});
+  const order: string[] = [];
+  const run = (id: string) => memlock.tryWithLock('k', id, async () => {
+    order.push(id);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }, { wait: { timeoutMs: 10_000 } });
+  const all = Promise.all(['A', 'B', 'C'].map(run));
+  await clock.tickAsync(1000);
+  await all;
+  t.deepEqual(order, ['A', 'B', 'C']);
+  t.deepEqual(recorder.sent, { add: 1, get: 2, casSet: 2, casDelete: 1 }, 'one add (and its pipelined read), two transfers, one read of the waiter queue and one delete at the end');
+  t.is(memcache.peek('memlock:k'), null);
+});
