@@ -440,3 +440,90 @@ test.serial('close() of a client fails its own pending requests only; a timed-ou
   t.true(c.isCurrent('x', 2));
   await clock.tickAsync(100);
 });
+
+test('option and argument checks: non-object options, non-number timeoutMs, advance(0) and slow(0) allowed, odd slow() values refused', (t) => {
+  t.throws(() => new MemcacheStandIn(5 as never), { instanceOf: TypeError, message: 'Expected `options` to be an object' });
+  t.throws(() => new MemcacheStandIn().client({ timeoutMs: '5' as never }), { instanceOf: RangeError, message: 'Expected `timeoutMs` to be a number > 0, got 5' });
+  t.throws(() => new MemcacheStandIn().client({ timeoutMs: Number.NaN }), { instanceOf: RangeError });
+  const memcache = new MemcacheStandIn();
+  t.notThrows(() => memcache.advance(0));
+  t.notThrows(() => memcache.slow(0));
+  t.throws(() => memcache.slow(Number.POSITIVE_INFINITY), { instanceOf: RangeError, message: 'Expected `ms` to be a finite number >= 0, got Infinity' });
+  t.throws(() => memcache.slow('5' as never), { instanceOf: RangeError });
+  t.throws(() => memcache.advance(Number.POSITIVE_INFINITY), { instanceOf: RangeError, message: 'Expected `ms` to be a finite number >= 0, got Infinity' });
+  t.throws(() => memcache.unreachable('yes' as never), { instanceOf: TypeError, message: 'Expected `on` to be a boolean' });
+});
+
+test('every request names its operation in errors', async (t) => {
+  const memcache = new MemcacheStandIn({ name: 's:1' });
+  const c = memcache.client();
+  for (const [op, call] of [['add', () => c.add('', v('x'), 1)], ['add', () => c.addThenGet('', v('x'), 1)], ['get', () => c.get('')], ['set', () => c.casSet('', v('x'), 1, 0n)], ['delete', () => c.casDelete('', 0n)]] as const) {
+    await t.throwsAsync(call(), { message: `memcache ${op} failed with status 0x4 (s:1): Invalid arguments` });
+  }
+  memcache.unreachable(true);
+  for (const [op, call] of [['add', () => c.add('k', v('x'), 1)], ['add', () => c.addThenGet('k', v('x'), 1)], ['get', () => c.get('k')], ['set', () => c.casSet('k', v('x'), 1, 0n)], ['delete', () => c.casDelete('k', 0n)]] as const) {
+    await t.throwsAsync(call(), { message: `memcache ${op} failed (s:1): connect ECONNREFUSED` });
+  }
+});
+
+test('evict() of an entry that already expired says false; peek of a TTL-0 entry says -1 whatever the clock', (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  memcache.set('short', 'x', 1);
+  memcache.set('forever', 'x', 0);
+  clock.set(5000);
+  t.false(memcache.evict('short'));
+  t.is(memcache.peek('forever')?.ttlSeconds, -1);
+  t.true(memcache.evict('forever'));
+});
+
+test.serial('connection generations never come back: a timeout, an outage and a restart each move a client on', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client({ timeoutMs: 10 });
+  await c.get('k');
+  t.true(c.isCurrent('k', 1));
+  memcache.unreachable(true);
+  memcache.unreachable(false);
+  memcache.restart();
+  t.false(c.isCurrent('k', 1), 'an outage then a restart: still a new connection');
+  memcache.slow(50);
+  const timedOut = c.get('k').catch(() => 'timeout');
+  await clock.tickAsync(10);
+  t.is(await timedOut, 'timeout');
+  const gens = [1, 2, 3, 4].filter((gen) => c.isCurrent('k', gen));
+  memcache.restart();
+  t.deepEqual([1, 2, 3, 4, 5].filter((gen) => c.isCurrent('k', gen)).filter((gen) => gens.includes(gen) || gen < Math.max(...gens)), [], 'no earlier generation is current again');
+  await clock.tickAsync(100);
+});
+
+test.serial('ref: true holds the process with one long interval, without a timeout-overflow warning', async (t) => {
+  const warnings: string[] = [];
+  const onWarning = (warning: Error): void => { warnings.push(warning.name); };
+  process.on('warning', onWarning);
+  const c = new MemcacheStandIn().client({ ref: true });
+  await new Promise((resolve) => setImmediate(resolve));
+  await c.close();
+  await new Promise((resolve) => setImmediate(resolve));
+  process.off('warning', onWarning);
+  t.deepEqual(warnings, []);
+});
+
+test.serial('memlock({ timeoutMs }) becomes the stand-in client’s operation deadline', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock({ timeoutMs: 50 });
+  memcache.slow(80);
+  let failedAt = -1;
+  const failing = memlock.acquire('k', 'A').catch((e: unknown) => { failedAt = performance.now(); return e; });
+  await clock.tickAsync(1000);
+  const error = await failing;
+  t.is(failedAt, 100, 'the add, then its read-back (the add may have landed), each gave up after 50 ms');
+  t.true(error instanceof MemcacheUnavailableError);
+  t.regex((error as Error).message, /timed out after 50 ms/);
+  await clock.tickAsync(200);
+  memcache.slow(0);
+  await memlock.close();
+});
