@@ -6,7 +6,7 @@
 import test from 'ava';
 import { getEventListeners } from 'node:events';
 import FakeTimers from '@sinonjs/fake-timers';
-import { LocalKey, MAX_BATCH } from '../../src/local-queue.js';
+import { LocalKey, MAX_BATCH, UNKNOWN_PLACE } from '../../src/local-queue.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 
 test('turn: the head with no local holder goes at once; others wait to be woken, in order', async (t) => {
@@ -144,4 +144,62 @@ test('turn: an infinite timeout never times out; no abort listener is left on th
   t.true(await waiting);
   t.is(getEventListeners(controller.signal, 'abort').length, 0);
   local.leave(ticket);
+});
+
+test('sawEntry: a new entry token re-estimates the handoff interval (EMA, a quarter step) and moves place 1 up to the head', (t) => {
+  const local = new LocalKey();
+  t.is(local.position, -1, 'not read yet: absent');
+  t.is(local.cycleMs, 10, 'first guess');
+  t.is(UNKNOWN_PLACE, -2);
+  local.sawEntry('a', 100, false);
+  t.is(local.holderSince, 100);
+  t.is(local.cycleMs, 10, 'the first token seen says nothing about intervals');
+  local.sawEntry('a', 150, false);
+  t.is(local.holderSince, 100, 'the same token: nothing changes');
+  local.position = 1;
+  local.sawEntry('b', 190, false);
+  t.is(local.cycleMs, 10 + (190 - 100 - 10) / 4);
+  t.is(local.holderSince, 190);
+  t.is(local.position, 0, 'the head was served: we are the head now');
+  local.sawEntry('c', 200, false);
+  t.is(local.position, 0, 'a head stays the head when the key moves on unreserved');
+  local.sawEntry('d', 210, true);
+  t.is(local.position, UNKNOWN_PLACE, 'reserved for someone else while we thought we were the head: our place is stale');
+  local.position = 3;
+  local.sawEntry('e', 220, true);
+  t.is(local.position, 3, 'further back: a handoff does not move us (the queue read does)');
+  local.sawEntry(undefined, 230, false);
+  t.is(local.holderSince, 230, 'the key became free: that is news too');
+});
+
+test('observe: moving up re-estimates the interval per place; reaching the first two places restarts the hold clock', (t) => {
+  const local = new LocalKey();
+  local.holderSince = 5;
+  local.observe(4, 1000);
+  t.is(local.position, 4);
+  t.is(local.cycleMs, 10, 'from unknown: no estimate');
+  t.is(local.holderSince, 5, 'place 4 does not watch the entry');
+  local.observe(2, 1400);
+  t.is(local.cycleMs, 10 + ((1400 - 1000) / 2 - 10) / 4, '400 ms for 2 places');
+  t.is(local.holderSince, 5);
+  const cycle = local.cycleMs;
+  local.observe(2, 1500);
+  t.is(local.cycleMs, cycle, 'not moved: no estimate');
+  local.observe(3, 1600);
+  t.is(local.cycleMs, cycle, 'moved back (re-joined): no estimate');
+  local.observe(1, 1700);
+  t.is(local.holderSince, 1700, 'now among the first two: the hold in progress is news');
+  t.is(local.cycleMs, cycle + ((1700 - 1600) / 2 - cycle) / 4);
+  const again = local.cycleMs;
+  local.observe(0, 1800);
+  t.is(local.holderSince, 1700, 'from 1 to 0: we were watching already');
+  t.is(local.cycleMs, again + ((1800 - 1700) / 1 - again) / 4);
+  local.observe(-1, 1900);
+  t.is(local.position, -1);
+  t.is(local.cycleMs, again + ((1800 - 1700) / 1 - again) / 4, 'absent: no estimate');
+  local.observe(1, 2000);
+  t.is(local.holderSince, 2000, 'from absent to place 1: news');
+  local.position = UNKNOWN_PLACE;
+  local.observe(0, 2100);
+  t.is(local.holderSince, 2100, 'from unknown to the head: news');
 });
