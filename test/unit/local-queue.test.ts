@@ -203,3 +203,20 @@ test('observe: moving up re-estimates the interval per place; reaching the first
   local.observe(0, 2100);
   t.is(local.holderSince, 2100, 'from unknown to the head: news');
 });
+
+test('give: hands a grant to a ticket still waiting (and wakes it); a ticket that left gets nothing; a granted ticket’s turn comes at once', async (t) => {
+  const local = new LocalKey<string, string>();
+  local.holders.add('holder');
+  const first = local.join('A', 5);
+  const second = local.join('B', 5);
+  let woken = false;
+  const waiting = local.turn(second, undefined, Infinity, true).then((turn) => { woken = true; return turn; });
+  t.true(local.give(second, 'entry'));
+  t.is(second.granted, 'entry');
+  t.true(await waiting);
+  t.true(woken);
+  t.true(await local.turn(second, undefined, 0, true), 'granted: its turn, nap or not, not at the head');
+  local.leave(first);
+  t.false(local.give(first, 'entry2'), 'it left');
+  t.is(first.granted, undefined);
+});
