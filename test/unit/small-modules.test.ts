@@ -263,3 +263,49 @@ test('options: every validation names its option (the unit-tier twin of test/val
   t.throws(() => checkNumber('x', 'a'.repeat(41), 0, 1), { message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}…"` });
   t.throws(() => checkNumber('x', 'a'.repeat(40), 0, 1), { message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}"` });
 });
+
+test.serial('options: servers lists, protocol, tls and SASL credentials (own connections, a memjs client, a lockClient)', (t) => {
+  const saved = { servers: process.env.MEMCACHE_SERVERS, user: process.env.MEMCACHE_USERNAME, pass: process.env.MEMCACHE_PASSWORD };
+  t.teardown(() => {
+    for (const [name, value] of [['MEMCACHE_SERVERS', saved.servers], ['MEMCACHE_USERNAME', saved.user], ['MEMCACHE_PASSWORD', saved.pass]] as const) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  });
+  delete process.env.MEMCACHE_USERNAME;
+  delete process.env.MEMCACHE_PASSWORD;
+  t.deepEqual(resolveMemlockOptions({ servers: ' a:1 , ,b:2 ' }).servers, ['a:1', 'b:2'], 'trimmed, empty entries dropped');
+  t.deepEqual(resolveMemlockOptions({ servers: ['a:1', ' '] }).servers, ['a:1']);
+  t.throws(() => resolveMemlockOptions({ servers: ' , ' }), { instanceOf: RangeError, message: 'Expected `servers` to name at least one server' });
+  t.like(resolveMemlockOptions({ servers: 'a:1' }), { protocol: 'binary', tls: false, username: undefined, password: undefined, ref: true });
+  t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'meta' }).protocol, 'meta');
+  t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 5 as never }), { instanceOf: TypeError, message: "Expected `protocol` to be 'binary' or 'meta', got number" });
+  t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 'ascii' as never }), { instanceOf: RangeError, message: 'Expected `protocol` to be \'binary\' or \'meta\', got string "ascii"' });
+  const ca = { ca: 'pem' };
+  t.is(resolveMemlockOptions({ servers: 'a:1', tls: ca }).tls, ca);
+  t.is(resolveMemlockOptions({ servers: 'a:1', tls: true }).tls, true);
+  t.throws(() => resolveMemlockOptions({ servers: 'a:1', tls: 'yes' as never }), { instanceOf: TypeError, message: 'Expected `tls` to be a boolean or tls.connect options, got string "yes"' });
+  t.throws(() => resolveMemlockOptions({ servers: 'a:1', tls: 5 as never }), { instanceOf: TypeError, message: /`tls`/ });
+  // SASL credentials need the binary protocol; the error says where they came from.
+  const sasl = (options: Parameters<typeof resolveMemlockOptions>[0]): string => t.throws(() => resolveMemlockOptions(options), { instanceOf: RangeError })?.message ?? '';
+  t.is(sasl({ servers: 'a:1', protocol: 'meta', username: 'u' }), "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol");
+  t.regex(sasl({ servers: 'u:p@a:1', protocol: 'meta' }), /\(from a `servers` entry\)/);
+  t.regex(sasl({ servers: ['a:1', 'u:p@b:2'], protocol: 'meta' }), /\(from a `servers` entry\)/, 'any entry');
+  process.env.MEMCACHE_USERNAME = 'envuser';
+  process.env.MEMCACHE_PASSWORD = 'envpass';
+  t.regex(sasl({ servers: 'a:1', protocol: 'meta' }), /\(from MEMCACHE_USERNAME\)/);
+  t.like(resolveMemlockOptions({ servers: 'a:1' }), { username: 'envuser', password: 'envpass' });
+  t.like(resolveMemlockOptions({ servers: 'a:1', username: 'u', password: 'p' }), { username: 'u', password: 'p' }, 'options win over the environment');
+  t.throws(() => resolveMemlockOptions({ servers: 'bad:port:x' }), { instanceOf: RangeError, message: /`servers`/ }, 'own connections: every entry is parsed');
+  // A memjs client: binary, no TLS, its own credentials and servers.
+  const client = { servers: [] } as never;
+  t.notThrows(() => resolveMemlockOptions({ client, protocol: 'binary' }));
+  t.notThrows(() => resolveMemlockOptions({ client }), 'MEMCACHE_USERNAME does not matter to a memjs client');
+  t.throws(() => resolveMemlockOptions({ client, protocol: 'meta' }), { instanceOf: RangeError, message: "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)" });
+  t.throws(() => resolveMemlockOptions({ client, tls: true }), { instanceOf: RangeError, message: 'Expected `tls` to be false with a memjs `client` (memjs has no TLS)' });
+  t.notThrows(() => resolveMemlockOptions({ client, tls: false }));
+  // A lockClient: none of these apply.
+  const lockClient = new MemcacheStandIn().client();
+  t.notThrows(() => resolveMemlockOptions({ lockClient, protocol: 'meta', tls: true, servers: 'bad:port:x' }));
+  t.deepEqual(resolveMemlockOptions({ lockClient }).servers, [], 'no servers read from the environment');
+});
