@@ -7,7 +7,7 @@ import test from 'ava';
 import FakeTimers from '@sinonjs/fake-timers';
 import { MemcacheUnavailableError, type LockClient } from '../../src/index.js';
 import {
-  acquireEntry, decodeValue, encodeValue, isAmbiguous, leaseDeadline, leaseMargin, readHolder, releaseEntry, renewEntry, replaceEntry,
+  acquireEntry, decodeValue, encodeValue, isAmbiguous, leaseDeadline, leaseMargin, readHolder, releaseEntry, renewEntry, replaceEntry, transferEntry,
   type Held,
 } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
@@ -331,4 +331,79 @@ test('readHolder: the decoded holder, or null', async (t) => {
   t.deepEqual(await readHolder(client, 'k'), { clientId: 'A', acquiredAt: 7, token: 'tok', state: 'held' });
   memcache.set('k', 'junk', 30);
   t.is(await readHolder(client, 'k'), null);
+});
+
+test.serial('transfer: one CAS write of the new holder’s value; gone and taken told apart; an ambiguous write is read back, never re-sent', async (t) => {
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+  t.teardown(() => clock.uninstall());
+  const memcache = new MemcacheStandIn();
+  const client = memcache.client({ timeoutMs: 50 });
+  const take = async (key: string): Promise<Held> => {
+    const outcome = await acquireEntry(client, key, 'A', 5, undefined, 'add');
+    if (!outcome.acquired) throw new Error('not acquired');
+    return outcome.held;
+  };
+  const h = await take('k');
+  await clock.tickAsync(7);
+  const next = await transferEntry(client, h, 'B', 9);
+  if (typeof next === 'string') return t.fail(next);
+  t.like(decodeValue(memcache.peek('k')!.value), { clientId: 'B', state: 'held' });
+  t.is(memcache.peek('k')?.ttlSeconds, 9);
+  t.like(next, { mkey: 'k', ttlSeconds: 9, cas: memcache.peek('k')!.cas, verify: false, sentAt: 7 });
+  t.true(next.value.equals(memcache.peek('k')!.value));
+  t.deepEqual(memcache.ops, { add: 1, get: 0, set: 1, delete: 0 }, 'one write, no read');
+  t.is(await transferEntry(client, h, 'C', 9), 'taken', 'the old CAS no longer matches');
+  memcache.evict('k');
+  t.is(await transferEntry(client, next, 'C', 9), 'gone');
+  // Refused (not applied): the error, no read-back.
+  const r = await take('r');
+  memcache.unreachable(true);
+  await t.throwsAsync(transferEntry(client, r, 'B', 9), { instanceOf: MemcacheUnavailableError });
+  memcache.unreachable(false);
+  // Timed out but applied: read back, adopted.
+  const s = await take('s');
+  memcache.slow(60);
+  const slow = transferEntry(client, s, 'B', 9);
+  await clock.tickAsync(60);
+  memcache.slow(0);
+  await clock.tickAsync(1);
+  const adopted = await slow;
+  if (typeof adopted === 'string') return t.fail(adopted);
+  t.like(decodeValue(adopted.value), { clientId: 'B' });
+  t.is(adopted.cas, memcache.peek('s')!.cas);
+  // Timed out and lost to someone else: the error.
+  const u = await take('u');
+  memcache.slow(60);
+  const lost = transferEntry(client, u, 'B', 9).catch((e: unknown) => e);
+  await clock.tickAsync(50);
+  memcache.slow(0);
+  memcache.set('u', 'foreign', 30);
+  await clock.tickAsync(100);
+  t.true(isAmbiguous(await lost));
+});
+
+test('freshCas after a reconnect: a read whose answer comes on yet another connection is itself unusable', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const inner = memcache.client();
+  let reconnectOnGet = false;
+  const client: LockClient = {
+    ...inner,
+    add: (...args) => inner.add(...args),
+    addThenGet: (...args) => inner.addThenGet(...args),
+    casSet: (...args) => inner.casSet(...args),
+    casDelete: (...args) => inner.casDelete(...args),
+    isCurrent: (key, conn) => inner.isCurrent(key, conn),
+    serverOf: (key) => inner.serverOf(key),
+    close: () => inner.close(),
+    get: async (key) => {
+      const entry = await inner.get(key);
+      if (reconnectOnGet) memcache.restart();
+      return entry;
+    },
+  };
+  const outcome = await acquireEntry(client, 'k', 'A', 5, undefined, 'add');
+  if (!outcome.acquired) return t.fail();
+  outcome.held.verify = true;
+  reconnectOnGet = true;
+  await t.throwsAsync(renewEntry(client, outcome.held), { instanceOf: MemcacheUnavailableError, message: 'memcache connection changed during a renewal' });
 });
