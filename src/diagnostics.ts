@@ -128,11 +128,11 @@ export function formatEvent(name: string, message: object): string {
       continue;
     }
     if (field === 'server' && typeof value === 'string') server = value;
-    fields.push(`${field}=${value instanceof Date ? value.toISOString() : typeof value === 'number' ? String(Math.round(value * 1000) / 1000) : inspect(value, { breakLength: Infinity })}`);
+    fields.push(`${field}=${value instanceof Date ? value.toISOString() : typeof value === 'number' ? String(Math.round(value * 1000) / 1000) : inspect(value, { breakLength: Infinity, compact: true })}`);
   }
   let line = [name.replace(/^memlock:/, ''), ...fields].join(' ');
   if (error !== undefined) {
-    line += ` error=${inspect(errorText(error), { breakLength: Infinity })}`;
+    line += ` error=${inspect(errorText(error), { breakLength: Infinity, compact: true })}`;
     const cause = likelyCause(error, server);
     if (cause !== undefined) line += ` (likely cause: ${cause})`;
   }

@@ -209,7 +209,7 @@ test('binary parse: the value starts after extras and key; every field of the re
   t.is(reply.value.toString(), 'abc', 'the value is a copy, not a view of the socket buffer');
 });
 
-test('binary casSet: a renewal of the same value reuses its request with a new CAS, seq and TTL; another key or value gets a new one', (t) => {
+test('binary casSet: a renewal of the same value reuses its request with a new CAS, seq and TTL; another value or key length gets a new one', (t) => {
   const c = new BinaryCodec();
   const value = Buffer.from('v1');
   const first = Buffer.from(c.casSet('key', value, 10, 5n, 1));
@@ -221,6 +221,9 @@ test('binary casSet: a renewal of the same value reuses its request with a new C
   const longer = c.casSet('key2', value, 20, 6n, 3);
   t.is(longer.subarray(32, 36).toString(), 'key2', 'a different key length: a new request');
   t.is(longer.length, 32 + 4 + 2);
+  const other = c.casSet('key', Buffer.from('v2'), 20, 6n, 4);
+  t.is(other.subarray(35).toString(), 'v2', 'another value: a new request');
+  t.is(c.casSet('key', value, 30, 7n, 5).subarray(35).toString(), 'v1');
 });
 
 test('meta parse: cas and size fields, CRLF checks, and every reply field reset', (t) => {

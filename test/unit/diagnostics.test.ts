@@ -4,6 +4,7 @@
  * NODE_DEBUG output of a real process is in test/diagnostics.test.ts.
  */
 import test from 'ava';
+import dc from 'node:diagnostics_channel';
 import { LockLostError, MemcacheUnavailableError, channels, subscribe } from '../../src/index.js';
 import { formatEvent, likelyCause } from '../../src/diagnostics.js';
 
@@ -24,7 +25,8 @@ function withServersEnv<T>(value: string | undefined, fn: () => T): T {
 
 test.serial('subscribe: typed delivery on the named channel until the returned function unsubscribes (idempotent)', (t) => {
   const seen: Array<[unknown, string]> = [];
-  const stop = subscribe('memlock:released', (message, name) => { seen.push([message, name]); });
+  const fn = (message: unknown, name: string): void => { seen.push([message, name]); };
+  const stop = subscribe('memlock:released', fn);
   t.true(channels.released.hasSubscribers);
   t.false(channels.lost.hasSubscribers, 'only the named channel');
   channels.released.publish({ key: 'k', clientId: 'A', heldMs: 1 });
@@ -32,12 +34,15 @@ test.serial('subscribe: typed delivery on the named channel until the returned f
   t.false(channels.released.hasSubscribers);
   channels.released.publish({ key: 'k2', clientId: 'A', heldMs: 1 });
   t.deepEqual(seen, [[{ key: 'k', clientId: 'A', heldMs: 1 }, 'memlock:released']]);
-  // A second stop() must not unsubscribe someone else's identical listener.
-  const other = (): void => {};
-  channels.released.subscribe(other);
+  // The same function subscribed again (here, or by other code): a second
+  // stop() of the first subscription must not take it away.
+  const again = subscribe('memlock:released', fn);
   stop();
   t.true(channels.released.hasSubscribers);
-  channels.released.unsubscribe(other);
+  channels.released.publish({ key: 'k3', clientId: 'A', heldMs: 1 });
+  t.is(seen.length, 2, 'still delivered');
+  again();
+  t.false(channels.released.hasSubscribers);
 });
 
 test('subscribe: unknown names and non-functions are TypeErrors naming the argument', (t) => {
@@ -47,13 +52,16 @@ test('subscribe: unknown names and non-functions are TypeErrors naming the argum
   });
   t.throws(() => subscribe(5 as unknown as 'memlock:lost', () => {}), { instanceOf: TypeError, message: /, got number$/ });
   t.throws(() => subscribe('memlock:lost', 'nope' as unknown as () => void), { instanceOf: TypeError, message: 'Expected `fn` to be a function, got string' });
-  t.false(channels.lost.hasSubscribers, 'nothing subscribed');
+  t.false(dc.hasSubscribers('memlock:nope'), 'nothing subscribed under the unknown name');
+  t.false(channels.lost.hasSubscribers);
 });
 
 test('formatEvent: name without memlock:, fields in order, strings inspected, numbers to 3 decimals, dates ISO', (t) => {
   t.is(formatEvent('memlock:acquired', { key: 'k', clientId: "it's", how: 'added', durationMs: 1.23456, at: new Date(Date.UTC(2026, 0, 2, 3, 4, 5)), n: 2, flag: true, none: undefined }),
     "acquired key='k' clientId=\"it's\" how='added' durationMs=1.235 at=2026-01-02T03:04:05.000Z n=2 flag=true none=undefined");
-  t.is(formatEvent('memlock:x', { long: 'a '.repeat(60) }), `x long='${'a '.repeat(60)}'`, 'one line, however long');
+  const long = Array.from({ length: 40 }, (_, i) => i * 1000);
+  t.is(formatEvent('memlock:x', { long }), `x long=[ ${long.join(', ')} ]`, 'one line, however long (inspect would break it at 80 columns)');
+  t.is(formatEvent('memlock:x', { s: 'a\nb' }), "x s='a\\nb'", 'a newline in a string stays escaped');
   t.is(formatEvent('other:memlock:x', {}), 'other:memlock:x', 'only a leading memlock: is cut');
   t.is(formatEvent('memlock:released', { heldMs: 0.0004 }), 'released heldMs=0');
 });

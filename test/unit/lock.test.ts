@@ -225,7 +225,9 @@ test.serial('a reservation that fails (the entry was taken meanwhile) leaves the
   const queueKey = memcache.keys().find((k) => k.includes('sha256q:'))!;
   const queued = memcache.peek(queueKey)!.value.toString();
   memcache.set('memlock:k', 'foreign', 100);
+  const writes = memcache.ops.set;
   t.false(await held.release(), 'taken: nothing reserved');
+  t.is(memcache.ops.set, writes + 1, 'the release did try to reserve (one CAS write, refused)');
   t.is(memcache.peek('memlock:k')?.value.toString(), 'foreign');
   t.is(memcache.peek(queueKey)?.value.toString(), queued, 'the waiter is still queued');
   memcache.evict('memlock:k');

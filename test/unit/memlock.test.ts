@@ -374,7 +374,7 @@ test('wrap: the default clientId names host and pid, new per call; the signal op
   const { memlock } = setup(t);
   const { hostname } = await import('node:os');
   const ids: string[] = [];
-  const handler = memlock.wrap(async (key: string) => {
+  const handler = memlock.wrap(async (key: string, _signal: AbortSignal) => {
     ids.push((await memlock.inspect(key))!.clientId);
   }, { key: (key) => key });
   await handler('a');
@@ -407,7 +407,7 @@ test('wrap: onNotAcquired gets the error and the arguments; other errors still r
   const { memlock } = setup(t);
   const held = await memlock.acquire('busy', 'A');
   const seen: unknown[] = [];
-  const handler = memlock.wrap(async (_a: number, _b: string) => { throw new Error('inner'); }, {
+  const handler = memlock.wrap(async (_a: number, _b: string, _signal: AbortSignal): Promise<string> => { throw new Error('inner'); }, {
     key: () => 'busy',
     onNotAcquired: (error, a, b) => { seen.push(error.holder, a, b); return 'skipped' as const; },
   });
@@ -478,8 +478,11 @@ test.serial('the top-level tryWithLock uses one shared instance on MEMCACHE_SERV
   });
   process.env.MEMCACHE_SERVERS = '127.0.0.1:1';
   const { defaultMemlock, tryWithLock } = await import('../../src/memlock.js');
+  t.teardown(() => defaultMemlock().close());
   t.is(defaultMemlock(), defaultMemlock());
   const error = await t.throwsAsync(tryWithLock('k', 'A', () => 1), { instanceOf: MemcacheUnavailableError });
   t.is(error?.server, '127.0.0.1:1');
   await defaultMemlock().close();
+  const closed = await t.throwsAsync(tryWithLock('k', 'A', () => 1));
+  t.is((closed as MemlockError).code, 'ERR_MEMLOCK_CLOSED', 'the same instance: closed for the top-level call too');
 });

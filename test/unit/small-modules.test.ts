@@ -300,7 +300,6 @@ test.serial('options: servers lists, protocol, tls and SASL credentials (own con
   // A memjs client: binary, no TLS, its own credentials and servers.
   const client = { servers: [] } as never;
   t.notThrows(() => resolveMemlockOptions({ client, protocol: 'binary' }));
-  t.notThrows(() => resolveMemlockOptions({ client }), 'MEMCACHE_USERNAME does not matter to a memjs client');
   t.throws(() => resolveMemlockOptions({ client, protocol: 'meta' }), { instanceOf: RangeError, message: "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)" });
   t.throws(() => resolveMemlockOptions({ client, tls: true }), { instanceOf: RangeError, message: 'Expected `tls` to be false with a memjs `client` (memjs has no TLS)' });
   t.notThrows(() => resolveMemlockOptions({ client, tls: false }));
