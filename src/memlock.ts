@@ -389,7 +389,10 @@ export class Memlock {
             : local.position === 1
               ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
               // A little early (3/4): arriving late costs a handoff, early one read.
-              : Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75);
+              // A long hold slows these reads too (an eighth of it, at most
+              // MAX_WATCH_MS): places further back must not read the queue
+              // every few ms for the whole of a hold that takes seconds.
+              : Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75, Math.min(held / 8, MAX_WATCH_MS));
         attempt = local.position <= 1 || lookNow;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);

@@ -126,6 +126,13 @@ test.serial('places 0 and 1 poll the entry, places further back only re-read the
   t.true(gaps(c.log, 'entry', 0, 2900).length > 5, 'the next one too');
   t.deepEqual(afterFirstAttempt(d).filter((s) => s.key === 'entry').map((s) => s.op), [], 'place 2 never touches the entry');
   t.true(afterFirstAttempt(d).some((s) => s.key === 'queue' && s.op === 'get'), 'place 2 re-reads the queue');
+  // Both slow down as the hold goes on, and never sleep past 500 ms.
+  for (const [who, gapsOf] of [['place 1 (entry polls)', gaps(c.log, 'entry', 100, 2900)], ['place 2 (queue reads)', gaps(afterFirstAttempt(d), 'queue', 100, 2900)]] as const) {
+    const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+    t.true(gapsOf.length < 100, `${who}: ${gapsOf.length} requests during a 3 s hold`);
+    t.true(mean(gapsOf.slice(-5)) > 4 * mean(gapsOf.slice(0, 5)), `${who} slows down: ${gapsOf.join(' ')}`);
+    t.true(Math.max(...gapsOf) <= 500, `${who}: ${Math.max(...gapsOf)}`);
+  }
   await clock.tickAsync(12_000);
   await Promise.all(done);
   t.deepEqual(order, ['A', 'B', 'C', 'D']);
