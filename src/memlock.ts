@@ -191,9 +191,12 @@ export class Memlock {
     try {
       signal?.throwIfAborted();
       const mkey = memcacheKey(this.#options.prefix, key);
-      return opts.wait === undefined
-        ? await this.#once(key, mkey, clientId, opts, signal, this.#expectRefusal(mkey) ? 'probe' : 'add')
-        : await this.#waitFor(key, mkey, clientId, opts, signal);
+      if (opts.wait === undefined) return await this.#once(key, mkey, clientId, opts, signal, this.#expectRefusal(mkey) ? 'probe' : 'add');
+      // Tracked: close() stops waiting calls and lets each finish its cleanup
+      // (leaving the waiter queue, deleting an entry handed to it) first.
+      const waiting = this.#waitFor(key, mkey, clientId, opts, signal);
+      this.#track(waiting);
+      return await waiting;
     } finally {
       dispose();
     }

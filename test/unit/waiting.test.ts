@@ -10,7 +10,7 @@ import FakeTimers from '@sinonjs/fake-timers';
 import type { Entry, LockClient, WriteResult } from '../../src/client.js';
 import { LockNotAcquiredError, Memlock, type LockOptions } from '../../src/index.js';
 import { memcacheKey, queueKey } from '../../src/keys.js';
-import { decodeValue, RESERVATION_TTL_SECONDS } from '../../src/protocol.js';
+import { decodeValue, encodeValue, RESERVATION_TTL_SECONDS } from '../../src/protocol.js';
 import { decodeQueue, encodeQueue } from '../../src/waiter-queue.js';
 import { MAX_BATCH } from '../../src/local-queue.js';
 import { MemcacheStandIn } from '../../src/testing.js';
@@ -273,4 +273,97 @@ test.serial('a queued waiter refreshes its liveness every 3 s; one that gives up
   await held.release();
   await clock.tickAsync(1000);
   t.is((await head).clientId, 'B');
+});
+
+test.serial('waiting with a clientId this instance already holds the key with: a takeover at once, not a wait behind ourselves; a foreign entry meanwhile means waiting like anyone', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a] = processes(t, memcache, 1) as [Proc];
+  const first = await a.memlock.acquire('k', 'W');
+  const second = await a.memlock.acquire('k', 'W', WAIT);
+  t.is((first.signal.reason as { kind?: string } | undefined)?.kind, 'taken');
+  t.false(second.signal.aborted);
+  // Held by W here, but the entry now belongs to someone else (say, a steal elsewhere).
+  memcache.set(MKEY, encodeValue('X', Date.now()), 30);
+  let got = false;
+  const third = a.memlock.acquire('k', 'W', WAIT).then((lock) => { got = true; return lock; });
+  await clock.tickAsync(200);
+  t.false(got, 'refused by the foreign entry: it waits');
+  memcache.evict(MKEY);
+  // second still holds it locally until its next renewal finds the entry gone (heartbeat 1 s).
+  await clock.tickAsync(1600);
+  t.true(got);
+  t.true(second.signal.aborted);
+  t.is((await third).clientId, 'W');
+  memcache.set(MKEY, encodeValue('W', Date.now(), 'tok', 'done'), 30);
+  const held = await a.memlock.acquire('k2', 'V');
+  t.truthy(held);
+  const marked = a.memlock.acquire('k', 'W', WAIT).catch((e: unknown) => e);
+  await clock.tickAsync(10);
+  t.true((await marked) instanceof LockNotAcquiredError, 'a completed marker: refused at once, even for its own clientId');
+});
+
+test.serial('after a handoff by reservation the new holder does not touch the queue (the releaser took it out); a releaser with calls still waiting queues up again behind', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b] = processes(t, memcache, 2) as [Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A1', WAIT);
+  const localWaiter = a.memlock.acquire('k', 'A2', WAIT);
+  const remote = b.memlock.acquire('k', 'B', WAIT);
+  await clock.tickAsync(100);
+  t.is(queueTokens(memcache).length, 1, 'only b is queued (a’s own waiter waits behind its local holder)');
+  const [bToken] = queueTokens(memcache);
+  await held.release();
+  t.like(decodeValue(memcache.peek(MKEY)!.value), { state: 'reserved', clientId: bToken });
+  const queued = queueTokens(memcache);
+  t.is(queued.length, 1, 'a queued up again for A2');
+  t.not(queued[0], bToken);
+  await clock.tickAsync(600);
+  const lock = await remote;
+  const since = b.log.length;
+  await clock.tickAsync(1000);
+  t.deepEqual(b.log.slice(since).filter((s) => s.key === 'queue'), [], 'b no longer believes it is queued');
+  await lock.release();
+  await clock.tickAsync(1000);
+  t.is((await localWaiter).clientId, 'A2');
+});
+
+test.serial('close() lets queue updates in flight finish: a waiting call’s dequeue lands before close() resolves, even on a slow server', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b] = processes(t, memcache, 2) as [Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A');
+  const waiting = b.memlock.acquire('k', 'B', WAIT).catch((e: unknown) => e);
+  await clock.tickAsync(100);
+  t.is(queueTokens(memcache).length, 1);
+  memcache.slow(50);
+  let closed = false;
+  const closing = b.memlock.close().then(() => { closed = true; });
+  await clock.tickAsync(60);
+  t.false(closed, 'still leaving the queue');
+  await clock.tickAsync(200);
+  await closing;
+  t.deepEqual(queueTokens(memcache), []);
+  t.is(((await waiting) as { code?: string }).code, 'ERR_MEMLOCK_CLOSED');
+  memcache.slow(0);
+  await held.release();
+});
+
+test.serial('close() while an add is in flight and the server then fails: ERR_MEMLOCK_CLOSED with the transport error as its cause', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock({ timeoutMs: 1000 });
+  memcache.slow(100);
+  const acquiring = memlock.acquire('k', 'A').catch((e: unknown) => e);
+  await clock.tickAsync(10);
+  const closing = memlock.close();
+  memcache.restart(); // the add in flight fails as "maybe applied"
+  await clock.tickAsync(500);
+  await closing;
+  const error = await acquiring as { code?: string; cause?: unknown };
+  t.is(error.code, 'ERR_MEMLOCK_CLOSED');
+  t.true(error.cause instanceof Error && (error.cause as { code?: string }).code === 'ERR_MEMLOCK_UNAVAILABLE');
+  const plain = await memlock.acquire('k', 'A').catch((e: unknown) => e) as { code?: string; cause?: unknown };
+  t.is(plain.code, 'ERR_MEMLOCK_CLOSED');
+  t.is(plain.cause, undefined, 'closed before the call: no cause');
 });
