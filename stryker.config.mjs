@@ -7,7 +7,7 @@
  * test/mutation/build.mjs compiles sources and tests to JavaScript, so each
  * mutant costs one ava start in worker threads, not a TypeScript loader per
  * file. Reports: reports/mutation/ (git-ignored). Not run in CI (about
- * 15 minutes on two idle cores; see test/mutation/README.md).
+ * 27 minutes on two idle cores with Node 24; see test/mutation/README.md).
  *
  * Left out, each for a reason the fast tier cannot change:
  * - the transport's socket code (connection, cluster, requests, servers,
@@ -35,7 +35,8 @@ export default {
     'src/transport/meta-codec.ts',
   ],
   coverageAnalysis: 'off', // the command runner cannot map tests to mutants
-  // Two cores: the checker and the test runners share them.
+  // Two TypeScript checkers and two test runners (four once checking is
+  // done) on two cores: the checkers are about half of the CPU work.
   concurrency: 4,
   // A hanging test fails on ava's own 5 s timeout (ava.mutation.config.js);
   // this only catches a test command that cannot stop at all.

@@ -125,9 +125,9 @@ test('meta error replies: SERVER_ERROR keeps the stream, CLIENT_ERROR and ERROR 
   t.is(reply.status, 'error');
   t.false(reply.fatal);
   t.regex(reply.message, /out of memory/);
-  c.parse(text('CLIENT_ERROR bad command line format\r\n'), 0, reply);
+  t.is(c.parse(text('CLIENT_ERROR bad command line format\r\n'), 0, reply), 38);
   t.true(reply.fatal);
-  c.parse(text('ERROR\r\n'), 0, reply);
+  t.is(c.parse(text('HD\r\nERROR\r\n'), 4, reply), 11, 'the offset just past the line');
   t.true(reply.fatal);
   t.throws(() => c.parse(text('STORED\r\n'), 0, reply), { instanceOf: ProtocolError });
   t.throws(() => c.parse(text('VA 2 c1\r\nhiXY'), 0, reply), { instanceOf: ProtocolError });
