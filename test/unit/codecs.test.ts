@@ -255,7 +255,7 @@ test('meta parse: cas and size fields, CRLF checks, and every reply field reset'
   t.throws(() => c.parse(text('\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'a bare LF');
   t.throws(() => c.parse(text('HD\r\n\n'), 4, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'a bare LF at the offset');
   t.throws(() => c.parse(text('\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'unexpected meta-protocol reply: ' }, 'an empty line');
-  t.throws(() => c.parse(text('HD\n'), 0, reply), { instanceOf: ProtocolError }, 'LF without CR');
+  t.throws(() => c.parse(text('HD\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'LF without CR');
   t.throws(() => c.parse(text('VA x c1\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply: VA x c1' });
   t.throws(() => c.parse(text('VA -1\r\n'), 0, reply), { instanceOf: ProtocolError });
   t.throws(() => c.parse(text('VA 2\r\nhi\rX'), 0, reply), { instanceOf: ProtocolError, message: 'meta-protocol value not terminated by CRLF' });
