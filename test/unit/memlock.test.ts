@@ -325,6 +325,25 @@ test.serial('close() with an acquisition in flight: it rejects with ERR_MEMLOCK_
   t.is(memcache.peek('memlock:k'), null);
 });
 
+test.serial('close() while an add is in flight and the server then fails: ERR_MEMLOCK_CLOSED with the transport error as its cause', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock({ timeoutMs: 1000 });
+  memcache.slow(100);
+  const acquiring = memlock.acquire('k', 'A').catch((e: unknown) => e);
+  await clock.tickAsync(10);
+  const closing = memlock.close();
+  memcache.restart(); // the add in flight fails as "maybe applied"
+  await clock.tickAsync(500);
+  await closing;
+  const error = await acquiring as { code?: string; cause?: unknown };
+  t.is(error.code, 'ERR_MEMLOCK_CLOSED');
+  t.true(error.cause instanceof Error && (error.cause as { code?: string }).code === 'ERR_MEMLOCK_UNAVAILABLE');
+  const plain = await memlock.acquire('k', 'A').catch((e: unknown) => e) as { code?: string; cause?: unknown };
+  t.is(plain.code, 'ERR_MEMLOCK_CLOSED');
+  t.is(plain.cause, undefined, 'closed before the call: no cause');
+});
+
 test.serial('diagnostics: acquired, refused, lost, released and release-failed carry what they name', async (t) => {
   const clock = fakeTime(t);
   const { memcache, memlock } = setup(t, { heartbeatMs: 50, leaseMs: 4000 });
