@@ -10,7 +10,7 @@
  * plugin) still type-checks every mutant.
  */
 import { build } from 'esbuild';
-import { readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 
 const OUT = '.mutation-build';
 const walk = (dir) => readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
@@ -29,3 +29,10 @@ await build({
   target: 'node20',
   logLevel: 'warning',
 });
+
+// The compiled tests import `ava`; inside .mutation-build/ that resolves to
+// the in-process shim (test/mutation/ava-shim.mjs says why), everything else
+// to the project's node_modules.
+mkdirSync(`${OUT}/node_modules/ava`, { recursive: true });
+writeFileSync(`${OUT}/node_modules/ava/package.json`, JSON.stringify({ name: 'ava', type: 'module', exports: './index.mjs' }));
+copyFileSync('test/mutation/ava-shim.mjs', `${OUT}/node_modules/ava/index.mjs`);

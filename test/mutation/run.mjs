@@ -10,12 +10,25 @@
  *
  * The selection only ever leaves tests out, so it can make the score lower,
  * never higher. The tests run as JavaScript compiled into the sandbox by
- * test/mutation/build.mjs (Stryker's buildCommand); ava.mutation.config.js
- * says which fast-tier files are left out of mutation runs and why.
+ * test/mutation/build.mjs (Stryker's buildCommand), each file in a worker
+ * thread of its own under test/mutation/ava-shim.mjs (ava's API, without
+ * ava's start-up cost). Stages run in order, stopping at the first failure.
  */
-import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import process from 'node:process';
+import { clearTimeout, setTimeout } from 'node:timers';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+
+/**
+ * Longest a test file may run (each test has TEST_TIMEOUT_MS in ava-shim.mjs);
+ * the variable is for the runner's own tests (test/unit/mutation-runner.test.ts).
+ */
+const FILE_DEADLINE_MS = Number(process.env.MEMLOCK_MUTATION_FILE_DEADLINE_MS ?? 15_000);
+
+// Captured before a test file installs fake timers.
+const realSetImmediate = globalThis.setImmediate;
 
 const unit = (...names) => names.map((name) => `.mutation-build/test/unit/${name}.test.js`);
 
@@ -29,10 +42,10 @@ const testsFor = {
   'keys.ts': [unit('small-modules')],
   'diagnostics.ts': [unit('diagnostics', 'small-modules'), unit('memlock')],
   'options.ts': [unit('small-modules'), unit('memlock')],
-  'heartbeat.ts': [unit('heartbeat')],
+  'heartbeat.ts': [unit('heartbeat', 'heartbeat-scale')],
   'local-queue.ts': [unit('local-queue'), unit('waiting', 'memlock')],
   'protocol.ts': [unit('protocol'), unit('heartbeat', 'memlock')],
-  'lock.ts': [unit('lock'), unit('heartbeat', 'memlock')],
+  'lock.ts': [unit('lock'), unit('heartbeat', 'memlock', 'heartbeat-scale')],
   'memlock.ts': [unit('memlock', 'waiting'), unit('contested', 'lock', 'local-queue', 'heartbeat')],
   'waiter-queue.ts': [unit('waiter-queue'), unit('waiting', 'memlock')],
   'testing.ts': [unit('testing'), unit('protocol', 'memlock')],
@@ -42,22 +55,94 @@ const testsFor = {
   'transport/meta-codec.ts': [unit('codecs')],
 };
 
-// No file names: ava.mutation.config.js's list (the whole compiled fast tier).
-let stages = [[]];
-const id = process.env.__STRYKER_ACTIVE_MUTANT__;
-if (id !== undefined && id !== '') {
-  const call = new RegExp(`stryMutAct_9fa48\\((["'])${id}\\1\\)`);
-  for (const name of readdirSync('src', { recursive: true })) {
-    if (!name.endsWith('.ts')) continue;
-    if (call.test(readFileSync(`src/${name}`, 'utf8'))) {
-      stages = testsFor[name] ?? stages;
-      break;
+// Without an active mutant (Stryker's dry run): the whole fast tier, less
+// two files. core-standin.test waits seconds of real time (the same
+// behaviour is covered on fake timers by memlock.test and heartbeat.test);
+// readme-testing.test compares its own TypeScript source with README.md.
+const LEFT_OUT = new Set(['core-standin', 'readme-testing']);
+const all = readdirSync('.mutation-build/test/unit')
+  .filter((name) => name.endsWith('.test.js') && !LEFT_OUT.has(name.slice(0, -'.test.js'.length)))
+  .map((name) => `.mutation-build/test/unit/${name}`);
+
+if (isMainThread) {
+  // By hand: `node test/mutation/run.mjs memlock waiting` runs those files.
+  let stages = process.argv.length > 2 ? [unit(...process.argv.slice(2))] : [all];
+  const id = process.env.__STRYKER_ACTIVE_MUTANT__;
+  if (id !== undefined && id !== '') {
+    const call = new RegExp(`stryMutAct_9fa48\\((["'])${id}\\1\\)`);
+    for (const name of readdirSync('src', { recursive: true })) {
+      if (!name.endsWith('.ts')) continue;
+      if (call.test(readFileSync(`src/${name}`, 'utf8'))) {
+        stages = testsFor[name] ?? stages;
+        break;
+      }
     }
   }
+  // One worker thread per file, one after another, stopping at the first
+  // failure (ava's workerThreads and failFast); the exit code is Stryker's verdict.
+  for (const file of stages.flat()) {
+    const failure = await runFile(file);
+    if (failure !== undefined) {
+      process.stderr.write(`${file}: ${failure}\n`);
+      process.exit(1);
+    }
+  }
+  process.exit(0);
+} else {
+  await runInWorker(workerData.file);
 }
-// Node 22.1+ caches compiled code across the thousands of ava starts (older Nodes ignore it).
-const env = { ...process.env, NODE_COMPILE_CACHE: '.mutation-build/.compile-cache' };
-for (const files of stages) {
-  const ava = spawnSync(process.execPath, ['node_modules/ava/entrypoints/cli.mjs', '--config', 'ava.mutation.config.js', ...files], { stdio: 'inherit', env });
-  if (ava.status !== 0) process.exit(ava.status ?? 1);
+
+/**
+ * Runs one test file in a fresh worker; resolves to a failure text or
+ * undefined. A worker that exits without a result had a test pending with
+ * nothing left to run (ava: "Promise returned by test never resolved"); one
+ * that outlives FILE_DEADLINE_MS is stuck in synchronous code (an infinite
+ * loop), where its own per-test timer cannot fire. Both are failures, so
+ * Stryker's own timeout (stryker.config.mjs) stays a safety net that a
+ * merely slow run on a loaded machine never reaches.
+ */
+function runFile(file) {
+  return new Promise((resolve) => {
+    const worker = new Worker(fileURLToPath(import.meta.url), { workerData: { file } });
+    let result = 'the worker exited with a test pending and nothing left to run';
+    const deadline = setTimeout(() => {
+      result = `no result after ${FILE_DEADLINE_MS} ms (stuck in synchronous code)`;
+      void worker.terminate();
+    }, FILE_DEADLINE_MS);
+    worker.on('message', (message) => {
+      result = message;
+      // The tests are done: whatever handles a mutant left open must not keep us waiting.
+      void worker.terminate();
+    });
+    worker.on('error', (error) => {
+      result = `worker error: ${error?.stack ?? String(error)}`;
+    });
+    worker.on('exit', () => {
+      clearTimeout(deadline);
+      resolve(result ?? undefined);
+    });
+  });
+}
+
+/** Worker side: the shim stands in for ava (build.mjs installs it as `ava`). */
+async function runInWorker(file) {
+  // As ava's worker: an uncaught exception fails the file at once; a
+  // rejection fails it if it is still unhandled once every test has run.
+  const uncaught = [];
+  const unhandled = new Map();
+  process.on('uncaughtException', (error) => uncaught.push(error));
+  process.on('unhandledRejection', (reason, promise) => unhandled.set(promise, reason));
+  process.on('rejectionHandled', (promise) => unhandled.delete(promise));
+  const shim = await import(pathToFileURL(resolve('.mutation-build/node_modules/ava/index.mjs')).href);
+  let failed;
+  try {
+    await import(pathToFileURL(resolve(file)).href);
+  } catch (error) {
+    failed = { title: 'loading the file', error };
+  }
+  failed ??= await shim.runRegistered(uncaught);
+  // Node reports unhandled rejections once the microtask queue drains.
+  await new Promise((done) => realSetImmediate(done));
+  if (failed === undefined && unhandled.size > 0) failed = { title: 'unhandled rejection', error: [...unhandled.values()][0] };
+  parentPort.postMessage(failed === undefined ? null : `${failed.title}: ${failed.error?.stack ?? String(failed.error)}`);
 }
