@@ -7,9 +7,10 @@
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';
+import { getEventListeners } from 'node:events';
 import FakeTimers from '@sinonjs/fake-timers';
 import {
-  LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, channels,
+  LockLostError, LockNotAcquiredError, Memlock, MemcacheUnavailableError, MemlockError, channels,
 } from '../../src/index.js';
 import { decodeValue, encodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
@@ -504,4 +505,73 @@ test.serial('the top-level tryWithLock uses one shared instance on MEMCACHE_SERV
   await defaultMemlock().close();
   const closed = await t.throwsAsync(tryWithLock('k', 'A', () => 1));
   t.is((closed as MemlockError).code, 'ERR_MEMLOCK_CLOSED', 'the same instance: closed for the top-level call too');
+});
+
+test.serial('stealAfterMs within one instance: the earlier holder learns at once (taken); acquired reports the attempt’s duration; stolen only for steals', async (t) => {
+  const clock = fakeTime(t);
+  const { memlock } = setup(t, { heartbeatMs: 500 });
+  const seen = listen(t);
+  const old = await memlock.acquire('k', 'A');
+  t.is(seen['memlock:stolen'], undefined, 'a plain acquisition is no steal');
+  t.like(seen['memlock:acquired']?.[0], { how: 'added', durationMs: 0 });
+  await clock.tickAsync(1001);
+  const stolen = await memlock.acquire('k', 'B', { stealAfterMs: 1000 });
+  // Before any renewal of A: this instance wrote the steal itself.
+  t.true(old.signal.aborted);
+  t.is((old.signal.reason as LockLostError).kind, 'taken');
+  t.like(seen['memlock:stolen']?.[0], { how: 'stolen', previousClientId: 'A', clientId: 'B' });
+  // Fake time stood still during the attempt: 1001 ms into the test, a duration of 0.
+  t.like(seen['memlock:acquired']?.[1], { how: 'stolen', durationMs: 0 });
+  t.true(await stolen.release());
+});
+
+test.serial('a caller signal keeps no listener once calls end: waiting, refused, fail-open and held calls', async (t) => {
+  const clock = fakeTime(t);
+  const { memcache, memlock } = setup(t);
+  const caller = new AbortController().signal;
+  const listeners = (): number => getEventListeners(caller, 'abort').length;
+  const holder = await memlock.acquire('k', 'H');
+  const waiting = memlock.tryWithLock('k', 'W', () => {
+    t.true(listeners() > 0, 'fn’s signal follows the caller while it runs');
+    return 'ran';
+  }, { wait: { timeoutMs: 5000 }, signal: caller });
+  await clock.tickAsync(100);
+  await holder.release();
+  await clock.tickAsync(1000);
+  t.is(await waiting, 'ran');
+  t.is(listeners(), 0, 'after a waiting call');
+  const other = await memlock.acquire('k', 'H');
+  const refused = t.throwsAsync(memlock.tryWithLock('k', 'W', () => 'never', { wait: { timeoutMs: 300 }, signal: caller }), { instanceOf: LockNotAcquiredError });
+  await clock.tickAsync(1000);
+  await refused;
+  t.is(listeners(), 0, 'after a wait that timed out');
+  await other.release();
+  memcache.unreachable(true);
+  t.is(await memlock.tryWithLock('k', 'W', () => 'unlocked', { failOpen: true, signal: caller }), 'unlocked');
+  t.is(listeners(), 0, 'after a fail-open call');
+  memcache.unreachable(false);
+  t.is(await memlock.tryWithLock('k', 'W', () => 'held', { signal: caller }), 'held');
+  t.is(listeners(), 0, 'after a held call');
+});
+
+test('close() leaves a caller’s lockClient open (only the connections memlock opened are closed); its closed error has no cause', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const client = memcache.client();
+  const memlock = new Memlock({ lockClient: client });
+  await memlock.close();
+  const error = await t.throwsAsync(memlock.acquire('k', 'A'), { code: 'ERR_MEMLOCK_CLOSED' });
+  t.false(error !== undefined && 'cause' in error, 'nothing failed, so no cause');
+  // The client still serves its owner.
+  t.is((await client.add('memlock:k', Buffer.from('v'), 10)).status, 'ok');
+  await client.close();
+});
+
+test('wrap(fn, options) with options that are not an object: a TypeError naming options', (t) => {
+  const memcache = new MemcacheStandIn();
+  const memlock = memcache.memlock();
+  t.teardown(() => memlock.close());
+  for (const options of [null, 'key', 42]) {
+    // @ts-expect-error -- bad input on purpose
+    t.throws(() => memlock.wrap(() => 1, options), { instanceOf: TypeError, message: 'Expected `options` to be an object with a `key` function' });
+  }
 });

@@ -348,3 +348,95 @@ test.serial('close() lets queue updates in flight finish: a waiting call’s deq
   memcache.slow(0);
   await held.release();
 });
+
+/**
+ * The whole request schedule of one contended key, request by request: A
+ * holds for 8 s; B, C and D start waiting 10, 20 and 30 ms in, each in its
+ * own process, and each releases once its own `tickAsync(2000)` returns (the
+ * runs tick the one clock in parallel, so holds last 4-5 s). What it pins (the
+ * pacing rules in memlock.ts's wait loop and the queue upkeep around them):
+ * - places 0 and 1 poll the entry, place 2 only re-reads the queue, each
+ *   every max(minDelayMs, held / 8) ms while nothing is known of past holds,
+ *   at most MAX_WATCH_MS (500 ms) apart;
+ * - once a hold length is known (the cycle), place 0 halves the distance to
+ *   the expected end, place 1 polls every half cycle, place 2 and later wait
+ *   for 3/4 of a cycle per place ahead of them;
+ * - a queued waiter refreshes its place every 3 s (get:queue, casSet:queue);
+ * - a release reads the queue and reserves the entry for its head
+ *   (casSet:entry, casSet:queue), the head adopts it at its next poll, and
+ *   the last one leaves the queue empty (casDelete:queue).
+ * A change to any constant or condition of that schedule changes this
+ * trace: update it only together with the rule that changed.
+ */
+test.serial('the request schedule of three waiters through four holds, request by request', async (t) => {
+  const clock = fakeTime(t);
+  const memcache = new MemcacheStandIn();
+  const [a, b, c, d] = processes(t, memcache, 4) as [Proc, Proc, Proc, Proc];
+  const held = await a.memlock.acquire('k', 'A', WAIT);
+  const runs = [b, c, d].map(async (p, i) => {
+    await clock.tickAsync(10 * (i + 1));
+    const lock = await p.memlock.acquire('k', `W${i}`, WAIT);
+    await clock.tickAsync(2000);
+    await lock.release();
+  });
+  await clock.tickAsync(8000);
+  await held.release();
+  await clock.tickAsync(20_000);
+  await Promise.all(runs);
+  const trace = (p: Proc): string => p.log.map((s) => `${s.at}:${s.op}:${s.key}`).join(' ');
+  t.is(trace(a),
+    '0:addThenGet:entry 1000:casSet:entry 2000:casSet:entry 3000:casSet:entry 4000:casSet:entry ' +
+    '5000:casSet:entry 6000:casSet:entry 7000:casSet:entry 8000:casSet:entry 8060:get:queue ' +
+    '8060:casSet:entry 8060:casSet:queue');
+  t.is(trace(b),
+    '10:addThenGet:entry 10:get:queue 10:add:queue 10:get:entry 15:get:entry 20:get:entry 25:get:entry ' +
+    '30:get:entry 35:get:entry 40:get:entry 45:get:entry 50:get:entry 55:get:entry 60:get:entry ' +
+    '66:get:entry 73:get:entry 80:get:entry 88:get:entry 97:get:entry 107:get:entry 119:get:entry ' +
+    '132:get:entry 147:get:entry 164:get:entry 183:get:entry 204:get:entry 228:get:entry 255:get:entry ' +
+    '285:get:entry 319:get:entry 357:get:entry 400:get:entry 448:get:entry 502:get:entry 563:get:entry ' +
+    '632:get:entry 709:get:entry 796:get:entry 894:get:entry 1004:get:entry 1128:get:entry 1267:get:entry ' +
+    '1424:get:entry 1600:get:entry 1798:get:entry 2021:get:entry 2272:get:entry 2554:get:entry ' +
+    '2872:get:entry 3229:get:entry 3229:get:queue 3229:casSet:queue 3631:get:entry 4083:get:entry ' +
+    '4583:get:entry 5083:get:entry 5583:get:entry 6083:get:entry 6583:get:entry 6583:get:queue ' +
+    '6583:casSet:queue 7083:get:entry 7583:get:entry 8083:get:entry 8083:casSet:entry 9083:casSet:entry ' +
+    '10083:casSet:entry 11083:casSet:entry 12083:casSet:entry 12198:get:queue 12198:casSet:entry ' +
+    '12198:casSet:queue');
+  t.is(trace(c),
+    '71:addThenGet:entry 71:get:queue 71:casSet:queue 76:get:entry 81:get:entry 86:get:entry 91:get:entry ' +
+    '96:get:entry 101:get:entry 106:get:entry 111:get:entry 116:get:entry 121:get:entry 127:get:entry ' +
+    '134:get:entry 141:get:entry 149:get:entry 158:get:entry 168:get:entry 180:get:entry 193:get:entry ' +
+    '208:get:entry 225:get:entry 244:get:entry 265:get:entry 289:get:entry 316:get:entry 346:get:entry ' +
+    '380:get:entry 418:get:entry 461:get:entry 509:get:entry 563:get:entry 624:get:entry 693:get:entry ' +
+    '770:get:entry 857:get:entry 955:get:entry 1065:get:entry 1189:get:entry 1328:get:entry ' +
+    '1485:get:entry 1661:get:entry 1859:get:entry 2082:get:entry 2333:get:entry 2615:get:entry ' +
+    '2933:get:entry 3290:get:entry 3290:get:queue 3290:casSet:queue 3692:get:entry 4144:get:entry ' +
+    '4644:get:entry 5144:get:entry 5644:get:entry 6144:get:entry 6644:get:entry 6644:get:queue ' +
+    '6644:casSet:queue 7144:get:entry 7644:get:entry 8144:get:entry 8644:get:entry 9144:get:entry ' +
+    '9644:get:entry 9644:get:queue 9644:casSet:queue 9906:get:entry 10126:get:entry 10373:get:entry ' +
+    '10651:get:entry 10964:get:entry 11316:get:entry 11712:get:entry 12158:get:entry 12658:get:entry ' +
+    '12658:casSet:entry 13658:casSet:entry 14658:casSet:entry 15658:casSet:entry 16658:casSet:entry ' +
+    '17329:get:queue 17329:casSet:entry 17329:casDelete:queue');
+  t.is(trace(d),
+    '85:addThenGet:entry 85:get:queue 85:casSet:queue 92:get:queue 99:get:queue 106:get:queue ' +
+    '113:get:queue 120:get:queue 127:get:queue 134:get:queue 141:get:queue 148:get:queue 155:get:queue ' +
+    '163:get:queue 172:get:queue 182:get:queue 194:get:queue 207:get:queue 222:get:queue 239:get:queue ' +
+    '258:get:queue 279:get:queue 303:get:queue 330:get:queue 360:get:queue 394:get:queue 432:get:queue ' +
+    '475:get:queue 523:get:queue 577:get:queue 638:get:queue 707:get:queue 784:get:queue 871:get:queue ' +
+    '969:get:queue 1079:get:queue 1203:get:queue 1342:get:queue 1499:get:queue 1675:get:queue ' +
+    '1873:get:queue 2096:get:queue 2347:get:queue 2629:get:queue 2947:get:queue 3304:get:queue ' +
+    '3304:casSet:queue 3706:get:queue 4158:get:queue 4658:get:queue 5158:get:queue 5658:get:queue ' +
+    '6158:get:queue 6658:get:queue 6658:casSet:queue 7158:get:queue 7658:get:queue 8158:get:queue ' +
+    '8224:get:entry 8281:get:entry 8310:get:entry 8324:get:entry 8336:get:entry 8350:get:entry ' +
+    '8365:get:entry 8382:get:entry 8401:get:entry 8423:get:entry 8447:get:entry 8474:get:entry ' +
+    '8505:get:entry 8540:get:entry 8579:get:entry 8623:get:entry 8672:get:entry 8728:get:entry ' +
+    '8791:get:entry 8861:get:entry 8940:get:entry 9029:get:entry 9129:get:entry 9242:get:entry ' +
+    '9369:get:entry 9512:get:entry 9673:get:entry 9673:get:queue 9673:casSet:queue 9854:get:entry ' +
+    '10057:get:entry 10286:get:entry 10543:get:entry 10832:get:entry 11158:get:entry 11524:get:entry ' +
+    '11936:get:entry 12400:get:entry 12900:get:entry 12900:get:queue 12900:casSet:queue 13386:get:entry ' +
+    '13629:get:entry 13751:get:entry 13857:get:entry 13976:get:entry 14110:get:entry 14261:get:entry ' +
+    '14431:get:entry 14622:get:entry 14837:get:entry 15079:get:entry 15351:get:entry 15657:get:entry ' +
+    '16001:get:entry 16001:get:queue 16001:casSet:queue 16388:get:entry 16824:get:entry 17314:get:entry ' +
+    '17814:get:entry 17814:casSet:entry 18814:casSet:entry 19814:casSet:entry 20814:casSet:entry ' +
+    '21814:casSet:entry 22814:casSet:entry 22814:get:queue 22814:casDelete:entry');
+  t.deepEqual(queueTokens(memcache), []);
+});
