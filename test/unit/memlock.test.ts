@@ -20,6 +20,8 @@ type Clock = ReturnType<typeof FakeTimers.install>;
 function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
   const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'performance', 'Date'] });
   t.teardown(() => clock.uninstall());
+  // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
+  clock.tick(1_000_000);
   return clock;
 }
 

@@ -17,9 +17,17 @@ import { MemcacheStandIn } from '../../src/testing.js';
 
 type Clock = ReturnType<typeof FakeTimers.install>;
 
+/**
+ * Fake time starts EPOCH ms in: with a clock at 0, `now - since` and
+ * `now + since` agree for anything that happened at 0, and a test could not
+ * tell them apart. Logged times (`Sent.at`) count from EPOCH.
+ */
+const EPOCH = 1_000_000;
+
 function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
   const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'performance', 'Date'] });
   t.teardown(() => clock.uninstall());
+  clock.tick(EPOCH);
   return clock;
 }
 
@@ -30,7 +38,7 @@ interface Sent { op: string; key: string; at: number }
 
 /** A LockClient that logs each request (op, key, fake time) and passes it on. */
 function recording(inner: LockClient, log: Sent[]): LockClient {
-  const note = (op: string, key: string): void => { log.push({ op, key: key === MKEY ? 'entry' : key === QKEY ? 'queue' : key, at: performance.now() }); };
+  const note = (op: string, key: string): void => { log.push({ op, key: key === MKEY ? 'entry' : key === QKEY ? 'queue' : key, at: performance.now() - EPOCH }); };
   return {
     add: (key: string, value: Buffer, ttl: number): Promise<WriteResult> => { note('add', key); return inner.add(key, value, ttl); },
     addThenGet: (key: string, value: Buffer, ttl: number) => { note('addThenGet', key); return inner.addThenGet(key, value, ttl); },
@@ -248,7 +256,7 @@ test.serial('a queued waiter refreshes its liveness every 3 s; one that gives up
   const timingOut = d.memlock.acquire('k', 'D', { wait: { timeoutMs: 5000 } }).catch((error: unknown) => error);
   await clock.tickAsync(10);
   t.is(queueTokens(memcache).length, 3);
-  const start = performance.now();
+  const start = performance.now() - EPOCH;
   const writes = (p: Proc): number[] => p.log.filter((s) => s.key === 'queue' && s.op === 'casSet' && s.at >= start).map((s) => s.at);
   await clock.tickAsync(4990);
   const error = await timingOut;
