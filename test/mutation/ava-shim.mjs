@@ -17,15 +17,19 @@
  *   message as string/RegExp/function, code, any) as ava's assertExpectations
  *   does, and refuse a non-Error unless `any`;
  * - a failed assertion throws and marks the test failed (even if caught);
- *   a test with no assertion fails; pending throwsAsync assertions are
- *   awaited; teardowns run in reverse order and may fail the test;
+ *   a test with no assertion fails, and so does one whose promise settles
+ *   while a throwsAsync is still pending; teardowns run in reverse order and
+ *   may fail the test; serial tests run first, then the others;
  * - an uncaught exception fails the file (test/mutation/run.mjs), and so
  *   does a rejection still unhandled once the file's tests have run.
  * - a test that can never settle fails when its worker's event loop drains
  *   (run.mjs), one that is merely slow after TEST_TIMEOUT_MS.
- * Differences that can only make a mutant survive, never die: tests run one
- * after another (ava starts non-serial ones together), and the timeout is
- * per test and longer than the 5 s ava had in mutation runs.
+ * Differences: non-serial tests run one after another (ava starts them
+ * together; a test that passes alone but fails beside others would differ),
+ * the timeout is per test (10 s, ava's 5 s was for the whole file's
+ * inactivity), hooks beyond before/after(.always)/afterEach(.always) and
+ * t.plan/t.timeout throw "not supported" (a loud failure, never a silent
+ * pass), and a failFast stop skips the remaining afterEach hooks.
  */
 import concordance from 'concordance';
 import { isNativeError } from 'node:util/types';
@@ -77,7 +81,7 @@ function selectComparable(actual, selector) {
 const EXPECTATION_KEYS = new Set(['instanceOf', 'is', 'message', 'name', 'code', 'any']);
 
 function checkExpectations(expectations, assertion) {
-  if (expectations === undefined || expectations === null) return {};
+  if (expectations === undefined) return {};
   if (typeof expectations !== 'object' || Array.isArray(expectations) || expectations instanceof RegExp || Object.keys(expectations).length === 0) {
     throw new AssertionError(`The second argument to ${assertion} must be an expectation object`);
   }
@@ -116,6 +120,15 @@ class Execution {
     const error = new AssertionError(detail === undefined ? message : `${message}: ${detail}`);
     this.failure ??= error;
     return error;
+  }
+
+  /** A bad expectation object fails the test (as in ava), even if the test catches the throw. */
+  #expectations(expectations, assertion) {
+    try {
+      return checkExpectations(expectations, assertion);
+    } catch (error) {
+      throw this.#fail(error.message);
+    }
   }
 
   /** `detail` is a function: formatting values costs more than comparing them. */
@@ -160,7 +173,7 @@ class Execution {
 
   throws(fn, expectations, message) {
     this.assertions += 1;
-    const expect = checkExpectations(expectations, '`t.throws()`');
+    const expect = this.#expectations(expectations, '`t.throws()`');
     if (typeof fn !== 'function') throw this.#fail('`t.throws()` must be called with a function');
     let returned;
     try {
@@ -176,7 +189,7 @@ class Execution {
 
   throwsAsync(thrower, expectations, message) {
     this.assertions += 1;
-    const expect = checkExpectations(expectations, '`t.throwsAsync()`');
+    const expect = this.#expectations(expectations, '`t.throwsAsync()`');
     let promise = thrower;
     if (typeof thrower === 'function') {
       try {
@@ -194,7 +207,9 @@ class Execution {
         return error;
       },
     );
-    this.pending.push(settled.catch(() => {}));
+    const pending = settled.then(() => { pending.settled = true; }, () => { pending.settled = true; });
+    pending.settled = false;
+    this.pending.push(pending);
     return settled;
   }
 
@@ -230,8 +245,8 @@ function register(list, options) {
 }
 
 /** `import test from 'ava'` inside .mutation-build/: registers, runs nothing. */
-const test = register(registry.tests);
-test.serial = register(registry.tests);
+const test = register(registry.tests, { serial: false });
+test.serial = register(registry.tests, { serial: true });
 test.before = register(registry.before);
 test.after = register(registry.after);
 test.after.always = register(registry.after);
@@ -252,7 +267,9 @@ async function runOne(title, fn, { isHook = false } = {}) {
   });
   try {
     await Promise.race([fn(t), timeout]);
-    await Promise.race([Promise.all(t.pending), timeout]);
+    // As ava: an assertion still pending when the test's promise settles fails it.
+    if (t.pending.some((p) => !p.settled)) throw new AssertionError('Test finished, but an assertion is still pending');
+    await Promise.all(t.pending);
     if (!isHook && t.failure === undefined && t.assertions === 0) t.failure = new AssertionError('Test finished without running any assertions');
   } catch (error) {
     t.failure ??= error;
@@ -272,14 +289,17 @@ async function runOne(title, fn, { isHook = false } = {}) {
  * Runs what the imported test file registered, stopping at the first
  * failure (ava's failFast). Resolves to undefined or `{ title, error }`.
  */
-export async function runRegistered(uncaught) {
+export async function runRegistered(uncaught, onProgress = () => {}) {
   const check = (error) => error ?? uncaught[0];
   for (const hook of registry.before) {
     const error = check(await runOne(hook.title, hook.fn, { isHook: true }));
     if (error !== undefined) return { title: `before: ${hook.title}`, error };
   }
   let failed;
-  for (const { title, fn } of registry.tests) {
+  // ava runs the serial tests first, then the others (all at once; here one by one).
+  const ordered = [...registry.tests.filter((entry) => entry.serial), ...registry.tests.filter((entry) => !entry.serial)];
+  for (const { title, fn } of ordered) {
+    onProgress(title);
     let error = await runOne(title, fn);
     for (const hook of registry.afterEach) error ??= await runOne(`afterEach for ${title}`, hook.fn, { isHook: true });
     error = check(error);

@@ -22,8 +22,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 
 /**
- * Longest a test file may run (each test has TEST_TIMEOUT_MS in ava-shim.mjs);
- * the variable is for the runner's own tests (test/unit/mutation-runner.test.ts).
+ * Longest a test file may go without starting a test (each test has
+ * TEST_TIMEOUT_MS, 10 s, in ava-shim.mjs); the variable is for the runner's
+ * own tests (test/unit/mutation-runner.test.ts).
  */
 const FILE_DEADLINE_MS = Number(process.env.MEMLOCK_MUTATION_FILE_DEADLINE_MS ?? 15_000);
 
@@ -97,8 +98,8 @@ if (isMainThread) {
  * Runs one test file in a fresh worker; resolves to a failure text or
  * undefined. A worker that exits without a result had a test pending with
  * nothing left to run (ava: "Promise returned by test never resolved"); one
- * that outlives FILE_DEADLINE_MS is stuck in synchronous code (an infinite
- * loop), where its own per-test timer cannot fire. Both are failures, so
+ * that starts no test for FILE_DEADLINE_MS is stuck in synchronous code (an
+ * infinite loop), where its own per-test timer cannot fire. Both are failures, so
  * Stryker's own timeout (stryker.config.mjs) stays a safety net that a
  * merely slow run on a loaded machine never reaches.
  */
@@ -106,11 +107,22 @@ function runFile(file) {
   return new Promise((resolve) => {
     const worker = new Worker(fileURLToPath(import.meta.url), { workerData: { file } });
     let result = 'the worker exited with a test pending and nothing left to run';
-    const deadline = setTimeout(() => {
-      result = `no result after ${FILE_DEADLINE_MS} ms (stuck in synchronous code)`;
-      void worker.terminate();
-    }, FILE_DEADLINE_MS);
+    // Restarted whenever a test starts: only a file that stops making progress
+    // (a loop in synchronous code, where its per-test timer cannot fire) hits it.
+    let deadline;
+    const arm = () => {
+      clearTimeout(deadline);
+      deadline = setTimeout(() => {
+        result = `no progress for ${FILE_DEADLINE_MS} ms (stuck in synchronous code)`;
+        void worker.terminate();
+      }, FILE_DEADLINE_MS);
+    };
+    arm();
     worker.on('message', (message) => {
+      if (message?.started !== undefined) {
+        arm();
+        return;
+      }
       result = message;
       // The tests are done: whatever handles a mutant left open must not keep us waiting.
       void worker.terminate();
@@ -141,9 +153,10 @@ async function runInWorker(file) {
   } catch (error) {
     failed = { title: 'loading the file', error };
   }
-  failed ??= await shim.runRegistered(uncaught);
+  failed ??= await shim.runRegistered(uncaught, (title) => parentPort.postMessage({ started: title }));
   // Node reports unhandled rejections once the microtask queue drains.
   await new Promise((done) => realSetImmediate(done));
+  if (failed === undefined && uncaught.length > 0) failed = { title: 'uncaught exception', error: uncaught[0] };
   if (failed === undefined && unhandled.size > 0) failed = { title: 'unhandled rejection', error: [...unhandled.values()][0] };
   parentPort.postMessage(failed === undefined ? null : `${failed.title}: ${failed.error?.stack ?? String(failed.error)}`);
 }

@@ -16,8 +16,10 @@
  * The verdict is the same one: the same tsconfig with the same overrides
  * Stryker's checker applies (noEmit, no incremental/composite, unreachable
  * code and unused names allowed), every syntactic, option, global and
- * semantic diagnostic of the whole program counts, and each mutant is
- * checked alone (no grouping, so no error is ever blamed on a neighbour).
+ * semantic error of the whole program counts, and so do declaration-emit
+ * errors of the re-checked files (tsconfig has `declaration` on); each
+ * mutant is checked alone (no grouping, so no error is blamed on a
+ * neighbour). A mutant in a file outside the program is an error, not a pass.
  */
 import ts from 'typescript';
 import { readFileSync } from 'node:fs';
@@ -36,6 +38,8 @@ const OVERRIDES = {
   composite: false,
   tsBuildInfoFile: undefined,
 };
+
+const isError = (diagnostic) => diagnostic.category === ts.DiagnosticCategory.Error;
 
 const formatHost = {
   getCanonicalFileName: (name) => name,
@@ -68,6 +72,7 @@ class MemlockTypescriptChecker {
       onUnRecoverableConfigFileDiagnostic: (diagnostic) => { throw new Error(this.#format([diagnostic])); },
     });
     if (parsed === undefined) throw new Error(`cannot read ${this.#tsconfig}`);
+    if (parsed.errors.length > 0) throw new Error(this.#format(parsed.errors));
     this.#options = parsed.options;
     this.#fileNames = parsed.fileNames;
     this.#host = ts.createCompilerHost(this.#options);
@@ -75,6 +80,7 @@ class MemlockTypescriptChecker {
     this.#host.getSourceFile = (fileName, language, onError) => {
       const mutated = this.#mutated;
       if (mutated !== undefined && resolve(fileName) === mutated.path) {
+        mutated.served = true;
         const file = ts.createSourceFile(fileName, mutated.text, language, true);
         file.version = `mutant ${mutated.id}`;
         return file;
@@ -99,8 +105,10 @@ class MemlockTypescriptChecker {
       const original = readOriginal(path);
       const start = offsetOf(original, mutant.location.start);
       const end = offsetOf(original, mutant.location.end);
-      this.#mutated = { id: mutant.id, path, text: original.slice(0, start) + mutant.replacement + original.slice(end) };
+      this.#mutated = { id: mutant.id, path, text: original.slice(0, start) + mutant.replacement + original.slice(end), served: false };
       const errors = this.#rebuild();
+      // A file outside the program would pass every mutant unchecked (Stryker's checker throws too).
+      if (!this.#mutated.served) throw new Error(`${mutant.fileName} is not part of the program of ${this.#tsconfig}`);
       results[mutant.id] = errors.length === 0
         ? { status: CheckStatus.Passed }
         : { status: CheckStatus.CompileError, reason: this.#format(errors) };
@@ -112,13 +120,20 @@ class MemlockTypescriptChecker {
   #rebuild() {
     this.#builder = ts.createEmitAndSemanticDiagnosticsBuilderProgram(this.#fileNames, this.#options, this.#host, this.#builder);
     // Checks only what the change affects; the rest keeps its cached result.
-    while (this.#builder.getSemanticDiagnosticsOfNextAffectedFile() !== undefined);
-    return [
+    const affected = [];
+    for (let next; (next = this.#builder.getSemanticDiagnosticsOfNextAffectedFile()) !== undefined;) affected.push(next.affected);
+    const errors = [
       ...this.#builder.getOptionsDiagnostics(),
       ...this.#builder.getGlobalDiagnostics(),
       ...this.#builder.getSyntacticDiagnostics(),
       ...this.#builder.getSemanticDiagnostics(),
-    ].filter((diagnostic) => diagnostic.category === ts.DiagnosticCategory.Error);
+    ].filter(isError);
+    if (errors.length > 0 || !this.#options.declaration) return errors;
+    // With `declaration` on, tsc (and Stryker's checker, through the solution
+    // builder) also reports declaration-emit errors. Only the re-checked files
+    // can have new ones; the rest had none when the project compiled.
+    const program = this.#builder.getProgram();
+    return affected.flatMap((file) => ('fileName' in file ? program.getDeclarationDiagnostics(file) : program.getDeclarationDiagnostics())).filter(isError);
   }
 
   #format(diagnostics) {

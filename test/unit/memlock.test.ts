@@ -509,7 +509,7 @@ test.serial('the top-level tryWithLock uses one shared instance on MEMCACHE_SERV
   t.is((closed as MemlockError).code, 'ERR_MEMLOCK_CLOSED', 'the same instance: closed for the top-level call too');
 });
 
-test.serial('stealAfterMs within one instance: the earlier holder learns at once (taken); acquired reports the attempt’s duration; stolen only for steals', async (t) => {
+test.serial('stealAfterMs within one instance: the earlier holder learns at once (taken); acquired’s durationMs is the attempt’s (0 on a still fake clock 1,001,001 ms in); stolen only for steals', async (t) => {
   const clock = fakeTime(t);
   const { memlock } = setup(t, { heartbeatMs: 500 });
   const seen = listen(t);

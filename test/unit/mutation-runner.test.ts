@@ -43,7 +43,7 @@ function verdict(t: { teardown: (fn: () => void) => void }, body: string, env?: 
 }
 
 const passes: Array<[string, string]> = [
-  ['every assertion kind holding (positive control)', `
+  ['the assertions the fast tier uses, all holding (positive control)', `
 test('all hold', async (t) => {
   t.is(1, 1); t.not(1, 2); t.true(true); t.false(false); t.truthy(1); t.falsy(0);
   t.deepEqual({ a: [1, { b: 2 }] }, { a: [1, { b: 2 }] });
@@ -61,6 +61,20 @@ test('late handler', async (t) => {
   p.catch(() => {});
   t.pass();
 });`],
+  ['ava’s looser expectations: any with a non-Error, is, a message function returning undefined', `
+test('loose', (t) => {
+  t.throws(() => { throw 'text'; }, { any: true });
+  const e = new Error('m');
+  t.throws(() => { throw e; }, { is: e, message: () => undefined });
+  t.notDeepEqual({ a: 1 }, { a: 2 });
+  t.notRegex('abc', /x/);
+  return t.notThrowsAsync(Promise.resolve(1));
+});`],
+  ['serial tests first, then the others (as ava orders them)', `
+const order = [];
+test('concurrent one', (t) => { order.push('c'); t.deepEqual(order, ['s1', 's2', 'c']); });
+test.serial('serial one', (t) => { order.push('s1'); t.pass(); });
+test.serial('serial two', (t) => { order.push('s2'); t.pass(); });`],
   ['teardowns run in reverse order, after the test', `
 const order = [];
 test.serial('registers', (t) => { t.teardown(() => order.push(1)); t.teardown(() => order.push(2)); order.push(0); t.pass(); });
@@ -89,6 +103,9 @@ const failures: Array<[string, string, RegExp]> = [
   ['a rejection still unhandled when the file ends', `test('unh', (t) => { t.pass(); Promise.reject(new Error('dropped')); });`, /unhandled rejection: Error: dropped/],
   ['an uncaught exception from a timer', `test.serial('a', async (t) => { setTimeout(() => { throw new Error('boom'); }, 1); await new Promise((r) => setTimeout(r, 20)); t.pass(); });`, /boom/],
   ['a failure after an earlier passing test', `test.serial('first', (t) => t.pass()); test.serial('second', (t) => t.fail('planted'));`, /second: AssertionError: planted/],
+  ['a test that ends while its throwsAsync is still pending', `test('pending', (t) => { t.throwsAsync(new Promise(() => {})); });`, /assertion is still pending/],
+  ['an uncaught exception in an after.always hook', `test('ok', (t) => t.pass()); test.after.always(() => { setImmediate(() => { throw new Error('late boom'); }); });`, /uncaught exception: Error: late boom/],
+  ['an expectation object ava refuses, even when the test catches it', `test('bad', (t) => { try { t.throws(() => { throw new Error('x'); }, { wrong: 1 }); } catch {} t.pass(); });`, /unexpected property wrong/],
   ['an unsupported ava API (never a silent pass)', `test.skip('s', (t) => t.pass());`, /not supported by the mutation shim/],
 ];
 
@@ -103,7 +120,13 @@ for (const [title, body, message] of failures) {
 test('runner fails a file stuck in synchronous code once the per-file deadline passes', (t) => {
   const { status, stderr } = verdict(t, `test('spin', (t) => { t.pass(); for (;;); });`, { MEMLOCK_MUTATION_FILE_DEADLINE_MS: '500' });
   t.is(status, 1);
-  t.regex(stderr, /no result after 500 ms/);
+  t.regex(stderr, /no progress for 500 ms/);
+});
+
+test('runner: the per-file deadline counts from the last test started, so a slow file that keeps passing is no hang', (t) => {
+  const tests = Array.from({ length: 4 }, (_, i) => `test.serial('slow ${i}', async (t) => { await new Promise((r) => setTimeout(r, 300)); t.pass(); });`);
+  const { status, stderr } = verdict(t, tests.join('\n'), { MEMLOCK_MUTATION_FILE_DEADLINE_MS: '500' });
+  t.is(status, 0, stderr);
 });
 
 test('runner picks the test files of the mutated source, and all files without a mutant', (t) => {
@@ -113,13 +136,16 @@ test('runner picks the test files of the mutated source, and all files without a
     // keys.ts maps to small-modules only; options.ts also to memlock (second stage).
     '.mutation-build/test/unit/small-modules.test.js': `import test from 'ava';\ntest('sm', (t) => t.pass());\n`,
     '.mutation-build/test/unit/memlock.test.js': `import test from 'ava';\ntest('ml', (t) => t.fail('memlock stage ran'));\n`,
+    // In no stage of keys.ts or options.ts: only the dry run meets it.
+    '.mutation-build/test/unit/codecs.test.js': `import test from 'ava';\ntest('cd', (t) => t.fail('codecs ran'));\n`,
   });
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   t.is(run(dir, [], { __STRYKER_ACTIVE_MUTANT__: '7' }).status, 0, 'a keys.ts mutant runs small-modules only');
   const options = run(dir, [], { __STRYKER_ACTIVE_MUTANT__: '8' });
   t.is(options.status, 1, 'an options.ts mutant that survives small-modules meets the memlock stage');
   t.regex(options.stderr, /memlock stage ran/);
+  t.notRegex(options.stderr, /codecs ran/);
   const dry = run(dir, [], { __STRYKER_ACTIVE_MUTANT__: '' });
   t.is(dry.status, 1, 'the dry run runs every file');
-  t.regex(dry.stderr, /memlock stage ran/);
+  t.regex(dry.stderr, /codecs ran|memlock stage ran/);
 });
