@@ -22,7 +22,16 @@ import { prefilter } from './scenarios/prefilter.js';
 import { dedupe } from './scenarios/dedupe.js';
 import { FLEET_DEFAULT_DURATION_MS, FLEET_SHAPES, FLEET_SUBJECTS, fleet, parseShape } from './scenarios/fleet.js';
 
-const SCENARIOS: readonly Scenario[] = [uncontended, refused, handoff, heartbeat, lossDetection, prefilter, dedupe, fleet];
+const SCENARIOS: readonly Scenario[] = [
+  uncontended,
+  refused,
+  handoff,
+  heartbeat,
+  lossDetection,
+  prefilter,
+  dedupe,
+  fleet,
+];
 
 const HELP = `Usage: npm run bench -- [SCENARIO...] [options]
 
@@ -91,32 +100,52 @@ function parseOptions(argv: string[]): Options | 'help' {
     allowPositionals: true,
   });
   if (values.help) return 'help';
-  const number = (name: string, raw: string | undefined, fallback: number, min: number, max: number, integer: boolean): number => {
+  const number = (
+    name: string,
+    raw: string | undefined,
+    fallback: number,
+    min: number,
+    max: number,
+    integer: boolean,
+  ): number => {
     if (raw === undefined) return fallback;
     const n = Number(raw);
     if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
-      throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} between ${min} and ${max}, got '${raw}'`);
+      throw new UsageError(
+        `--${name} must be ${integer ? 'an integer' : 'a number'} between ${min} and ${max}, got '${raw}'`,
+      );
     }
     return n;
   };
   const names = [...(values.scenario ?? []), ...positionals];
-  const scenarios = names.length === 0 ? [...SCENARIOS] : names.map((name) => {
-    const s = SCENARIOS.find((x) => x.name === name);
-    if (!s) throw new UsageError(`unknown scenario '${name}' (one of: ${SCENARIOS.map((x) => x.name).join(', ')})`);
-    return s;
-  });
+  const scenarios =
+    names.length === 0
+      ? [...SCENARIOS]
+      : names.map((name) => {
+          const s = SCENARIOS.find((x) => x.name === name);
+          if (!s)
+            throw new UsageError(`unknown scenario '${name}' (one of: ${SCENARIOS.map((x) => x.name).join(', ')})`);
+          return s;
+        });
   const shapes = values.shape ?? [...FLEET_SHAPES];
   for (const shape of shapes) {
-    if (!parseShape(shape)) throw new UsageError(`--shape must be PxWxR (processes x workers x rows, e.g. 4x8x1, at most 256 workers), got '${shape}'`);
+    if (!parseShape(shape))
+      throw new UsageError(
+        `--shape must be PxWxR (processes x workers x rows, e.g. 4x8x1, at most 256 workers), got '${shape}'`,
+      );
   }
   const subjects = values.subject ?? [...FLEET_SUBJECTS];
   for (const subject of subjects) {
-    if (!(FLEET_SUBJECTS as readonly string[]).includes(subject)) throw new UsageError(`--subject must be one of ${FLEET_SUBJECTS.join(', ')}, got '${subject}'`);
+    if (!(FLEET_SUBJECTS as readonly string[]).includes(subject))
+      throw new UsageError(`--subject must be one of ${FLEET_SUBJECTS.join(', ')}, got '${subject}'`);
   }
   return {
     fleetShapes: [...new Set(shapes.map((x) => parseShape(x)?.label ?? x))],
     fleetSubjects: subjects,
-    fleetDurationMs: values.duration === undefined ? FLEET_DEFAULT_DURATION_MS : number('duration', values.duration, 3, 0.1, 3600, false) * 1000,
+    fleetDurationMs:
+      values.duration === undefined
+        ? FLEET_DEFAULT_DURATION_MS
+        : number('duration', values.duration, 3, 0.1, 3600, false) * 1000,
     scenarios: [...new Set(scenarios)],
     durationMs: number('duration', values.duration, 3, 0.1, 3600, false) * 1000,
     rounds: number('rounds', values.rounds, 5, 1, 100, true),
@@ -138,7 +167,11 @@ function runExitCleanups(): void {
   }
 }
 process.on('exit', runExitCleanups);
-for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+for (const [signal, code] of [
+  ['SIGINT', 130],
+  ['SIGTERM', 143],
+  ['SIGHUP', 129],
+] as const) {
   process.once(signal, () => {
     process.stderr.write(`\n${signal}: stopping\n`);
     runExitCleanups();
@@ -192,7 +225,11 @@ async function main(): Promise<number> {
     if (redis?.ok) asyncCleanups.push(redis.value.close);
 
     const unavailable: string[] = [];
-    const reasonOf = <T>(kind: ServerKind, probe: { ok: true; value: T } | { ok: false; reason: string } | null, fallback: string): string | null => {
+    const reasonOf = <T>(
+      kind: ServerKind,
+      probe: { ok: true; value: T } | { ok: false; reason: string } | null,
+      fallback: string,
+    ): string | null => {
       if (!needs.has(kind) || probe?.ok) return null;
       const reason = probe ? probe.reason : fallback;
       unavailable.push(reason);
@@ -204,7 +241,9 @@ async function main(): Promise<number> {
     const memlockReason = reasonOf('memlock', memlock, 'library not loaded');
     for (const reason of unavailable) progress(`${ci ? 'ERROR' : 'skipping'}: ${reason}`);
     if (ci && unavailable.length > 0) {
-      process.stderr.write(`bench: CI=true and ${unavailable.length} required server(s) or the library are unavailable\n`);
+      process.stderr.write(
+        `bench: CI=true and ${unavailable.length} required server(s) or the library are unavailable\n`,
+      );
       return 1;
     }
 
@@ -242,10 +281,18 @@ async function main(): Promise<number> {
         warmupMs: Math.min(1000, Math.max(200, options.fleetDurationMs * 0.1)),
       },
       runId: `${Date.now().toString(36)}${process.pid.toString(36)}`,
-      memcache: mc?.ok ? { ok: true, value: mc.value.target } : { ok: false, reason: mcReason ?? 'memcache not needed' },
-      redis: redis?.ok ? { ok: true, value: redis.value.target } : { ok: false, reason: redisReason ?? 'Redis not needed' },
-      pg: pgProbe?.ok ? { ok: true, value: pgProbe.value.config } : { ok: false, reason: pgReason ?? 'PostgreSQL not needed' },
-      memlock: memlock?.ok ? { ok: true, value: memlock.value } : { ok: false, reason: memlockReason ?? 'library not needed' },
+      memcache: mc?.ok
+        ? { ok: true, value: mc.value.target }
+        : { ok: false, reason: mcReason ?? 'memcache not needed' },
+      redis: redis?.ok
+        ? { ok: true, value: redis.value.target }
+        : { ok: false, reason: redisReason ?? 'Redis not needed' },
+      pg: pgProbe?.ok
+        ? { ok: true, value: pgProbe.value.config }
+        : { ok: false, reason: pgReason ?? 'PostgreSQL not needed' },
+      memlock: memlock?.ok
+        ? { ok: true, value: memlock.value }
+        : { ok: false, reason: memlockReason ?? 'library not needed' },
       progress,
     };
 
@@ -257,7 +304,11 @@ async function main(): Promise<number> {
       let report: ScenarioReport;
       try {
         // A hung subject must not hold the whole run hostage.
-        report = await withDeadline(scenario.run(ctx), scenario.deadlineMs?.(ctx) ?? Math.max(180_000, options.durationMs * 40), scenario.name);
+        report = await withDeadline(
+          scenario.run(ctx),
+          scenario.deadlineMs?.(ctx) ?? Math.max(180_000, options.durationMs * 40),
+          scenario.name,
+        );
       } catch (err) {
         failed++;
         progress(`[${scenario.name}] FAILED: ${describeError(err)}`);

@@ -27,7 +27,12 @@ export function lockValue(clientId: string): string {
 }
 
 /** Runs `fn` holding `resource` through redlock: acquire, run, release (a plain section, without using()'s automatic extension). */
-export async function redlockSection(redlock: Redlock, resource: string, ttlMs: number, fn: () => Promise<void>): Promise<void> {
+export async function redlockSection(
+  redlock: Redlock,
+  resource: string,
+  ttlMs: number,
+  fn: () => Promise<void>,
+): Promise<void> {
   const lock = await redlock.acquire([resource], ttlMs);
   try {
     await fn();
@@ -131,7 +136,11 @@ const MAX_TX_ATTEMPTS = 1000;
  * Runs `body` in a REPEATABLE READ transaction, retrying on serialization
  * failure as an application must; counts every attempt.
  */
-export async function repeatableRead<T>(client: pg.PoolClient, counters: TxCounters, body: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+export async function repeatableRead<T>(
+  client: pg.PoolClient,
+  counters: TxCounters,
+  body: (c: pg.PoolClient) => Promise<T>,
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     counters.dbTx++;
     try {
@@ -174,7 +183,9 @@ export class RawSocketClient {
     const [target] = parseServers(servers);
     if (target === undefined) return Promise.reject(new Error(`no server in '${servers}'`));
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: target.host, port: target.port, noDelay: true }, () => resolve(new RawSocketClient(socket)));
+      const socket = net.connect({ host: target.host, port: target.port, noDelay: true }, () =>
+        resolve(new RawSocketClient(socket)),
+      );
       socket.once('error', reject);
     });
   }

@@ -19,7 +19,9 @@ export type MemlockOptions = ConstructorParameters<MemlockModule['Memlock']>[0];
 
 export async function loadMemlock(): Promise<Avail<MemlockModule>> {
   const override = process.env.MEMLOCK_BENCH_MODULE;
-  const specifier = override ? pathToFileURL(resolve(override)).href : new URL('../dist/index.js', import.meta.url).href;
+  const specifier = override
+    ? pathToFileURL(resolve(override)).href
+    : new URL('../dist/index.js', import.meta.url).href;
   try {
     const mod = (await import(specifier)) as MemlockModule;
     if (typeof mod.Memlock !== 'function') return { ok: false, reason: `${specifier} exports no Memlock class` };

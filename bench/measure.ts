@@ -174,7 +174,11 @@ export async function timedLoop(options: LoopOptions): Promise<LoopRound> {
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight (used to set up thousands of locks without a stampede). */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -216,7 +220,10 @@ export async function interleave<R>(contestants: readonly Contestant<R>[], round
  * change speed several-fold between rounds) cancels in each pair, which a
  * ratio of the two medians does not do.
  */
-export function pairedRatio(a: Result | undefined, b: Result | undefined): { median: number; min: number; max: number } | null {
+export function pairedRatio(
+  a: Result | undefined,
+  b: Result | undefined,
+): { median: number; min: number; max: number } | null {
   const x = a?.perRound;
   const y = b?.perRound;
   if (x === undefined || y === undefined) return null;
@@ -258,11 +265,13 @@ export function errorsSuffix(round: RoundErrors): string {
 
 /** The errors of all rounds and the first one's message, as a Result holds them. */
 export function sumErrors(rounds: readonly RoundErrors[]): RoundErrors {
-  return { errors: rounds.reduce((s, r) => s + r.errors, 0), firstError: rounds.find((r) => r.firstError)?.firstError ?? null };
+  return {
+    errors: rounds.reduce((s, r) => s + r.errors, 0),
+    firstError: rounds.find((r) => r.firstError)?.firstError ?? null,
+  };
 }
 
 // ------------------------------------------------- loop comparisons → results
-
 
 export interface LoopSubject {
   name: string;
@@ -288,17 +297,28 @@ export interface CompareOptions {
  * Measures each subject's loop for durationMs in total, split into `rounds`
  * interleaved slices, after a warm-up of its own. Returns the rounds per subject.
  */
-export async function compareLoops(subjects: readonly LoopSubject[], o: CompareOptions): Promise<Map<string, LoopRoundWithOps[]>> {
+export async function compareLoops(
+  subjects: readonly LoopSubject[],
+  o: CompareOptions,
+): Promise<Map<string, LoopRoundWithOps[]>> {
   const slice = o.durationMs / o.rounds;
   const contestants: Contestant<LoopRoundWithOps>[] = subjects.map((s) => ({
     name: s.name,
     warmUp: async () => {
       o.progress(`${o.label} ${s.name}: warm-up`);
-      await withDeadline(timedLoop({ durationMs: o.warmupMs, concurrency: o.concurrency, op: s.op, record: false }), o.warmupMs + 30_000, s.name);
+      await withDeadline(
+        timedLoop({ durationMs: o.warmupMs, concurrency: o.concurrency, op: s.op, record: false }),
+        o.warmupMs + 30_000,
+        s.name,
+      );
     },
     round: async (r) => {
       const before = s.serverOps ? await s.serverOps() : null;
-      const round = await withDeadline(timedLoop({ durationMs: slice, concurrency: o.concurrency, op: s.op }), slice + 30_000, s.name);
+      const round = await withDeadline(
+        timedLoop({ durationMs: slice, concurrency: o.concurrency, op: s.op }),
+        slice + 30_000,
+        s.name,
+      );
       const after = s.serverOps ? await s.serverOps() : null;
       const rate = round.ops / (round.elapsedMs / 1000);
       const lat = round.latencies.summary();
@@ -331,7 +351,9 @@ export function loopResult(
   const lat = all.summary();
   const ops = rounds.reduce((s, r) => s + r.ops, 0);
   const attempts = ops + rounds.reduce((s, r) => s + r.errors, 0);
-  const serverOps = rounds.every((r) => r.serverOps !== null) ? rounds.reduce((s, r) => s + (r.serverOps ?? 0), 0) : null;
+  const serverOps = rounds.every((r) => r.serverOps !== null)
+    ? rounds.reduce((s, r) => s + (r.serverOps ?? 0), 0)
+    : null;
   const cpuUs = rounds.reduce((s, r) => s + r.cpuUs, 0);
   const sp = spread(rates);
   return {

@@ -72,7 +72,13 @@ export function fmt(value: MetricValue | undefined, format: Format): string {
     case 'rate':
       return intFmt.format(value);
     case 'ms':
-      return value < 1 ? value.toFixed(3) : value < 10 ? value.toFixed(2) : value < 1000 ? value.toFixed(1) : intFmt.format(value);
+      return value < 1
+        ? value.toFixed(3)
+        : value < 10
+          ? value.toFixed(2)
+          : value < 1000
+            ? value.toFixed(1)
+            : intFmt.format(value);
     case 'pct':
       return `${value < 10 ? value.toFixed(1) : value.toFixed(0)}%`;
     case 'x':
@@ -104,7 +110,8 @@ export function renderTable(report: ScenarioReport): string {
   const lines: string[] = [`### ${report.scenario}: ${report.title}`, ''];
   if (report.error) lines.push(`FAILED: ${report.error}`, '');
   if (report.results.length > 0) {
-    const multi = new Set(report.results.map((r) => r.variant)).size > 1 || report.results.some((r) => r.variant !== '');
+    const multi =
+      new Set(report.results.map((r) => r.variant)).size > 1 || report.results.some((r) => r.variant !== '');
     const headers = [
       ...(multi ? ['mode'] : []),
       'subject',
@@ -131,12 +138,17 @@ export function renderTable(report: ScenarioReport): string {
     const line = (cells: string[]): string =>
       `| ${cells.map((c, i) => (align[i] === ':--' ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join(' | ')} |`;
     lines.push(line(headers));
-    lines.push(`|${align.map((a, i) => (a === ':--' ? ':' + '-'.repeat((widths[i] ?? 1) + 1) : '-'.repeat((widths[i] ?? 1) + 1) + ':')).join('|')}|`);
+    lines.push(
+      `|${align.map((a, i) => (a === ':--' ? ':' + '-'.repeat((widths[i] ?? 1) + 1) : '-'.repeat((widths[i] ?? 1) + 1) + ':')).join('|')}|`,
+    );
     rows.forEach((row) => lines.push(line(row)));
     lines.push('');
   }
   for (const r of report.results) {
-    if (r.errors > 0) lines.push(`- ${r.subject}${r.variant ? ` (${r.variant})` : ''}: ${r.errors} failed operations, first: ${r.firstError ?? '?'}`);
+    if (r.errors > 0)
+      lines.push(
+        `- ${r.subject}${r.variant ? ` (${r.variant})` : ''}: ${r.errors} failed operations, first: ${r.firstError ?? '?'}`,
+      );
   }
   for (const s of report.skipped) lines.push(`- skipped ${s.subject}: ${s.reason}`);
   for (const n of report.notes) lines.push(`- ${n}`);
@@ -199,7 +211,9 @@ export function renderSvg(system: SystemInfo, reports: readonly ScenarioReport[]
     if (report.results.length === 0) continue;
     y += 22;
     const direction = report.primary.higherIsBetter ? 'higher is better' : 'lower is better';
-    parts.push(`<text x="12" y="${y}" class="head">${escapeXml(`${report.scenario}: ${report.primary.header} (${direction})`)}</text>`);
+    parts.push(
+      `<text x="12" y="${y}" class="head">${escapeXml(`${report.scenario}: ${report.primary.header} (${direction})`)}</text>`,
+    );
     for (const g of grouped(report)) {
       const values = g.results.map((r) => report.primary.value(r) ?? 0);
       const max = Math.max(...values, Number.MIN_VALUE);

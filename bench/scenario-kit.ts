@@ -5,7 +5,15 @@
 
 import type { Avail, BenchContext, Column, Result, Scenario, ScenarioReport } from './types.js';
 import { Resources } from './clients.js';
-import { compareLoops, errorsSuffix, pairedRatio, type Contestant, type LoopRoundWithOps, type LoopSubject, type RoundErrors } from './measure.js';
+import {
+  compareLoops,
+  errorsSuffix,
+  pairedRatio,
+  type Contestant,
+  type LoopRoundWithOps,
+  type LoopSubject,
+  type RoundErrors,
+} from './measure.js';
 import { fmtRatio } from './report.js';
 
 /** A scenario as written: `run` also gets a Resources bag, closed when the run ends, however it ends. */
@@ -32,7 +40,9 @@ export function defineScenario(def: ScenarioDefinition): Scenario {
 }
 
 /** What a scenario says about its table; the results, skipped subjects and further notes are filled in as it runs. */
-export type ReportHeader = Pick<ScenarioReport, 'scenario' | 'title' | 'baseline' | 'primary' | 'columns'> & { notes?: string[] };
+export type ReportHeader = Pick<ScenarioReport, 'scenario' | 'title' | 'baseline' | 'primary' | 'columns'> & {
+  notes?: string[];
+};
 
 export function scenarioReport(header: ReportHeader): ScenarioReport {
   const { notes = [], ...rest } = header;
@@ -61,7 +71,9 @@ export function targetNote(label: string, shown: string, met: boolean): string {
  */
 export function pairedNote(a: Result | undefined, b: Result | undefined): string {
   const p = pairedRatio(a, b);
-  return p === null ? '' : ` (paired per-round median ${fmtRatio(p.median)}, rounds ${fmtRatio(p.min)}-${fmtRatio(p.max)})`;
+  return p === null
+    ? ''
+    : ` (paired per-round median ${fmtRatio(p.median)}, rounds ${fmtRatio(p.min)}-${fmtRatio(p.max)})`;
 }
 
 export function findResult(results: readonly Result[], subject: string, variant = ''): Result | undefined {
@@ -95,7 +107,9 @@ export function contestant<R extends RoundErrors>(
       : undefined,
     round: async (r) => {
       const round = await plan.round();
-      ctx.progress(`[${scenario}] ${subject} round ${r + 1}/${plan.rounds ?? ctx.rounds}: ${plan.describe(round)}${errorsSuffix(round)}`);
+      ctx.progress(
+        `[${scenario}] ${subject} round ${r + 1}/${plan.rounds ?? ctx.rounds}: ${plan.describe(round)}${errorsSuffix(round)}`,
+      );
       return round;
     },
   };

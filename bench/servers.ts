@@ -126,7 +126,17 @@ export class MemcacheText {
  * `version`, `stats` and `noop` are not counted by the server.
  */
 export function countMemcacheOps(s: Record<string, number>): number {
-  const keys = ['cmd_get', 'cmd_set', 'cmd_touch', 'delete_hits', 'delete_misses', 'incr_hits', 'incr_misses', 'decr_hits', 'decr_misses'];
+  const keys = [
+    'cmd_get',
+    'cmd_set',
+    'cmd_touch',
+    'delete_hits',
+    'delete_misses',
+    'incr_hits',
+    'incr_misses',
+    'decr_hits',
+    'decr_misses',
+  ];
   return keys.reduce((sum, k) => sum + (s[k] ?? 0), 0);
 }
 
@@ -305,7 +315,12 @@ export interface RedisProbe {
 export async function probeRedis(): Promise<Avail<RedisProbe>> {
   const url = redisUrl();
   // One attempt, no reconnects: a probe answers quickly either way.
-  const client = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const client = new Redis(url, {
+    lazyConnect: true,
+    connectTimeout: 2000,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
   // ioredis reports the cause (ECONNREFUSED, auth...) as an event and rejects with a generic error; keep the cause.
   let cause: unknown = null;
   client.on('error', (err) => {
@@ -316,7 +331,10 @@ export async function probeRedis(): Promise<Avail<RedisProbe>> {
     const info = await client.info('server');
     const version = /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown';
     const target: RedisTarget = { url, ops: async () => countRedisScriptCalls(await client.info('commandstats')) };
-    return { ok: true, value: { target, version, close: async () => void (await client.quit().catch(() => client.disconnect())) } };
+    return {
+      ok: true,
+      value: { target, version, close: async () => void (await client.quit().catch(() => client.disconnect())) },
+    };
   } catch (err) {
     client.disconnect();
     return { ok: false, reason: `Redis unreachable at ${url} (${describeError(cause ?? err)})` };

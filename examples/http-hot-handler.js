@@ -19,15 +19,12 @@ async function buildReport(id, ms, signal) {
   return { id, rows: 1000, builtAt: new Date().toISOString() };
 }
 
-const report = memlock.wrap(
-  (id, ms, _requestSignal, signal) => buildReport(id, ms, signal),
-  {
-    key: (id) => `report:${id}`,
-    signal: (_id, _ms, requestSignal) => requestSignal, // per-call caller signal
-    onNotAcquired: () => null, // someone is building it right now
-    failOpen: true,
-  },
-);
+const report = memlock.wrap((id, ms, _requestSignal, signal) => buildReport(id, ms, signal), {
+  key: (id) => `report:${id}`,
+  signal: (_id, _ms, requestSignal) => requestSignal, // per-call caller signal
+  onNotAcquired: () => null, // someone is building it right now
+  failOpen: true,
+});
 
 const server = http.createServer(async (req, res) => {
   const url = new URL(req.url ?? '/', 'http://localhost');

@@ -45,7 +45,9 @@ export async function payInvoice(memlock, pool, id, { workMs = 20 } = {}) {
 }
 
 export async function setUp(pool, invoices) {
-  await pool.query(`CREATE TABLE IF NOT EXISTS ${table} (id int PRIMARY KEY, paid boolean NOT NULL DEFAULT false, payments int NOT NULL DEFAULT 0)`);
+  await pool.query(
+    `CREATE TABLE IF NOT EXISTS ${table} (id int PRIMARY KEY, paid boolean NOT NULL DEFAULT false, payments int NOT NULL DEFAULT 0)`,
+  );
   await pool.query(`TRUNCATE ${table}`);
   await pool.query(`INSERT INTO ${table} (id) SELECT generate_series(1, $1::int)`, [invoices]);
 }

@@ -23,16 +23,21 @@ export async function startConsumer({ url, queue, memlock, handle, prefetch = 10
   const onMessage = async (message) => {
     const id = message.properties.messageId;
     try {
-      await memlock.tryWithLock(`msg:${id}`, clientId(), (signal) => handle(message.content, signal), { holdAfterMs: 60_000 });
+      await memlock.tryWithLock(`msg:${id}`, clientId(), (signal) => handle(message.content, signal), {
+        holdAfterMs: 60_000,
+      });
       channel.ack(message);
     } catch (error) {
-      if (error instanceof LockNotAcquiredError) channel.ack(message); // a duplicate: drop it
+      if (error instanceof LockNotAcquiredError)
+        channel.ack(message); // a duplicate: drop it
       else channel.nack(message, false, true); // failed (or lock lost): let it be redelivered
     }
   };
   const { consumerTag } = await channel.consume(queue, (message) => {
     if (message === null) return; // the queue was deleted
-    const done = onMessage(message).catch((error) => console.error(error)).finally(() => inFlight.delete(done));
+    const done = onMessage(message)
+      .catch((error) => console.error(error))
+      .finally(() => inFlight.delete(done));
     inFlight.add(done);
   });
   return {

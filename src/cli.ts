@@ -88,7 +88,8 @@ function parse(argv: string[]): Parsed | 'help' {
   if (values.help === true) return 'help';
   const [command, ...keys] = positionals;
   if (command === undefined) throw new UsageError('missing command (inspect, release or watch)');
-  if (!['inspect', 'release', 'watch'].includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)} (inspect, release or watch)`);
+  if (!['inspect', 'release', 'watch'].includes(command))
+    throw new UsageError(`unknown command ${JSON.stringify(command)} (inspect, release or watch)`);
   if (keys.length === 0) throw new UsageError(`${command}: missing KEY`);
   if (command !== 'watch' && keys.length > 1) throw new UsageError(`${command}: expected one KEY, got ${keys.length}`);
   if (keys.includes('')) throw new UsageError(`${command}: KEY must not be empty`);
@@ -99,7 +100,8 @@ function parse(argv: string[]): Parsed | 'help' {
   const number = (name: string, text: string | undefined, fallback: number): number => {
     if (text === undefined) return fallback;
     const value = Number(text);
-    if (!Number.isFinite(value) || value <= 0) throw new UsageError(`--${name} must be a positive number, got ${JSON.stringify(text)}`);
+    if (!Number.isFinite(value) || value <= 0)
+      throw new UsageError(`--${name} must be a positive number, got ${JSON.stringify(text)}`);
     return value;
   };
   const options: MemlockOptions = {
@@ -217,9 +219,10 @@ async function release(io: Output, client: LockClient, prefix: string, p: Parsed
   const key = p.keys[0] as string;
   const s = await read(client, prefix, key);
   const now = Date.now();
-  const what = s.holder === null
-    ? `the entry ${s.memcacheKey} (${stateText[s.state]})`
-    : `the entry ${s.memcacheKey} (${s.state}, holder ${JSON.stringify(s.holder.clientId)}, acquired ${new Date(s.holder.acquiredAt).toISOString()}, ${formatAge(now - s.holder.acquiredAt)} ago)`;
+  const what =
+    s.holder === null
+      ? `the entry ${s.memcacheKey} (${stateText[s.state]})`
+      : `the entry ${s.memcacheKey} (${s.state}, holder ${JSON.stringify(s.holder.clientId)}, acquired ${new Date(s.holder.acquiredAt).toISOString()}, ${formatAge(now - s.holder.acquiredAt)} ago)`;
   const result = (outcome: string, removed: boolean): void => {
     if (p.json) io.out(JSON.stringify({ ...describeSnapshot(s, now), outcome, removed }));
   };
@@ -242,31 +245,62 @@ async function release(io: Output, client: LockClient, prefix: string, p: Parsed
     return EXIT_OK;
   }
   result(deleted.status === 'exists' ? 'changed' : 'gone', false);
-  io.err(deleted.status === 'exists'
-    ? `memlock: ${s.memcacheKey} changed after it was read (renewed, released or taken); nothing removed. Run it again to remove the current entry.`
-    : `memlock: ${s.memcacheKey} disappeared after it was read; nothing removed`);
+  io.err(
+    deleted.status === 'exists'
+      ? `memlock: ${s.memcacheKey} changed after it was read (renewed, released or taken); nothing removed. Run it again to remove the current entry.`
+      : `memlock: ${s.memcacheKey} disappeared after it was read; nothing removed`,
+  );
   return EXIT_NOT_FOUND;
 }
 
 /** Diagnostics-style events for a change between two reads of a key. */
-function events(before: Snapshot | undefined, after: Snapshot, intervalMs: number): Array<{ event: string; fields: Record<string, unknown> }> {
+function events(
+  before: Snapshot | undefined,
+  after: Snapshot,
+  intervalMs: number,
+): Array<{ event: string; fields: Record<string, unknown> }> {
   const key = after.key;
   const h = after.holder;
   const current = h === null ? {} : { clientId: h.clientId, acquiredAt: new Date(h.acquiredAt) };
-  if (before === undefined) return [{ event: 'state', fields: { key, state: after.state, ...current, server: after.server } }];
+  if (before === undefined)
+    return [{ event: 'state', fields: { key, state: after.state, ...current, server: after.server } }];
   const p = before.holder;
   const sameEntry = before.state === after.state && p?.token === h?.token && before.cas === after.cas;
   const sameAcquisition = p !== null && h !== null && p.token === h.token;
   if (sameEntry || (sameAcquisition && before.state === after.state)) return []; // unchanged, or renewed
   if (after.state === 'free') {
-    return [{ event: before.state === 'done' ? 'expired' : 'released', fields: { key, previousClientId: p?.clientId, previousState: before.state, heldMs: p === null ? undefined : Date.now() - p.acquiredAt, note: `released or expired within the last ${intervalMs} ms` } }];
+    return [
+      {
+        event: before.state === 'done' ? 'expired' : 'released',
+        fields: {
+          key,
+          previousClientId: p?.clientId,
+          previousState: before.state,
+          heldMs: p === null ? undefined : Date.now() - p.acquiredAt,
+          note: `released or expired within the last ${intervalMs} ms`,
+        },
+      },
+    ];
   }
-  if (after.state === 'done') return [{ event: 'completed', fields: { key, clientId: h?.clientId, completedAt: current.acquiredAt } }];
-  if (after.state === 'reserved') return [{ event: 'reserved', fields: { key, waiter: h?.clientId, previousClientId: p?.clientId } }];
+  if (after.state === 'done')
+    return [{ event: 'completed', fields: { key, clientId: h?.clientId, completedAt: current.acquiredAt } }];
+  if (after.state === 'reserved')
+    return [{ event: 'reserved', fields: { key, waiter: h?.clientId, previousClientId: p?.clientId } }];
   if (after.state === 'foreign') return [{ event: 'foreign', fields: { key, previousClientId: p?.clientId } }];
   // held by a new acquisition
   if (before.state === 'held' && p !== null && h !== null) {
-    return [{ event: 'stolen', fields: { key, clientId: h.clientId, how: p.clientId === h.clientId ? 'takeover' : 'stolen', previousClientId: p.clientId, previousAcquiredAt: new Date(p.acquiredAt) } }];
+    return [
+      {
+        event: 'stolen',
+        fields: {
+          key,
+          clientId: h.clientId,
+          how: p.clientId === h.clientId ? 'takeover' : 'stolen',
+          previousClientId: p.clientId,
+          previousAcquiredAt: new Date(p.acquiredAt),
+        },
+      },
+    ];
   }
   return [{ event: 'acquired', fields: { key, ...current, server: after.server } }];
 }
@@ -279,26 +313,36 @@ async function watch(io: Output, client: LockClient, prefix: string, p: Parsed):
   const last = new Map<string, Snapshot>();
   const failing = new Set<string>();
   const emit = (event: string, fields: Record<string, unknown>): void => {
-    if (p.json) io.out(JSON.stringify({ time: new Date().toISOString(), event, ...fields }, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)));
-    else io.out(`${new Date().toISOString()} ${formatEvent(event, Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)))}`);
+    if (p.json)
+      io.out(
+        JSON.stringify({ time: new Date().toISOString(), event, ...fields }, (_k, v: unknown) =>
+          typeof v === 'bigint' ? String(v) : v,
+        ),
+      );
+    else
+      io.out(
+        `${new Date().toISOString()} ${formatEvent(event, Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)))}`,
+      );
   };
   try {
     while (!stop.signal.aborted) {
       const started = performance.now();
-      await Promise.all(p.keys.map(async (key) => {
-        try {
-          const s = await read(client, prefix, key);
-          if (failing.delete(key)) emit('recovered', { key, server: s.server });
-          for (const { event, fields } of events(last.get(key), s, p.intervalMs)) emit(event, fields);
-          last.set(key, s);
-        } catch (error) {
-          // One line per failure streak, not one per poll.
-          if (!failing.has(key)) {
-            failing.add(key);
-            emit('error', { key, error });
+      await Promise.all(
+        p.keys.map(async (key) => {
+          try {
+            const s = await read(client, prefix, key);
+            if (failing.delete(key)) emit('recovered', { key, server: s.server });
+            for (const { event, fields } of events(last.get(key), s, p.intervalMs)) emit(event, fields);
+            last.set(key, s);
+          } catch (error) {
+            // One line per failure streak, not one per poll.
+            if (!failing.has(key)) {
+              failing.add(key);
+              emit('error', { key, error });
+            }
           }
-        }
-      }));
+        }),
+      );
       const wait = Math.max(0, p.intervalMs - (performance.now() - started));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, wait);
@@ -353,9 +397,12 @@ async function main(argv: string[], io: Output = stdio): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then((code) => {
-  process.exitCode = code;
-}, (error: unknown) => {
-  process.stderr.write(`memlock: unexpected error: ${error instanceof Error ? error.stack : String(error)}\n`);
-  process.exitCode = 1;
-});
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`memlock: unexpected error: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

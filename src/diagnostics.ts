@@ -12,25 +12,65 @@ import type { AcquireHow } from './protocol.js';
 export type { AcquireHow } from './protocol.js';
 
 /** `memlock:acquired` payload. */
-export interface AcquiredMessage { key: string; clientId: string; how: AcquireHow; server: string; durationMs: number }
+export interface AcquiredMessage {
+  key: string;
+  clientId: string;
+  how: AcquireHow;
+  server: string;
+  durationMs: number;
+}
 /** `memlock:refused` payload. `holder` is the holder's clientId when readable. */
-export interface RefusedMessage { key: string; clientId: string; holder: string | undefined; server: string }
+export interface RefusedMessage {
+  key: string;
+  clientId: string;
+  holder: string | undefined;
+  server: string;
+}
 /** `memlock:stolen` payload: a takeover (same clientId) or a steal (stealAfterMs). */
-export interface StolenMessage { key: string; clientId: string; how: 'takeover' | 'stolen'; previousClientId: string; previousAcquiredAt: Date }
+export interface StolenMessage {
+  key: string;
+  clientId: string;
+  how: 'takeover' | 'stolen';
+  previousClientId: string;
+  previousAcquiredAt: Date;
+}
 /** `memlock:lost` payload; `error` is the `LockLostError` the lock's signal aborted with. */
-export interface LostMessage { key: string; clientId: string; kind: LockLostKind; error: LockLostError }
+export interface LostMessage {
+  key: string;
+  clientId: string;
+  kind: LockLostKind;
+  error: LockLostError;
+}
 /** `memlock:released` payload. */
-export interface ReleasedMessage { key: string; clientId: string; heldMs: number }
+export interface ReleasedMessage {
+  key: string;
+  clientId: string;
+  heldMs: number;
+}
 /** `memlock:release-failed` payload: `reason` is 'gone' | 'taken' | 'error'. */
-export interface ReleaseFailedMessage { key: string; clientId: string; reason: 'gone' | 'taken' | 'error'; error: Error | undefined }
+export interface ReleaseFailedMessage {
+  key: string;
+  clientId: string;
+  reason: 'gone' | 'taken' | 'error';
+  error: Error | undefined;
+}
 /**
  * `memlock:heartbeat-error` payload: a renewal failed (it is retried until the
  * lease deadline). Published for the first failure of a streak, then at most
  * once a second per lock; `failures` counts the streak so far.
  */
-export interface HeartbeatErrorMessage { key: string; clientId: string; error: Error; failures: number }
+export interface HeartbeatErrorMessage {
+  key: string;
+  clientId: string;
+  error: Error;
+  failures: number;
+}
 /** `memlock:fail-open` payload: memcache was unavailable and `failOpen` ran `fn` unlocked. */
-export interface FailOpenMessage { key: string; clientId: string; error: Error }
+export interface FailOpenMessage {
+  key: string;
+  clientId: string;
+  error: Error;
+}
 
 /** Payload type of each memlock channel, by channel name. */
 export interface ChannelMessages {
@@ -89,7 +129,9 @@ const channelNames: ReadonlySet<string> = new Set(Object.values(channels).map((c
  */
 export function subscribe<N extends ChannelName>(name: N, fn: ChannelSubscriber<N>): () => void {
   if (typeof name !== 'string' || !channelNames.has(name)) {
-    throw new TypeError(`Expected \`name\` to be one of ${[...channelNames].join(', ')}, got ${typeof name === 'string' ? JSON.stringify(name) : typeof name}`);
+    throw new TypeError(
+      `Expected \`name\` to be one of ${[...channelNames].join(', ')}, got ${typeof name === 'string' ? JSON.stringify(name) : typeof name}`,
+    );
   }
   if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
   const listener = fn as unknown as diagnostics.ChannelListener;
@@ -128,7 +170,9 @@ export function formatEvent(name: string, message: object): string {
       continue;
     }
     if (field === 'server' && typeof value === 'string') server = value;
-    fields.push(`${field}=${value instanceof Date ? value.toISOString() : typeof value === 'number' ? String(Math.round(value * 1000) / 1000) : inspect(value, { breakLength: Infinity, compact: true })}`);
+    fields.push(
+      `${field}=${value instanceof Date ? value.toISOString() : typeof value === 'number' ? String(Math.round(value * 1000) / 1000) : inspect(value, { breakLength: Infinity, compact: true })}`,
+    );
   }
   let line = [name.replace(/^memlock:/, ''), ...fields].join(' ');
   if (error !== undefined) {
@@ -167,16 +211,27 @@ export function likelyCause(error: unknown, server?: string): string | undefined
     if (/auth|sasl/i.test(e.message)) codes.add('SASL');
   }
   const where = target === undefined ? 'the memcache server' : target;
-  const unsetHint = process.env.MEMCACHE_SERVERS === undefined && (target === undefined || /^(localhost|127\.0\.0\.1|::1):11211$/.test(target))
-    ? ' MEMCACHE_SERVERS is unset, so the default instance (and any Memlock without `servers`) uses localhost:11211: set MEMCACHE_SERVERS or pass `servers`.'
-    : '';
-  if (kinds.has('deadline')) return 'the event loop was blocked (or the process paused) longer than the lease allows; move synchronous work off the loop or raise leaseMs';
-  if (kinds.has('gone')) return 'the entry was evicted, flushed, expired or deleted (memcached restart or memory pressure?)';
+  const unsetHint =
+    process.env.MEMCACHE_SERVERS === undefined &&
+    (target === undefined || /^(localhost|127\.0\.0\.1|::1):11211$/.test(target))
+      ? ' MEMCACHE_SERVERS is unset, so the default instance (and any Memlock without `servers`) uses localhost:11211: set MEMCACHE_SERVERS or pass `servers`.'
+      : '';
+  if (kinds.has('deadline'))
+    return 'the event loop was blocked (or the process paused) longer than the lease allows; move synchronous work off the loop or raise leaseMs';
+  if (kinds.has('gone'))
+    return 'the entry was evicted, flushed, expired or deleted (memcached restart or memory pressure?)';
   if (kinds.has('taken')) return 'another acquisition took the entry (same clientId elsewhere, or stealAfterMs)';
   if (codes.has('ECONNREFUSED')) return `nothing accepts connections at ${where}.${unsetHint}`;
   if (codes.has('ENOTFOUND') || codes.has('EAI_AGAIN')) return `the host name of ${where} does not resolve`;
-  if (codes.has('SASL')) return 'SASL authentication failed: check username/password (MEMCACHE_USERNAME / MEMCACHE_PASSWORD)';
-  if (codes.has('ETIMEDOUT') || codes.has('ECONNRESET') || codes.has('EPIPE') || kinds.has('unreachable') || codes.has('ERR_MEMLOCK_UNAVAILABLE')) {
+  if (codes.has('SASL'))
+    return 'SASL authentication failed: check username/password (MEMCACHE_USERNAME / MEMCACHE_PASSWORD)';
+  if (
+    codes.has('ETIMEDOUT') ||
+    codes.has('ECONNRESET') ||
+    codes.has('EPIPE') ||
+    kinds.has('unreachable') ||
+    codes.has('ERR_MEMLOCK_UNAVAILABLE')
+  ) {
     return `${where} is down, unreachable or slower than timeoutMs.${unsetHint}`;
   }
   return undefined;

@@ -47,7 +47,12 @@ export class LockNotAcquiredError extends MemlockError {
 
   constructor(key: string, holder?: string, options?: { cause?: unknown; message?: string; done?: boolean }) {
     const done = options?.done === true;
-    super(options?.message ?? (done ? `Lock "${key}" was completed recently (holdAfterMs)` : `Lock "${key}" is held by another client`), 'ERR_MEMLOCK_NOT_ACQUIRED', options);
+    super(
+      options?.message ??
+        (done ? `Lock "${key}" was completed recently (holdAfterMs)` : `Lock "${key}" is held by another client`),
+      'ERR_MEMLOCK_NOT_ACQUIRED',
+      options,
+    );
     this.key = key;
     this.holder = holder;
     this.done = done;
@@ -55,7 +60,11 @@ export class LockNotAcquiredError extends MemlockError {
 }
 
 /** Creates a `LockNotAcquiredError` without capturing a stack trace (see its doc). @internal */
-export function notAcquired(key: string, holder?: string, options?: { cause?: unknown; message?: string; done?: boolean }): LockNotAcquiredError {
+export function notAcquired(
+  key: string,
+  holder?: string,
+  options?: { cause?: unknown; message?: string; done?: boolean },
+): LockNotAcquiredError {
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = 0;
   try {

@@ -23,10 +23,20 @@ export function memcacheKey(prefix: string, key: string): string {
   const full = prefix + key;
   // Cheap length bound first: a UTF-16 unit is at most 3 UTF-8 bytes.
   const wellFormed = key.isWellFormed();
-  if (wellFormed && (full.length * 3 <= MAX_KEY_BYTES || Buffer.byteLength(full) <= MAX_KEY_BYTES) && !FORBIDDEN.test(key)) {
+  if (
+    wellFormed &&
+    (full.length * 3 <= MAX_KEY_BYTES || Buffer.byteLength(full) <= MAX_KEY_BYTES) &&
+    !FORBIDDEN.test(key)
+  ) {
     return full;
   }
-  return prefix + 'sha256:' + createHash('sha256').update(key, wellFormed ? 'utf8' : 'utf16le').digest('hex');
+  return (
+    prefix +
+    'sha256:' +
+    createHash('sha256')
+      .update(key, wellFormed ? 'utf8' : 'utf16le')
+      .digest('hex')
+  );
 }
 
 /**

@@ -13,7 +13,16 @@ import { channels, publish } from './diagnostics.js';
 import { LockLostError, type LockLostKind } from './errors.js';
 import { reasonOf } from './options.js';
 import type { Scheduled, Scheduler } from './heartbeat.js';
-import { leaseDeadline, releaseEntry, renewEntry, replaceEntry, RESERVATION_TTL_SECONDS, transferEntry, type AcquireHow, type Held } from './protocol.js';
+import {
+  leaseDeadline,
+  releaseEntry,
+  renewEntry,
+  replaceEntry,
+  RESERVATION_TTL_SECONDS,
+  transferEntry,
+  type AcquireHow,
+  type Held,
+} from './protocol.js';
 
 /** A held lock, as returned by `memlock.acquire()`. */
 export interface Lock {
@@ -40,19 +49,19 @@ export interface Lock {
  */
 export type Handoff =
   | {
-    readonly kind: 'remote';
-    /** Queue token of the waiter the key is reserved for. */
-    readonly token: string;
-    /** Called after the reservation is written: updates the queue. Never rejects. */
-    readonly reserved: () => Promise<void>;
-  }
+      readonly kind: 'remote';
+      /** Queue token of the waiter the key is reserved for. */
+      readonly token: string;
+      /** Called after the reservation is written: updates the queue. Never rejects. */
+      readonly reserved: () => Promise<void>;
+    }
   | {
-    readonly kind: 'local';
-    readonly clientId: string;
-    readonly ttlSeconds: number;
-    /** Hands the transferred entry over; `false` when the waiter left meanwhile. */
-    readonly give: (held: Held) => boolean;
-  };
+      readonly kind: 'local';
+      readonly clientId: string;
+      readonly ttlSeconds: number;
+      /** Hands the transferred entry over; `false` when the waiter left meanwhile. */
+      readonly give: (held: Held) => boolean;
+    };
 
 /** @internal What a lock needs from its Memlock. */
 export interface LockContext {
@@ -101,7 +110,16 @@ export class HeldLock implements Lock, Scheduled {
   /** Acquired by a waiting call: its release checks the waiter queue. */
   waited = false;
 
-  constructor(ctx: LockContext, key: string, clientId: string, held: Held, heartbeatMs: number, callerSignal: AbortSignal | undefined, holdTtlSeconds = 0, how: AcquireHow = 'added') {
+  constructor(
+    ctx: LockContext,
+    key: string,
+    clientId: string,
+    held: Held,
+    heartbeatMs: number,
+    callerSignal: AbortSignal | undefined,
+    holdTtlSeconds = 0,
+    how: AcquireHow = 'added',
+  ) {
     this.#ctx = ctx;
     this.#holdTtlSeconds = holdTtlSeconds;
     this.how = how;
@@ -170,7 +188,12 @@ export class HeldLock implements Lock, Scheduled {
       const now = performance.now();
       if (failures === 1 || now - this.#errorPublishedAt >= HEARTBEAT_ERROR_INTERVAL_MS) {
         this.#errorPublishedAt = now;
-        publish(channels.heartbeatError, () => ({ key: this.key, clientId: this.clientId, error: error as Error, failures }));
+        publish(channels.heartbeatError, () => ({
+          key: this.key,
+          clientId: this.clientId,
+          error: error as Error,
+          failures,
+        }));
       }
       if (this.#release === undefined && this.#lost === undefined) {
         const now = performance.now();
@@ -246,7 +269,12 @@ export class HeldLock implements Lock, Scheduled {
     let ok = false;
     // Gone or taken: there is nothing of ours to delete; skip the round trip.
     if (lost === 'gone' || lost === 'taken') {
-      publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: lost, error: undefined }));
+      publish(channels.releaseFailed, () => ({
+        key: this.key,
+        clientId: this.clientId,
+        reason: lost,
+        error: undefined,
+      }));
     } else {
       try {
         // fn succeeded: mark it done even if the lease ran out locally (deadline,
@@ -273,10 +301,26 @@ export class HeldLock implements Lock, Scheduled {
         }
         if (result === 'replaced') result = 'released';
         ok = result === 'released';
-        if (ok) publish(channels.released, () => ({ key: this.key, clientId: this.clientId, heldMs: performance.now() - this.#acquiredAt }));
-        else publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: result as 'gone' | 'taken', error: undefined }));
+        if (ok)
+          publish(channels.released, () => ({
+            key: this.key,
+            clientId: this.clientId,
+            heldMs: performance.now() - this.#acquiredAt,
+          }));
+        else
+          publish(channels.releaseFailed, () => ({
+            key: this.key,
+            clientId: this.clientId,
+            reason: result as 'gone' | 'taken',
+            error: undefined,
+          }));
       } catch (error) {
-        publish(channels.releaseFailed, () => ({ key: this.key, clientId: this.clientId, reason: 'error' as const, error: error as Error }));
+        publish(channels.releaseFailed, () => ({
+          key: this.key,
+          clientId: this.clientId,
+          reason: 'error' as const,
+          error: error as Error,
+        }));
       }
     }
     this.#finish();

@@ -16,11 +16,34 @@ import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
 import { MemcacheLockClient } from './transport/cluster.js';
 import { MemjsClientAdapter } from './transport/memjs-client.js';
 import {
-  checkCallArgs, isSignalLike, reasonOf, resolveLockOptions, resolveMemlockOptions,
-  type LockOptions, type MemlockOptions, type ResolvedLockOptions, type ResolvedMemlockOptions,
+  checkCallArgs,
+  isSignalLike,
+  reasonOf,
+  resolveLockOptions,
+  resolveMemlockOptions,
+  type LockOptions,
+  type MemlockOptions,
+  type ResolvedLockOptions,
+  type ResolvedMemlockOptions,
 } from './options.js';
-import { acquireEntry, readHolder, releaseEntry, type AcquireHow, type AcquireMode, type Held, type Holder } from './protocol.js';
-import { joined, liveOthers, readQueue, updateQueue, without, type QueuedWaiter, type QueueState } from './waiter-queue.js';
+import {
+  acquireEntry,
+  readHolder,
+  releaseEntry,
+  type AcquireHow,
+  type AcquireMode,
+  type Held,
+  type Holder,
+} from './protocol.js';
+import {
+  joined,
+  liveOthers,
+  readQueue,
+  updateQueue,
+  without,
+  type QueuedWaiter,
+  type QueueState,
+} from './waiter-queue.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
 const CONTESTED_LIMIT = 4096;
@@ -102,17 +125,18 @@ export class Memlock {
       this.#client = options.lockClient;
       this.#ownsClient = false;
     } else {
-      this.#client = options.client !== undefined
-        ? new MemjsClientAdapter(options.client, { timeoutMs: this.#options.timeoutMs })
-        : new MemcacheLockClient({
-          servers: this.#options.servers,
-          protocol: this.#options.protocol,
-          tls: this.#options.tls,
-          username: this.#options.username,
-          password: this.#options.password,
-          timeoutMs: this.#options.timeoutMs,
-          ref: this.#options.ref,
-        });
+      this.#client =
+        options.client !== undefined
+          ? new MemjsClientAdapter(options.client, { timeoutMs: this.#options.timeoutMs })
+          : new MemcacheLockClient({
+              servers: this.#options.servers,
+              protocol: this.#options.protocol,
+              tls: this.#options.tls,
+              username: this.#options.username,
+              password: this.#options.password,
+              timeoutMs: this.#options.timeoutMs,
+              ref: this.#options.ref,
+            });
       this.#ownsClient = true;
     }
     this.#scheduler = new Scheduler();
@@ -144,18 +168,30 @@ export class Memlock {
    * before `fn` rejected); the lock is released afterwards (a failed release
    * is reported on `memlock:release-failed`, never thrown over the result).
    */
-  async tryWithLock<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, options?: LockOptions): Promise<T> {
+  async tryWithLock<T>(
+    key: string,
+    clientId: string,
+    fn: (signal: AbortSignal) => T | Promise<T>,
+    options?: LockOptions,
+  ): Promise<T> {
     checkCallArgs(key, clientId);
-    if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${fn === null ? 'null' : typeof fn}`);
+    if (typeof fn !== 'function')
+      throw new TypeError(`Expected \`fn\` to be a function, got ${fn === null ? 'null' : typeof fn}`);
     return this.#run(key, clientId, fn, this.#resolve(options));
   }
 
-  async #run<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, opts: ResolvedLockOptions): Promise<T> {
+  async #run<T>(
+    key: string,
+    clientId: string,
+    fn: (signal: AbortSignal) => T | Promise<T>,
+    opts: ResolvedLockOptions,
+  ): Promise<T> {
     let lock: HeldLock;
     try {
       lock = await this.#acquire(key, clientId, opts);
     } catch (error) {
-      if (opts.failOpen && error instanceof MemcacheUnavailableError) return this.#runUnlocked(key, clientId, fn, opts, error);
+      if (opts.failOpen && error instanceof MemcacheUnavailableError)
+        return this.#runUnlocked(key, clientId, fn, opts, error);
       throw error;
     }
     let result: T;
@@ -176,8 +212,14 @@ export class Memlock {
     checkCallArgs(key, clientId);
     const opts = this.#resolve(options);
     // Both need fn's outcome, which only tryWithLock and wrap see.
-    if (opts.holdTtlSeconds > 0) throw new TypeError('Expected `holdAfterMs` only with tryWithLock or wrap (acquire() has no fn whose success it could mark)');
-    if (opts.failOpen) throw new TypeError('Expected `failOpen` only with tryWithLock or wrap (acquire() cannot hand out a lock it does not have)');
+    if (opts.holdTtlSeconds > 0)
+      throw new TypeError(
+        'Expected `holdAfterMs` only with tryWithLock or wrap (acquire() has no fn whose success it could mark)',
+      );
+    if (opts.failOpen)
+      throw new TypeError(
+        'Expected `failOpen` only with tryWithLock or wrap (acquire() cannot hand out a lock it does not have)',
+      );
     return this.#acquire(key, clientId, opts);
   }
 
@@ -191,7 +233,8 @@ export class Memlock {
     try {
       signal?.throwIfAborted();
       const mkey = memcacheKey(this.#options.prefix, key);
-      if (opts.wait === undefined) return await this.#once(key, mkey, clientId, opts, signal, this.#expectRefusal(mkey) ? 'probe' : 'add');
+      if (opts.wait === undefined)
+        return await this.#once(key, mkey, clientId, opts, signal, this.#expectRefusal(mkey) ? 'probe' : 'add');
       // Tracked: close() stops waiting calls and lets each finish its cleanup
       // (leaving the waiter queue, deleting an entry handed to it) first.
       const waiting = this.#waitFor(key, mkey, clientId, opts, signal);
@@ -203,7 +246,13 @@ export class Memlock {
   }
 
   /** `fn` without a lock (`failOpen`): its signal follows only the caller's signal. */
-  async #runUnlocked<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, opts: ResolvedLockOptions, error: MemcacheUnavailableError): Promise<T> {
+  async #runUnlocked<T>(
+    key: string,
+    clientId: string,
+    fn: (signal: AbortSignal) => T | Promise<T>,
+    opts: ResolvedLockOptions,
+    error: MemcacheUnavailableError,
+  ): Promise<T> {
     publish(channels.failOpen, () => ({ key, clientId, error }));
     // A native signal for fn even when the caller's is polyfilled, or absent.
     const controller = new AbortController();
@@ -216,7 +265,14 @@ export class Memlock {
   }
 
   /** One attempt; `LockNotAcquiredError` when refused. Counted so `close()` can let it finish. */
-  async #once(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, mode: AcquireMode): Promise<HeldLock> {
+  async #once(
+    key: string,
+    mkey: string,
+    clientId: string,
+    opts: ResolvedLockOptions,
+    signal: AbortSignal | undefined,
+    mode: AcquireMode,
+  ): Promise<HeldLock> {
     signal?.throwIfAborted();
     this.#checkOpen();
     // A counter, not a promise per attempt: this is the hot path.
@@ -225,7 +281,15 @@ export class Memlock {
       const started = performance.now();
       let outcome;
       try {
-        outcome = await acquireEntry(this.#client, mkey, clientId, opts.ttlSeconds, opts.stealAfterMs, mode, this.#token);
+        outcome = await acquireEntry(
+          this.#client,
+          mkey,
+          clientId,
+          opts.ttlSeconds,
+          opts.stealAfterMs,
+          mode,
+          this.#token,
+        );
       } catch (error) {
         // close() waits for this attempt; a failure meanwhile is the close's doing.
         if (this.#closing !== undefined) throw closedError(error);
@@ -249,7 +313,13 @@ export class Memlock {
   }
 
   /** A refused attempt: bookkeeping, diagnostics, and the error to throw. */
-  #refused(key: string, mkey: string, clientId: string, holder: Holder | null, signal: AbortSignal | undefined): LockNotAcquiredError {
+  #refused(
+    key: string,
+    mkey: string,
+    clientId: string,
+    holder: Holder | null,
+    signal: AbortSignal | undefined,
+  ): LockNotAcquiredError {
     const local = this.#local.get(mkey);
     // A refusal by our own local holder says nothing about other processes.
     this.#markContested(mkey, (local?.holders.size ?? 0) === 0);
@@ -267,11 +337,30 @@ export class Memlock {
    * diagnostics). Synchronous on the common path; a promise only when the
    * call is giving up (closed or aborted meanwhile) and must delete it first.
    */
-  #hold(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, held: Held, how: AcquireHow, previous: Holder | null, started: number): HeldLock | Promise<HeldLock> {
+  #hold(
+    key: string,
+    mkey: string,
+    clientId: string,
+    opts: ResolvedLockOptions,
+    signal: AbortSignal | undefined,
+    held: Held,
+    how: AcquireHow,
+    previous: Holder | null,
+    started: number,
+  ): HeldLock | Promise<HeldLock> {
     const local = this.#localKey(mkey);
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
-    const lock = new HeldLock(this.#context, key, clientId, held, opts.heartbeatMs, opts.signal, opts.holdTtlSeconds, how);
+    const lock = new HeldLock(
+      this.#context,
+      key,
+      clientId,
+      held,
+      opts.heartbeatMs,
+      opts.signal,
+      opts.holdTtlSeconds,
+      how,
+    );
     const earlier = how === 'takeover' || how === 'stolen' ? [...local.holders] : [];
     // Added first: the local key must not look idle (and be dropped) while the earlier holders finish.
     local.holders.add(lock);
@@ -279,9 +368,21 @@ export class Memlock {
     for (const other of earlier) other.lose('taken', undefined);
     this.#locks.add(lock);
     if (this.#closing !== undefined || signal?.aborted === true) return this.#giveUp(lock, signal);
-    publish(channels.acquired, () => ({ key, clientId, how, server: this.#client.serverOf(mkey), durationMs: performance.now() - started }));
+    publish(channels.acquired, () => ({
+      key,
+      clientId,
+      how,
+      server: this.#client.serverOf(mkey),
+      durationMs: performance.now() - started,
+    }));
     if ((how === 'takeover' || how === 'stolen') && previous !== null) {
-      publish(channels.stolen, () => ({ key, clientId, how, previousClientId: previous.clientId, previousAcquiredAt: new Date(previous.acquiredAt) }));
+      publish(channels.stolen, () => ({
+        key,
+        clientId,
+        how,
+        previousClientId: previous.clientId,
+        previousAcquiredAt: new Date(previous.acquiredAt),
+      }));
     }
     return lock;
   }
@@ -317,7 +418,13 @@ export class Memlock {
    * observed handoff interval (it sees the head get served and moves up);
    * places further back re-read the queue about when they expect to move up.
    */
-  async #waitFor(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined): Promise<HeldLock> {
+  async #waitFor(
+    key: string,
+    mkey: string,
+    clientId: string,
+    opts: ResolvedLockOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<HeldLock> {
     const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
     // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
@@ -344,7 +451,8 @@ export class Memlock {
       let attempt = !this.#queued(mkey);
       if (!attempt) mode = 'probe';
       for (;;) {
-        if (!await local.turn(ticket, stop, deadline - performance.now())) throw waitTimeout(key, wait.timeoutMs, holder ?? first(local.holders)?.clientId);
+        if (!(await local.turn(ticket, stop, deadline - performance.now())))
+          throw waitTimeout(key, wait.timeoutMs, holder ?? first(local.holders)?.clientId);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
         if (attempt) {
           try {
@@ -385,17 +493,18 @@ export class Memlock {
         // a hold far longer than usual slows polls to an eighth of its length.
         // The first two places never sleep past a reservation's guaranteed
         // second; without a queue (UNKNOWN: it failed) everyone polls like a head.
-        const pace = local.position === -1 || promoted
-          ? 0
-          : local.position === 0 || local.position === UNKNOWN
-            ? Math.min(Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8), MAX_WATCH_MS)
-            : local.position === 1
-              ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
-              // A little early (3/4): arriving late costs a handoff, early one read.
-              // A long hold slows these reads too (an eighth of it, at most
-              // MAX_WATCH_MS): places further back must not read the queue
-              // every few ms for the whole of a hold that takes seconds.
-              : Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75, Math.min(held / 8, MAX_WATCH_MS));
+        const pace =
+          local.position === -1 || promoted
+            ? 0
+            : local.position === 0 || local.position === UNKNOWN
+              ? Math.min(Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8), MAX_WATCH_MS)
+              : local.position === 1
+                ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
+                : // A little early (3/4): arriving late costs a handoff, early one read.
+                  // A long hold slows these reads too (an eighth of it, at most
+                  // MAX_WATCH_MS): places further back must not read the queue
+                  // every few ms for the whole of a hold that takes seconds.
+                  Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75, Math.min(held / 8, MAX_WATCH_MS));
         attempt = local.position <= 1 || lookNow;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
         if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
@@ -424,7 +533,15 @@ export class Memlock {
   }
 
   /** A local releaser transferred the entry to us: hold it (no round trip), continuing this turn. */
-  #adopt(key: string, mkey: string, clientId: string, opts: ResolvedLockOptions, signal: AbortSignal | undefined, ticket: Ticket<Held>, started: number): Promise<HeldLock> {
+  #adopt(
+    key: string,
+    mkey: string,
+    clientId: string,
+    opts: ResolvedLockOptions,
+    signal: AbortSignal | undefined,
+    ticket: Ticket<Held>,
+    started: number,
+  ): Promise<HeldLock> {
     const held = ticket.granted as Held;
     ticket.granted = undefined;
     const adopted = Promise.resolve(this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started));
@@ -466,7 +583,10 @@ export class Memlock {
         return;
       }
       const wall = Date.now();
-      local.observe(list.filter((w) => w.expiresAt > wall).findIndex((w) => w.token === this.#token), performance.now());
+      local.observe(
+        list.filter((w) => w.expiresAt > wall).findIndex((w) => w.token === this.#token),
+        performance.now(),
+      );
       // Missing (reserved for us, or the queue expired or was evicted): look now, join again next time.
       if (local.position === -1) local.queuedAt = -Infinity;
     })();
@@ -510,7 +630,11 @@ export class Memlock {
   }
 
   /** Reads the waiter queue: reserve for its head, or hand to a local waiter, or delete. Never rejects. */
-  async #planRemote(mkey: string, local: LocalKey<HeldLock, Held> | undefined, localWaiters: number): Promise<Handoff | undefined> {
+  async #planRemote(
+    mkey: string,
+    local: LocalKey<HeldLock, Held> | undefined,
+    localWaiters: number,
+  ): Promise<Handoff | undefined> {
     const qkey = queueKey(this.#options.prefix, mkey);
     let state: QueueState;
     try {
@@ -521,7 +645,11 @@ export class Memlock {
     const head = liveOthers(state.waiters, this.#token, Date.now())[0];
     if (head === undefined) return local !== undefined && localWaiters > 0 ? localHandoff(local) : undefined;
     this.#sawRemote(mkey);
-    return { kind: 'remote', token: head.token, reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token) };
+    return {
+      kind: 'remote',
+      token: head.token,
+      reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token),
+    };
   }
 
   /**
@@ -529,7 +657,13 @@ export class Memlock {
    * ourselves at the tail if calls of ours still wait, in the same write.
    * Then let the local state go once nothing uses it. Never rejects.
    */
-  async #reserved(local: LocalKey<HeldLock, Held>, mkey: string, qkey: string, state: QueueState, head: string): Promise<void> {
+  async #reserved(
+    local: LocalKey<HeldLock, Held>,
+    mkey: string,
+    qkey: string,
+    state: QueueState,
+    head: string,
+  ): Promise<void> {
     const now = Date.now();
     // Out with the head, and with us wherever we stood; back in at the tail
     // only if calls of ours still wait. (Queuing up "in case a worker loop
@@ -546,7 +680,11 @@ export class Memlock {
       local.queued = requeue && list !== undefined;
       local.queuedAt = performance.now();
       local.position = UNKNOWN;
-      if (list !== undefined) local.observe(list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token), performance.now());
+      if (list !== undefined)
+        local.observe(
+          list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token),
+          performance.now(),
+        );
     } catch {
       // The head still finds its reservation; a stale queue heals by expiry.
     }
@@ -563,10 +701,15 @@ export class Memlock {
    * Wraps a handler so each call runs under a lock whose key comes from its
    * arguments. The handler receives the lock's signal as an extra last argument.
    */
-  wrap<A extends unknown[], R, N = never>(fn: (...args: [...A, AbortSignal]) => R | Promise<R>, options: WrapOptions<A, N>): (...args: A) => Promise<R | N> {
+  wrap<A extends unknown[], R, N = never>(
+    fn: (...args: [...A, AbortSignal]) => R | Promise<R>,
+    options: WrapOptions<A, N>,
+  ): (...args: A) => Promise<R | N> {
     if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
-    if (options === null || typeof options !== 'object') throw new TypeError('Expected `options` to be an object with a `key` function');
-    if (typeof options.key !== 'function') throw new TypeError(`Expected \`key\` to be a function, got ${typeof options.key}`);
+    if (options === null || typeof options !== 'object')
+      throw new TypeError('Expected `options` to be an object with a `key` function');
+    if (typeof options.key !== 'function')
+      throw new TypeError(`Expected \`key\` to be a function, got ${typeof options.key}`);
     const { key, clientId, onNotAcquired, signal, ...lockOptions } = options;
     if (clientId !== undefined && typeof clientId !== 'function') checkCallArgs('key', clientId);
     if (onNotAcquired !== undefined && typeof onNotAcquired !== 'function') {
@@ -578,13 +721,19 @@ export class Memlock {
     // Validate the lock options once, up front.
     const resolved = resolveLockOptions(lockOptions, this.#options);
     return async (...args: A): Promise<R | N> => {
-      const id = typeof clientId === 'function' ? clientId(...args) : clientId ?? defaultClientId();
+      const id = typeof clientId === 'function' ? clientId(...args) : (clientId ?? defaultClientId());
       const callSignal = signal?.(...args);
       const k = key(...args);
       checkCallArgs(k, id);
-      if (callSignal !== undefined && !isSignalLike(callSignal)) throw new TypeError('Expected `signal` to return an AbortSignal or undefined');
+      if (callSignal !== undefined && !isSignalLike(callSignal))
+        throw new TypeError('Expected `signal` to return an AbortSignal or undefined');
       try {
-        return await this.#run(k, id, (lockSignal) => fn(...args, lockSignal), callSignal === undefined ? resolved : { ...resolved, signal: callSignal });
+        return await this.#run(
+          k,
+          id,
+          (lockSignal) => fn(...args, lockSignal),
+          callSignal === undefined ? resolved : { ...resolved, signal: callSignal },
+        );
       } catch (error) {
         if (onNotAcquired !== undefined && error instanceof LockNotAcquiredError) return onNotAcquired(error, ...args);
         throw error;
@@ -598,7 +747,9 @@ export class Memlock {
     if (key === '') throw new TypeError('Expected `key` to be a non-empty string');
     this.#checkOpen();
     const holder = await readHolder(this.#client, memcacheKey(this.#options.prefix, key));
-    return holder === null || holder.state === 'reserved' ? null : { clientId: holder.clientId, acquiredAt: new Date(holder.acquiredAt) };
+    return holder === null || holder.state === 'reserved'
+      ? null
+      : { clientId: holder.clientId, acquiredAt: new Date(holder.acquiredAt) };
   }
 
   /**
@@ -673,7 +824,12 @@ export class Memlock {
 function localHandoff(local: LocalKey<HeldLock, Held>): Handoff | undefined {
   const ticket = local.head;
   if (ticket === undefined) return undefined;
-  return { kind: 'local', clientId: ticket.clientId, ttlSeconds: ticket.ttlSeconds, give: (held) => local.give(ticket, held) };
+  return {
+    kind: 'local',
+    clientId: ticket.clientId,
+    ttlSeconds: ticket.ttlSeconds,
+    give: (held) => local.give(ticket, held),
+  };
 }
 
 /** `wrap()`'s default clientId: host and process, plus a random part so every call is its own holder. */
@@ -688,7 +844,9 @@ function first<T>(items: Iterable<T>): T | undefined {
 }
 
 function waitTimeout(key: string, timeoutMs: number, holder: string | undefined): LockNotAcquiredError {
-  return new LockNotAcquiredError(key, holder, { message: `Timed out after ${timeoutMs} ms waiting for lock "${key}"` });
+  return new LockNotAcquiredError(key, holder, {
+    message: `Timed out after ${timeoutMs} ms waiting for lock "${key}"`,
+  });
 }
 
 /**
@@ -710,10 +868,14 @@ function lostAtCallSite(signal: AbortSignal, error: unknown): unknown {
  * and a waiting call must also stop on `close()`. One native source is
  * returned as it is; listeners are removed by `dispose()`.
  */
-function linkedSignal(...sources: Array<AbortSignal | undefined>): { signal: AbortSignal | undefined; dispose: () => void } {
+function linkedSignal(...sources: Array<AbortSignal | undefined>): {
+  signal: AbortSignal | undefined;
+  dispose: () => void;
+} {
   const inputs = sources.filter((s): s is AbortSignal => s !== undefined);
   const only = inputs[0];
-  if (inputs.length === 0 || (inputs.length === 1 && only instanceof AbortSignal)) return { signal: only, dispose: noop };
+  if (inputs.length === 0 || (inputs.length === 1 && only instanceof AbortSignal))
+    return { signal: only, dispose: noop };
   const controller = new AbortController();
   const aborted = inputs.find((s) => s.aborted);
   if (aborted !== undefined) {
@@ -731,7 +893,11 @@ function linkedSignal(...sources: Array<AbortSignal | undefined>): { signal: Abo
 function noop(): void {}
 
 function closedError(cause?: unknown): MemlockError {
-  return new MemlockError('This Memlock instance is closed', 'ERR_MEMLOCK_CLOSED', cause === undefined ? undefined : { cause });
+  return new MemlockError(
+    'This Memlock instance is closed',
+    'ERR_MEMLOCK_CLOSED',
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 let defaultInstance: Memlock | undefined;
@@ -743,7 +909,11 @@ export function defaultMemlock(): Memlock {
 }
 
 /** `tryWithLock` on a shared default instance built from the environment. */
-export function tryWithLock<T>(key: string, clientId: string, fn: (signal: AbortSignal) => T | Promise<T>, options?: LockOptions): Promise<T> {
+export function tryWithLock<T>(
+  key: string,
+  clientId: string,
+  fn: (signal: AbortSignal) => T | Promise<T>,
+  options?: LockOptions,
+): Promise<T> {
   return defaultMemlock().tryWithLock(key, clientId, fn, options);
 }
-

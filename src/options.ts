@@ -157,7 +157,8 @@ export function checkNumber(name: string, value: unknown, min: number, max: numb
 
 function describe(value: unknown): string {
   if (value === null) return 'null';
-  if (typeof value === 'string') return `string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
+  if (typeof value === 'string')
+    return `string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
   return typeof value;
 }
 
@@ -203,7 +204,8 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
       throw new TypeError(`Expected \`${name}\` to be a string, got ${describe(o[name])}`);
     }
   }
-  if (o.ref !== undefined && typeof o.ref !== 'boolean') throw new TypeError(`Expected \`ref\` to be a boolean, got ${describe(o.ref)}`);
+  if (o.ref !== undefined && typeof o.ref !== 'boolean')
+    throw new TypeError(`Expected \`ref\` to be a boolean, got ${describe(o.ref)}`);
   let servers: string[] = [];
   if (o.servers !== undefined) {
     const list = typeof o.servers === 'string' ? o.servers.split(',') : o.servers;
@@ -213,14 +215,19 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
     servers = (list as string[]).map((s) => s.trim()).filter((s) => s !== '');
     if (servers.length === 0) throw new RangeError('Expected `servers` to name at least one server');
   } else if (o.client === undefined && o.lockClient === undefined) {
-    servers = (process.env.MEMCACHE_SERVERS ?? defaults.servers).split(',').map((s) => s.trim()).filter(Boolean);
+    servers = (process.env.MEMCACHE_SERVERS ?? defaults.servers)
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   }
   if (o.client !== undefined && !isMemjsClient(o.client)) {
     throw new TypeError('Expected `client` to be a memjs Client (with a `servers` array)');
   }
   const protocol = o.protocol ?? 'binary';
-  if (typeof protocol !== 'string') throw new TypeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
-  if (protocol !== 'binary' && protocol !== 'meta') throw new RangeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+  if (typeof protocol !== 'string')
+    throw new TypeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+  if (protocol !== 'binary' && protocol !== 'meta')
+    throw new RangeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
   const tls = o.tls ?? false;
   if (typeof tls !== 'boolean' && !isPlainObject(tls)) {
     throw new TypeError(`Expected \`tls\` to be a boolean or tls.connect options, got ${describe(tls)}`);
@@ -232,12 +239,22 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
     // Throws the RangeError naming `servers` for a bad entry.
     const specs = servers.map(parseServer);
     if (protocol === 'meta' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
-      const from = o.username !== undefined ? 'the `username` option' : username !== undefined ? 'MEMCACHE_USERNAME' : 'a `servers` entry';
-      throw new RangeError(`Expected \`protocol\` to be 'binary' with SASL credentials (from ${from}): memcached has SASL only on the binary protocol`);
+      const from =
+        o.username !== undefined
+          ? 'the `username` option'
+          : username !== undefined
+            ? 'MEMCACHE_USERNAME'
+            : 'a `servers` entry';
+      throw new RangeError(
+        `Expected \`protocol\` to be 'binary' with SASL credentials (from ${from}): memcached has SASL only on the binary protocol`,
+      );
     }
   } else if (o.lockClient === undefined) {
     // A caller's memjs client: binary protocol, no TLS, its own credentials.
-    if (o.protocol === 'meta') throw new RangeError('Expected `protocol` to be \'binary\' with a memjs `client` (memjs speaks only the binary protocol)');
+    if (o.protocol === 'meta')
+      throw new RangeError(
+        "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)",
+      );
     if (tls !== false) throw new RangeError('Expected `tls` to be false with a memjs `client` (memjs has no TLS)');
   }
   return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username, password, protocol, tls, ref: o.ref ?? true };
@@ -263,15 +280,19 @@ export const MAX_CLIENT_ID_BYTES = 4096;
 export function checkCallArgs(key: unknown, clientId: unknown): asserts key is string {
   if (typeof key !== 'string') throw new TypeError(`Expected \`key\` to be a string, got ${describe(key)}`);
   if (key === '') throw new TypeError('Expected `key` to be a non-empty string');
-  if (typeof clientId !== 'string') throw new TypeError(`Expected \`clientId\` to be a string, got ${describe(clientId)}`);
+  if (typeof clientId !== 'string')
+    throw new TypeError(`Expected \`clientId\` to be a string, got ${describe(clientId)}`);
   if (clientId === '') throw new EmptyClientIdError();
   // A UTF-16 unit is at most 3 UTF-8 bytes: short ids skip the byte count.
   if (clientId.length * 3 > MAX_CLIENT_ID_BYTES && Buffer.byteLength(clientId) > MAX_CLIENT_ID_BYTES) {
-    throw new RangeError(`Expected \`clientId\` to be at most ${MAX_CLIENT_ID_BYTES} bytes in UTF-8, got ${Buffer.byteLength(clientId)}`);
+    throw new RangeError(
+      `Expected \`clientId\` to be at most ${MAX_CLIENT_ID_BYTES} bytes in UTF-8, got ${Buffer.byteLength(clientId)}`,
+    );
   }
   // The id is stored as UTF-8 and compared after decoding: a lone surrogate
   // would come back as U+FFFD and the holder would no longer recognise itself.
-  if (!clientId.isWellFormed()) throw new TypeError('Expected `clientId` to be well-formed Unicode (it holds a lone surrogate)');
+  if (!clientId.isWellFormed())
+    throw new TypeError('Expected `clientId` to be well-formed Unicode (it holds a lone surrogate)');
 }
 
 /** Resolves per-call options against the instance settings. */
@@ -279,8 +300,13 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
   if (options === undefined || options === null) options = {};
   if (!isPlainObject(options)) throw new TypeError(`Expected \`options\` to be an object, got ${describe(options)}`);
   const o = options as LockOptions;
-  const { leaseMs, heartbeatMs } = checkLease(o.leaseMs ?? instance.leaseMs, o.heartbeatMs ?? (o.leaseMs === undefined ? instance.heartbeatMs : Math.min(instance.heartbeatMs, (o.leaseMs as number) / 2)));
-  const stealAfterMs = o.stealAfterMs === undefined ? undefined : checkNumber('stealAfterMs', o.stealAfterMs, 0, Number.MAX_SAFE_INTEGER);
+  const { leaseMs, heartbeatMs } = checkLease(
+    o.leaseMs ?? instance.leaseMs,
+    o.heartbeatMs ??
+      (o.leaseMs === undefined ? instance.heartbeatMs : Math.min(instance.heartbeatMs, (o.leaseMs as number) / 2)),
+  );
+  const stealAfterMs =
+    o.stealAfterMs === undefined ? undefined : checkNumber('stealAfterMs', o.stealAfterMs, 0, Number.MAX_SAFE_INTEGER);
   const signal = o.signal ?? undefined;
   if (signal !== undefined && !isSignalLike(signal)) {
     throw new TypeError(`Expected \`signal\` to be an AbortSignal, got ${describe(signal)}`);
@@ -289,31 +315,53 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
   if (o.wait === true) {
     wait = { ...defaults.wait };
   } else if (o.wait !== undefined && o.wait !== false) {
-    if (!isPlainObject(o.wait)) throw new TypeError(`Expected \`wait\` to be a boolean or an object, got ${describe(o.wait)}`);
+    if (!isPlainObject(o.wait))
+      throw new TypeError(`Expected \`wait\` to be a boolean or an object, got ${describe(o.wait)}`);
     const w = o.wait as WaitOptions;
     const minDelayMs = checkNumber('wait.minDelayMs', w.minDelayMs ?? defaults.wait.minDelayMs, 0, 3_600_000);
-    const maxDelayMs = checkNumber('wait.maxDelayMs', w.maxDelayMs ?? Math.max(defaults.wait.maxDelayMs, minDelayMs), 0, 3_600_000);
-    if (maxDelayMs < minDelayMs) throw new RangeError(`Expected \`wait.maxDelayMs\` (${maxDelayMs}) to be >= wait.minDelayMs (${minDelayMs})`);
+    const maxDelayMs = checkNumber(
+      'wait.maxDelayMs',
+      w.maxDelayMs ?? Math.max(defaults.wait.maxDelayMs, minDelayMs),
+      0,
+      3_600_000,
+    );
+    if (maxDelayMs < minDelayMs)
+      throw new RangeError(`Expected \`wait.maxDelayMs\` (${maxDelayMs}) to be >= wait.minDelayMs (${minDelayMs})`);
     wait = {
-      timeoutMs: checkNumber('wait.timeoutMs', w.timeoutMs ?? defaults.wait.timeoutMs, 0, Number.POSITIVE_INFINITY, true),
+      timeoutMs: checkNumber(
+        'wait.timeoutMs',
+        w.timeoutMs ?? defaults.wait.timeoutMs,
+        0,
+        Number.POSITIVE_INFINITY,
+        true,
+      ),
       minDelayMs,
       maxDelayMs,
     };
   }
   const holdAfterMs = o.holdAfterMs === undefined ? 0 : checkNumber('holdAfterMs', o.holdAfterMs, 0, MAX_LEASE_MS);
-  if (o.failOpen !== undefined && typeof o.failOpen !== 'boolean') throw new TypeError(`Expected \`failOpen\` to be a boolean, got ${describe(o.failOpen)}`);
+  if (o.failOpen !== undefined && typeof o.failOpen !== 'boolean')
+    throw new TypeError(`Expected \`failOpen\` to be a boolean, got ${describe(o.failOpen)}`);
   return {
-    leaseMs, heartbeatMs, ttlSeconds: Math.ceil(leaseMs / 1000), stealAfterMs, wait, signal,
-    holdTtlSeconds: Math.ceil(holdAfterMs / 1000), failOpen: o.failOpen === true,
+    leaseMs,
+    heartbeatMs,
+    ttlSeconds: Math.ceil(leaseMs / 1000),
+    stealAfterMs,
+    wait,
+    signal,
+    holdTtlSeconds: Math.ceil(holdAfterMs / 1000),
+    failOpen: o.failOpen === true,
   };
 }
 
 /** Duck-typed so signals from the `abort-controller` package are accepted. */
 export function isSignalLike(value: unknown): value is AbortSignal {
-  return isPlainObjectLike(value)
-    && typeof (value as AbortSignal).aborted === 'boolean'
-    && typeof (value as AbortSignal).addEventListener === 'function'
-    && typeof (value as AbortSignal).removeEventListener === 'function';
+  return (
+    isPlainObjectLike(value) &&
+    typeof (value as AbortSignal).aborted === 'boolean' &&
+    typeof (value as AbortSignal).addEventListener === 'function' &&
+    typeof (value as AbortSignal).removeEventListener === 'function'
+  );
 }
 
 /** The abort reason of a signal; polyfilled signals without `reason` get an AbortError. */

@@ -79,7 +79,12 @@ export type AcquireOutcome =
   | { readonly acquired: false; readonly holder: Holder | null };
 
 /** Encodes a value: `ml1:<acquiredAt>:<token>:<clientId>` (clientId last: it may hold ':'). */
-export function encodeValue(clientId: string, acquiredAt: number, token: string = randomUUID(), state: EntryState = 'held'): Buffer {
+export function encodeValue(
+  clientId: string,
+  acquiredAt: number,
+  token: string = randomUUID(),
+  state: EntryState = 'held',
+): Buffer {
   const tag = state === 'held' ? VALUE_TAG : state === 'done' ? DONE_TAG : RESERVED_TAG;
   return Buffer.from(`${tag}:${acquiredAt}:${token}:${clientId}`);
 }
@@ -92,7 +97,8 @@ export function decodeValue(value: Buffer): Holder | null {
   const c = text.indexOf(':', b + 1);
   if (a === -1 || b === -1 || c === -1) return null;
   const tag = text.slice(0, a);
-  const state: EntryState | undefined = tag === VALUE_TAG ? 'held' : tag === DONE_TAG ? 'done' : tag === RESERVED_TAG ? 'reserved' : undefined;
+  const state: EntryState | undefined =
+    tag === VALUE_TAG ? 'held' : tag === DONE_TAG ? 'done' : tag === RESERVED_TAG ? 'reserved' : undefined;
   if (state === undefined) return null;
   const acquiredAt = Number(text.slice(a + 1, b));
   if (!Number.isFinite(acquiredAt)) return null;
@@ -170,13 +176,19 @@ export async function acquireEntry(
     if (entry === null) continue;
     if (value !== undefined && entry.value.equals(value)) {
       // Only possible if an earlier ambiguous add of ours landed late.
-      return { acquired: true, held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt), how: 'recovered', previous: null };
+      return {
+        acquired: true,
+        held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt),
+        how: 'recovered',
+        previous: null,
+      };
     }
     const holder = decodeValue(entry.value);
     lastHolder = holder;
     let how: AcquireHow | undefined;
     if (holder === null || holder.state === 'done') how = undefined;
-    else if (holder.state === 'reserved') how = queueToken !== undefined && holder.clientId === queueToken ? 'handoff' : undefined;
+    else if (holder.state === 'reserved')
+      how = queueToken !== undefined && holder.clientId === queueToken ? 'handoff' : undefined;
     else if (holder.clientId === clientId) how = 'takeover';
     else if (stealAfterMs !== undefined && Date.now() - holder.acquiredAt > stealAfterMs) how = 'stolen';
     if (how === undefined) return { acquired: false, holder };
@@ -191,7 +203,12 @@ export async function acquireEntry(
       return recover(client, mkey, casValue, ttlSeconds, casSentAt, error);
     }
     if (result.status === 'ok') {
-      return { acquired: true, held: held(mkey, casValue, ttlSeconds, result.cas, result.conn, casSentAt), how, previous: how === 'handoff' ? null : holder };
+      return {
+        acquired: true,
+        held: held(mkey, casValue, ttlSeconds, result.cas, result.conn, casSentAt),
+        how,
+        previous: how === 'handoff' ? null : holder,
+      };
     }
   }
   return { acquired: false, holder: lastHolder };
@@ -201,7 +218,14 @@ function held(mkey: string, value: Buffer, ttlSeconds: number, cas: bigint, conn
   return { mkey, value, ttlSeconds, cas, conn, sentAt, verify: false };
 }
 
-function added(mkey: string, value: Buffer, ttlSeconds: number, cas: bigint, conn: number, sentAt: number): AcquireOutcome {
+function added(
+  mkey: string,
+  value: Buffer,
+  ttlSeconds: number,
+  cas: bigint,
+  conn: number,
+  sentAt: number,
+): AcquireOutcome {
   return { acquired: true, held: held(mkey, value, ttlSeconds, cas, conn, sentAt), how: 'added', previous: null };
 }
 
@@ -211,7 +235,14 @@ function added(mkey: string, value: Buffer, ttlSeconds: number, cas: bigint, con
  * unreadable: unknown, so the original error is thrown; a late-applied add
  * then simply expires after the lease.
  */
-async function recover(client: LockClient, mkey: string, value: Buffer, ttlSeconds: number, sentAt: number, error: unknown): Promise<AcquireOutcome> {
+async function recover(
+  client: LockClient,
+  mkey: string,
+  value: Buffer,
+  ttlSeconds: number,
+  sentAt: number,
+  error: unknown,
+): Promise<AcquireOutcome> {
   if (!isAmbiguous(error)) throw error;
   let entry: Entry | null;
   try {
@@ -221,7 +252,12 @@ async function recover(client: LockClient, mkey: string, value: Buffer, ttlSecon
   }
   if (entry === null) throw error;
   if (entry.value.equals(value)) {
-    return { acquired: true, held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt), how: 'recovered', previous: null };
+    return {
+      acquired: true,
+      held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt),
+      how: 'recovered',
+      previous: null,
+    };
   }
   return { acquired: false, holder: decodeValue(entry.value) };
 }
@@ -241,7 +277,9 @@ async function freshCas(client: LockClient, held: Held): Promise<'ok' | 'gone' |
   held.conn = entry.conn;
   held.verify = false;
   if (!client.isCurrent(held.mkey, held.conn)) {
-    throw new MemcacheUnavailableError('memcache connection changed during a renewal', { server: client.serverOf(held.mkey) });
+    throw new MemcacheUnavailableError('memcache connection changed during a renewal', {
+      server: client.serverOf(held.mkey),
+    });
   }
   return 'ok';
 }
@@ -274,12 +312,23 @@ export async function renewEntry(client: LockClient, held: Held): Promise<'renew
  * Replaces a held entry, CAS-checked, with a completed marker (`holdAfterMs`)
  * or a reservation for a queued waiter; `ttlSeconds` is the new entry's expiry.
  */
-export async function replaceEntry(client: LockClient, held: Held, state: 'done' | 'reserved', clientId: string, ttlSeconds: number): Promise<'replaced' | 'gone' | 'taken'> {
+export async function replaceEntry(
+  client: LockClient,
+  held: Held,
+  state: 'done' | 'reserved',
+  clientId: string,
+  ttlSeconds: number,
+): Promise<'replaced' | 'gone' | 'taken'> {
   const fresh = await freshCas(client, held);
   if (fresh !== 'ok') return fresh;
   let result;
   try {
-    result = await client.casSet(held.mkey, encodeValue(clientId, Date.now(), randomUUID(), state), ttlSeconds, held.cas);
+    result = await client.casSet(
+      held.mkey,
+      encodeValue(clientId, Date.now(), randomUUID(), state),
+      ttlSeconds,
+      held.cas,
+    );
   } catch (error) {
     held.verify = true;
     throw error;
@@ -292,7 +341,12 @@ export async function replaceEntry(client: LockClient, held: Held, state: 'done'
  * Transfers a held entry to another acquisition (a local waiter's clientId)
  * with one CAS write: resolves with the new holder's `Held`, or why not.
  */
-export async function transferEntry(client: LockClient, held: Held, clientId: string, ttlSeconds: number): Promise<Held | 'gone' | 'taken'> {
+export async function transferEntry(
+  client: LockClient,
+  held: Held,
+  clientId: string,
+  ttlSeconds: number,
+): Promise<Held | 'gone' | 'taken'> {
   const fresh = await freshCas(client, held);
   if (fresh !== 'ok') return fresh;
   const value = encodeValue(clientId, Date.now());
@@ -308,7 +362,8 @@ export async function transferEntry(client: LockClient, held: Held, clientId: st
     if (entry === null || !entry.value.equals(value)) throw error;
     return { mkey: held.mkey, value, ttlSeconds, cas: entry.cas, conn: entry.conn, sentAt, verify: false };
   }
-  if (result.status === 'ok') return { mkey: held.mkey, value, ttlSeconds, cas: result.cas, conn: result.conn, sentAt, verify: false };
+  if (result.status === 'ok')
+    return { mkey: held.mkey, value, ttlSeconds, cas: result.cas, conn: result.conn, sentAt, verify: false };
   return result.status === 'not_found' ? 'gone' : 'taken';
 }
 

@@ -109,15 +109,24 @@ function unavailable(server: string, op: string, failure: Failure, timeoutMs = 0
   switch (failure) {
     case 'refused':
       return new MemcacheUnavailableError(`memcache ${op} failed (${server}): connect ECONNREFUSED`, {
-        server, mayHaveApplied: false, cause: Object.assign(new Error(`connect ECONNREFUSED ${server}`), { code: 'ECONNREFUSED' }),
+        server,
+        mayHaveApplied: false,
+        cause: Object.assign(new Error(`connect ECONNREFUSED ${server}`), { code: 'ECONNREFUSED' }),
       });
     case 'timeout':
-      return new MemcacheUnavailableError(`memcache operation timed out after ${timeoutMs} ms (${server}): operation timed out`, {
-        server, mayHaveApplied: true, cause: Object.assign(new Error('operation timed out'), { code: 'ETIMEDOUT' }),
-      });
+      return new MemcacheUnavailableError(
+        `memcache operation timed out after ${timeoutMs} ms (${server}): operation timed out`,
+        {
+          server,
+          mayHaveApplied: true,
+          cause: Object.assign(new Error('operation timed out'), { code: 'ETIMEDOUT' }),
+        },
+      );
     case 'reset':
       return new MemcacheUnavailableError(`memcache ${op} failed (${server}): connection reset`, {
-        server, mayHaveApplied: true, cause: Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }),
+        server,
+        mayHaveApplied: true,
+        cause: Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }),
       });
     case 'closed':
       return new MemcacheUnavailableError('memlock client is closed', { server, mayHaveApplied: false });
@@ -126,9 +135,14 @@ function unavailable(server: string, op: string, failure: Failure, timeoutMs = 0
 
 /** memcached answered with an error status: the request was not applied. */
 function rejected(server: string, op: string, status: number, text: string): MemcacheUnavailableError {
-  return new MemcacheUnavailableError(`memcache ${op} failed with status 0x${status.toString(16)} (${server}): ${text}`, {
-    server, mayHaveApplied: false, cause: Object.assign(new Error(text), { status }),
-  });
+  return new MemcacheUnavailableError(
+    `memcache ${op} failed with status 0x${status.toString(16)} (${server}): ${text}`,
+    {
+      server,
+      mayHaveApplied: false,
+      cause: Object.assign(new Error(text), { status }),
+    },
+  );
 }
 
 /**
@@ -162,8 +176,10 @@ export class MemcacheStandIn {
 
   constructor(options: MemcacheStandInOptions = {}) {
     if (options === null || typeof options !== 'object') throw new TypeError('Expected `options` to be an object');
-    if (options.name !== undefined && typeof options.name !== 'string') throw new TypeError('Expected `name` to be a string');
-    if (options.now !== undefined && typeof options.now !== 'function') throw new TypeError('Expected `now` to be a function');
+    if (options.name !== undefined && typeof options.name !== 'string')
+      throw new TypeError('Expected `name` to be a string');
+    if (options.now !== undefined && typeof options.now !== 'function')
+      throw new TypeError('Expected `now` to be a function');
     this.name = options.name ?? 'stand-in:11211';
     this.#now = options.now ?? (() => performance.now());
     this.#startedAt = this.#now();
@@ -177,8 +193,10 @@ export class MemcacheStandIn {
   /** A new connection to this server, as memlock's `lockClient`. */
   client(options: StandInClientOptions = {}): LockClient {
     const timeoutMs = options.timeoutMs ?? 500;
-    if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) throw new RangeError(`Expected \`timeoutMs\` to be a number > 0, got ${String(timeoutMs)}`);
-    if (options.ref !== undefined && typeof options.ref !== 'boolean') throw new TypeError('Expected `ref` to be a boolean');
+    if (typeof timeoutMs !== 'number' || !(timeoutMs > 0))
+      throw new RangeError(`Expected \`timeoutMs\` to be a number > 0, got ${String(timeoutMs)}`);
+    if (options.ref !== undefined && typeof options.ref !== 'boolean')
+      throw new TypeError('Expected `ref` to be a boolean');
     return new StandInClient(this, timeoutMs, options.ref ?? false);
   }
 
@@ -197,7 +215,8 @@ export class MemcacheStandIn {
 
   /** Moves the server's clock forward by `ms` (entries whose time is up expire); memlock's timers do not move. */
   advance(ms: number): void {
-    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) throw new RangeError(`Expected \`ms\` to be a finite number >= 0, got ${String(ms)}`);
+    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0)
+      throw new RangeError(`Expected \`ms\` to be a finite number >= 0, got ${String(ms)}`);
     this.#offset += ms;
   }
 
@@ -245,7 +264,8 @@ export class MemcacheStandIn {
    * first with `MemcacheUnavailableError` ("maybe applied").
    */
   slow(ms: number): void {
-    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) throw new RangeError(`Expected \`ms\` to be a finite number >= 0, got ${String(ms)}`);
+    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0)
+      throw new RangeError(`Expected \`ms\` to be a finite number >= 0, got ${String(ms)}`);
     this.#delayMs = ms;
   }
 
@@ -322,14 +342,17 @@ export class MemcacheStandIn {
         this.#inFlight.delete(reset);
         client.forget(reset);
         client.dropConnection();
-        const late = setTimeout(() => {
-          this.#inFlight.delete(cancelLate);
-          try {
-            apply();
-          } catch {
-            // Nobody waits for this answer any more.
-          }
-        }, Math.max(0, delay - client.timeoutMs));
+        const late = setTimeout(
+          () => {
+            this.#inFlight.delete(cancelLate);
+            try {
+              apply();
+            } catch {
+              // Nobody waits for this answer any more.
+            }
+          },
+          Math.max(0, delay - client.timeoutMs),
+        );
         // Server-side work nobody waits for: it does not keep the process alive.
         late.unref?.();
         // A restart or a broken connection before then: never applied.
@@ -412,8 +435,10 @@ export class MemcacheStandIn {
   }
 
   #check(key: string, value: Buffer | undefined, op: string): void {
-    if (key.length === 0 || Buffer.byteLength(key) > MAX_KEY_BYTES) throw rejected(this.name, op, STATUS_INVALID, 'Invalid arguments');
-    if (value !== undefined && value.length + Buffer.byteLength(key) > MAX_ITEM_BYTES) throw rejected(this.name, op, STATUS_TOO_LARGE, 'Too large.');
+    if (key.length === 0 || Buffer.byteLength(key) > MAX_KEY_BYTES)
+      throw rejected(this.name, op, STATUS_INVALID, 'Invalid arguments');
+    if (value !== undefined && value.length + Buffer.byteLength(key) > MAX_ITEM_BYTES)
+      throw rejected(this.name, op, STATUS_TOO_LARGE, 'Too large.');
   }
 
   #failInFlight(): void {

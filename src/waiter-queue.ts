@@ -102,7 +102,7 @@ export async function updateQueue(
   change: (waiters: readonly QueuedWaiter[]) => readonly QueuedWaiter[] | undefined,
   state?: QueueState,
 ): Promise<readonly QueuedWaiter[] | undefined> {
-  let current = state ?? await readQueue(client, qkey);
+  let current = state ?? (await readQueue(client, qkey));
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const next = change(current.waiters);
     if (next === undefined) return current.waiters;
@@ -142,7 +142,10 @@ export function joined(token: string, now: number): (waiters: readonly QueuedWai
 }
 
 /** Removes `tokens` (and expired waiters); `undefined` when nothing changes. */
-export function without(tokens: readonly string[], now: number): (waiters: readonly QueuedWaiter[]) => readonly QueuedWaiter[] | undefined {
+export function without(
+  tokens: readonly string[],
+  now: number,
+): (waiters: readonly QueuedWaiter[]) => readonly QueuedWaiter[] | undefined {
   return (waiters) => {
     const next = waiters.filter((w) => !tokens.includes(w.token) && w.expiresAt > now);
     return next.length === waiters.length ? undefined : next;

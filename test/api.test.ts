@@ -34,15 +34,22 @@ test('acquire returns a handle; await using releases it', async (t) => {
 test('wrap: key from arguments, signal as the last argument, refusal rejects or falls back', async (t) => {
   const m = memlock();
   const other = memlock();
-  const handler = m.wrap(async (invoice: number, amount: number, signal: AbortSignal) => {
-    t.true(signal instanceof AbortSignal);
-    t.is((await m.inspect(`invoice:${invoice}`)) !== null, true);
-    return invoice * amount;
-  }, { key: (invoice) => `invoice:${invoice}` });
+  const handler = m.wrap(
+    async (invoice: number, amount: number, signal: AbortSignal) => {
+      t.true(signal instanceof AbortSignal);
+      t.is((await m.inspect(`invoice:${invoice}`)) !== null, true);
+      return invoice * amount;
+    },
+    { key: (invoice) => `invoice:${invoice}` },
+  );
   t.is(await handler(42, 2), 84);
 
   const blocked = m.wrap(async () => 'ran', { key: (id: string) => id, clientId: 'B' });
-  const fallback = m.wrap(async () => 'ran', { key: (id: string) => id, clientId: 'B', onNotAcquired: (error, id) => `skipped ${id} (${error.code})` });
+  const fallback = m.wrap(async () => 'ran', {
+    key: (id: string) => id,
+    clientId: 'B',
+    onNotAcquired: (error, id) => `skipped ${id} (${error.code})`,
+  });
   const held = await m.acquire('busy', 'A');
   await t.throwsAsync(blocked('busy'), { instanceOf: LockNotAcquiredError });
   t.is(await fallback('busy'), 'skipped busy (ERR_MEMLOCK_NOT_ACQUIRED)');
@@ -54,11 +61,14 @@ test('wrap: key from arguments, signal as the last argument, refusal rejects or 
 test('dedupe: 32 concurrent deliveries of one job run it once', async (t) => {
   const m = memlock();
   let runs = 0;
-  const handle = m.wrap(async (_job: string, _signal: AbortSignal) => {
-    runs++;
-    await sleep(50);
-    return 'done';
-  }, { key: (job) => `job:${job}`, onNotAcquired: () => 'duplicate' });
+  const handle = m.wrap(
+    async (_job: string, _signal: AbortSignal) => {
+      runs++;
+      await sleep(50);
+      return 'done';
+    },
+    { key: (job) => `job:${job}`, onNotAcquired: () => 'duplicate' },
+  );
   const results = await Promise.all(Array.from({ length: 32 }, () => handle('j1')));
   t.is(runs, 1);
   t.is(results.filter((r) => r === 'done').length, 1);
@@ -70,16 +80,25 @@ test('signals from the abort-controller package work, before and during', async 
   const before = new PolyfillController();
   before.abort();
   let error: unknown;
-  await m.tryWithLock('p', 'A', () => 1, { signal: before.signal as unknown as AbortSignal }).catch((e: unknown) => { error = e; });
+  await m
+    .tryWithLock('p', 'A', () => 1, { signal: before.signal as unknown as AbortSignal })
+    .catch((e: unknown) => {
+      error = e;
+    });
   t.is((error as Error).name, 'AbortError');
   t.is(await m.inspect('p'), null);
 
   const during = new PolyfillController();
-  const reason = await m.tryWithLock('p', 'A', async (signal) => {
-    during.abort();
-    await waitFor(() => signal.aborted, 1000);
-    return signal.reason as Error;
-  }, { signal: during.signal as unknown as AbortSignal });
+  const reason = await m.tryWithLock(
+    'p',
+    'A',
+    async (signal) => {
+      during.abort();
+      await waitFor(() => signal.aborted, 1000);
+      return signal.reason as Error;
+    },
+    { signal: during.signal as unknown as AbortSignal },
+  );
   t.is(reason.name, 'AbortError');
   t.is(await m.inspect('p'), null);
 });
@@ -113,7 +132,13 @@ test.serial('diagnostics: acquired, refused, stolen, lost, released, release-fai
   t.like(seen.refused?.[0], { key: 'dg-2', clientId: 'B', holder: 'A' });
   t.like(seen.stolen?.[0], { key: 'dg-2', clientId: 'A', how: 'takeover', previousClientId: 'A' });
   t.true(seen.lost?.some((msg) => (msg as { kind: string }).kind === 'taken'));
-  t.true(seen.lost?.some((msg) => (msg as { kind: string; error: unknown }).kind === 'gone' && (msg as { error: unknown }).error instanceof LockLostError));
+  t.true(
+    seen.lost?.some(
+      (msg) =>
+        (msg as { kind: string; error: unknown }).kind === 'gone' &&
+        (msg as { error: unknown }).error instanceof LockLostError,
+    ),
+  );
   t.like(seen.released?.[0], { key: 'dg-1', clientId: 'A' });
   t.true(seen.releaseFailed?.some((msg) => (msg as { reason: string }).reason === 'taken'));
   t.true(seen.releaseFailed?.some((msg) => (msg as { reason: string }).reason === 'gone'));
@@ -122,7 +147,9 @@ test.serial('diagnostics: acquired, refused, stolen, lost, released, release-fai
   const own = await startMemcached();
   const p = new Memlock({ servers: own.address, prefix: 'dg-', leaseMs: 3000, heartbeatMs: 200, timeoutMs: 100 });
   const errors: unknown[] = [];
-  const onError = (msg: unknown): void => { errors.push(msg); };
+  const onError = (msg: unknown): void => {
+    errors.push(msg);
+  };
   dc.subscribe('memlock:heartbeat-error', onError);
   try {
     const lock = await p.acquire('hb', 'A');
@@ -177,10 +204,15 @@ test('close() releases held locks, aborts their signals, and later calls fail', 
 function runFixture(mode: string): Promise<string> {
   const script = fileURLToPath(new URL('fixtures/exit-after-close.mts', import.meta.url));
   return new Promise<string>((resolve, reject) => {
-    execFile(process.execPath, ['--import=tsx', script, mode], {
-      env: { ...process.env, MEMCACHE_SERVERS: shared.mc.address },
-      timeout: 15_000,
-    }, (error, out, err) => (error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out)));
+    execFile(
+      process.execPath,
+      ['--import=tsx', script, mode],
+      {
+        env: { ...process.env, MEMCACHE_SERVERS: shared.mc.address },
+        timeout: 15_000,
+      },
+      (error, out, err) => (error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out)),
+    );
   });
 }
 
@@ -189,7 +221,10 @@ test('after close() no timer or socket is left', async (t) => {
   const report = JSON.parse(stdout.trim()) as { viaDefault: string; aborted: boolean; resources: string[] };
   t.is(report.viaDefault, 'default ok');
   t.true(report.aborted);
-  t.deepEqual(report.resources.filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'Immediate'), []);
+  t.deepEqual(
+    report.resources.filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'Immediate'),
+    [],
+  );
 });
 
 test('the process exits on its own with the shared default instance still open', async (t) => {

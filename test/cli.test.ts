@@ -19,13 +19,22 @@ import { sharedServer } from './helpers/shared.js';
 const shared = sharedServer(test);
 const cli = path.join(root, 'dist', 'cli.js');
 
-interface Run { code: number; stdout: string; stderr: string }
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [cli, ...args], { env: { ...process.env, MEMCACHE_SERVERS: undefined, ...env }, timeout: 20_000 }, (error, stdout, stderr) => {
-      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      [cli, ...args],
+      { env: { ...process.env, MEMCACHE_SERVERS: undefined, ...env }, timeout: 20_000 },
+      (error, stdout, stderr) => {
+        resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -38,13 +47,18 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
  */
 async function forceRelease(argv: string[]): Promise<Awaited<ReturnType<typeof run>>> {
   let r = await run(argv);
-  for (let i = 0; i < 4 && r.code === 1 && /changed after it was read/.test(r.stdout + r.stderr); i++) r = await run(argv);
+  for (let i = 0; i < 4 && r.code === 1 && /changed after it was read/.test(r.stdout + r.stderr); i++)
+    r = await run(argv);
   return r;
 }
 
 function setup(): { prefix: string; args: string[]; memlock: ReturnType<typeof shared.memlock> } {
   const prefix = `cli${randomUUID().slice(0, 6)}:`;
-  return { prefix, args: ['--servers', shared.mc.address, '--prefix', prefix, '--timeout-ms', '3000'], memlock: shared.memlock({ leaseMs: 4000, heartbeatMs: 200 }, prefix) };
+  return {
+    prefix,
+    args: ['--servers', shared.mc.address, '--prefix', prefix, '--timeout-ms', '3000'],
+    memlock: shared.memlock({ leaseMs: 4000, heartbeatMs: 200 }, prefix),
+  };
 }
 
 test('--help prints usage and exits 0; usage errors exit 2 with a clear message', async (t) => {
@@ -86,7 +100,13 @@ test('inspect: holder, acquired at and entry age of a held key; --json; exit 1 w
   t.regex(text.stdout, /entry age: +\d/);
   const json = await run(['inspect', 'job', '--json', ...args]);
   t.is(json.code, 0);
-  const info = JSON.parse(json.stdout) as { clientId: string; acquiredAt: string; ageMs: number; state: string; server: string };
+  const info = JSON.parse(json.stdout) as {
+    clientId: string;
+    acquiredAt: string;
+    ageMs: number;
+    state: string;
+    server: string;
+  };
   t.is(info.clientId, 'worker-7');
   t.is(info.acquiredAt, acquiredAt ?? 'missing');
   t.is(info.state, 'held');
@@ -159,7 +179,18 @@ test('release --force never removes an entry that changed after it was read (CAS
   proxy.setLatency(300);
   const busy = shared.memlock({ leaseMs: 2000, heartbeatMs: 50 }, prefix);
   const lock = await busy.acquire('hot', 'renewer');
-  const r = await run(['release', 'hot', '--force', '--json', '--servers', proxy.address, '--prefix', prefix, '--timeout-ms', '5000']);
+  const r = await run([
+    'release',
+    'hot',
+    '--force',
+    '--json',
+    '--servers',
+    proxy.address,
+    '--prefix',
+    prefix,
+    '--timeout-ms',
+    '5000',
+  ]);
   t.is(r.code, 1, r.stderr);
   t.like(JSON.parse(r.stdout), { outcome: 'changed', removed: false, clientId: 'renewer' });
   t.regex(r.stderr, /changed after it was read .*nothing removed/);
@@ -170,11 +201,17 @@ test('release --force never removes an entry that changed after it was read (CAS
 
 test('watch prints diagnostics-style events when the holder changes and exits 0 on SIGINT', async (t) => {
   const { args, memlock } = setup();
-  const child = spawn(process.execPath, [cli, 'watch', 'w1', 'w2', '--interval-ms', '50', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cli, 'watch', 'w1', 'w2', '--interval-ms', '50', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+  child.stdout.setEncoding('utf8').on('data', (c: string) => {
+    stdout += c;
+  });
+  child.stderr.setEncoding('utf8').on('data', (c: string) => {
+    stderr += c;
+  });
   const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
   t.teardown(() => child.kill('SIGKILL'));
   await waitFor(() => (stdout.match(/ state key=/g) ?? []).length === 2, 5000);
@@ -196,24 +233,65 @@ test('watch --json: one JSON object per line; completed (holdAfterMs); one error
   t.teardown(() => own.stop());
   const prefix = `cliw${randomUUID().slice(0, 6)}:`;
   const memlock = shared.memlock({ servers: own.address }, prefix);
-  const child = spawn(process.execPath, [cli, 'watch', 'job', '--json', '--interval-ms', '50', '--timeout-ms', '300', '--servers', own.address, '--prefix', prefix], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    process.execPath,
+    [
+      cli,
+      'watch',
+      'job',
+      '--json',
+      '--interval-ms',
+      '50',
+      '--timeout-ms',
+      '300',
+      '--servers',
+      own.address,
+      '--prefix',
+      prefix,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let stdout = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+  child.stdout.setEncoding('utf8').on('data', (c: string) => {
+    stdout += c;
+  });
   const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
   t.teardown(() => child.kill('SIGKILL'));
-  const events = (): Array<Record<string, unknown>> => stdout.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+  const events = (): Array<Record<string, unknown>> =>
+    stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
   const has = (event: string): boolean => events().some((e) => e.event === event);
   await waitFor(() => has('state'), 5000);
   t.like(events()[0], { event: 'state', key: 'job', state: 'free' });
   await memlock.tryWithLock('job', 'worker-9', () => sleep(300), { holdAfterMs: 3000 });
   await waitFor(() => has('completed'), 5000);
-  t.like(events().find((e) => e.event === 'acquired'), { key: 'job', clientId: 'worker-9' });
-  t.like(events().find((e) => e.event === 'completed'), { key: 'job', clientId: 'worker-9' });
+  t.like(
+    events().find((e) => e.event === 'acquired'),
+    { key: 'job', clientId: 'worker-9' },
+  );
+  t.like(
+    events().find((e) => e.event === 'completed'),
+    { key: 'job', clientId: 'worker-9' },
+  );
   const seen = events().length;
   await own.pause();
-  await waitFor(() => events().slice(seen).some((e) => e.event === 'error'), 5000);
+  await waitFor(
+    () =>
+      events()
+        .slice(seen)
+        .some((e) => e.event === 'error'),
+    5000,
+  );
   await sleep(1000); // more failing polls
-  t.is(events().slice(seen).filter((e) => e.event === 'error').length, 1, 'one line per failure streak');
+  t.is(
+    events()
+      .slice(seen)
+      .filter((e) => e.event === 'error').length,
+    1,
+    'one line per failure streak',
+  );
   await own.resume();
   await waitFor(() => has('recovered'), 5000);
   child.kill('SIGTERM');

@@ -41,13 +41,16 @@ test('same-clientId concurrent tryWithLock calls never run inside the lock toget
     // Holders whose signal is not aborted believe they hold the lock: never more than one.
     worst = Math.max(worst, [...inside].filter((s) => !s.aborted).length);
   };
-  const run = (): Promise<unknown> => m.tryWithLock('shared-id', 'one-host', async (signal) => {
-    inside.add(signal);
-    check();
-    await sleep(30);
-    check();
-    inside.delete(signal);
-  }).catch((error: unknown) => error);
+  const run = (): Promise<unknown> =>
+    m
+      .tryWithLock('shared-id', 'one-host', async (signal) => {
+        inside.add(signal);
+        check();
+        await sleep(30);
+        check();
+        inside.delete(signal);
+      })
+      .catch((error: unknown) => error);
   await Promise.all([run(), sleep(5).then(run), sleep(10).then(run)]);
   t.is(worst, 1, 'two holders believed they held the lock at once');
 });
@@ -56,27 +59,44 @@ test('holdAfterMs: after fn resolves the key stays blocked (done, holder) and fr
   const m = memlock({}, 'hold:');
   const other = memlock({}, 'hold:');
   t.is(await m.tryWithLock('job', 'worker-a', () => 'ok', { holdAfterMs: 2000 }), 'ok');
-  const refused = await t.throwsAsync(other.tryWithLock('job', 'worker-b', () => 'again'), { instanceOf: LockNotAcquiredError });
+  const refused = await t.throwsAsync(
+    other.tryWithLock('job', 'worker-b', () => 'again'),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.true(refused.done);
   t.is(refused.holder, 'worker-a');
   // The same clientId does not take a completed marker over either.
-  const same = await t.throwsAsync(m.tryWithLock('job', 'worker-a', () => 'again'), { instanceOf: LockNotAcquiredError });
+  const same = await t.throwsAsync(
+    m.tryWithLock('job', 'worker-a', () => 'again'),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.true(same.done);
   // A waiting call is told at once: waiting out the hold would defeat it.
   const started = performance.now();
-  const waited = await t.throwsAsync(other.tryWithLock('job', 'worker-c', () => 'again', { wait: { timeoutMs: 10_000 } }), { instanceOf: LockNotAcquiredError });
+  const waited = await t.throwsAsync(
+    other.tryWithLock('job', 'worker-c', () => 'again', { wait: { timeoutMs: 10_000 } }),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.true(waited.done);
   t.true(performance.now() - started < 1000, 'a waiter must not wait for a completed marker');
   // TTL = ceil(2000 / 1000) = 2 s: gone within 2 s (+ memcached's 1 s clock).
-  await waitFor(async () => (await other.tryWithLock('job', 'worker-b', () => true).catch(() => false)), 3500, 100);
+  await waitFor(async () => await other.tryWithLock('job', 'worker-b', () => true).catch(() => false), 3500, 100);
   t.pass();
 });
 
 test('holdAfterMs: when fn rejects, the entry is deleted as usual', async (t) => {
   const m = memlock();
-  await t.throwsAsync(m.tryWithLock('job2', 'w', () => {
-    throw new Error('boom');
-  }, { holdAfterMs: 60_000 }), { message: 'boom' });
+  await t.throwsAsync(
+    m.tryWithLock(
+      'job2',
+      'w',
+      () => {
+        throw new Error('boom');
+      },
+      { holdAfterMs: 60_000 },
+    ),
+    { message: 'boom' },
+  );
   t.is(await m.inspect('job2'), null);
   t.is(await m.tryWithLock('job2', 'w2', () => 'free'), 'free');
 });
@@ -84,7 +104,10 @@ test('holdAfterMs: when fn rejects, the entry is deleted as usual', async (t) =>
 test('holdAfterMs: a refusal that is not a completed marker has done false', async (t) => {
   const m = memlock();
   const lock = await m.acquire('plain', 'a');
-  const error = await t.throwsAsync(m.tryWithLock('plain', 'b', () => 1), { instanceOf: LockNotAcquiredError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('plain', 'b', () => 1),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.false(error.done);
   await lock.release();
 });
@@ -92,8 +115,14 @@ test('holdAfterMs: a refusal that is not a completed marker has done false', asy
 test('holdAfterMs is validated (RangeError naming it) before any traffic', async (t) => {
   const m = memlock();
   let ran = false;
-  await t.throwsAsync(m.tryWithLock('v', 'a', () => (ran = true), { holdAfterMs: -1 }), { instanceOf: RangeError, message: /holdAfterMs/ });
-  await t.throwsAsync(m.tryWithLock('v', 'a', () => (ran = true), { failOpen: 'yes' as unknown as boolean }), { instanceOf: TypeError, message: /failOpen/ });
+  await t.throwsAsync(
+    m.tryWithLock('v', 'a', () => (ran = true), { holdAfterMs: -1 }),
+    { instanceOf: RangeError, message: /holdAfterMs/ },
+  );
+  await t.throwsAsync(
+    m.tryWithLock('v', 'a', () => (ran = true), { failOpen: 'yes' as unknown as boolean }),
+    { instanceOf: TypeError, message: /failOpen/ },
+  );
   t.false(ran);
   await t.throwsAsync(m.acquire('v', 'a', { holdAfterMs: 1000 }), { instanceOf: TypeError, message: /holdAfterMs/ });
   await t.throwsAsync(m.acquire('v', 'a', { failOpen: true }), { instanceOf: TypeError, message: /failOpen/ });
@@ -112,16 +141,24 @@ test('failOpen: memcache down runs fn unlocked with a signal that follows only t
   try {
     // Without failOpen: rejects, fn not called.
     let ran = false;
-    await t.throwsAsync(m.tryWithLock('k', 'a', () => (ran = true)), { instanceOf: MemcacheUnavailableError });
+    await t.throwsAsync(
+      m.tryWithLock('k', 'a', () => (ran = true)),
+      { instanceOf: MemcacheUnavailableError },
+    );
     t.false(ran);
     const caller = new AbortController();
-    const result = await m.tryWithLock('k', 'a', async (signal) => {
-      t.false(signal.aborted);
-      caller.abort(new Error('client went away'));
-      t.true(signal.aborted);
-      t.is((signal.reason as Error).message, 'client went away');
-      return 'ran unlocked';
-    }, { failOpen: true, signal: caller.signal });
+    const result = await m.tryWithLock(
+      'k',
+      'a',
+      async (signal) => {
+        t.false(signal.aborted);
+        caller.abort(new Error('client went away'));
+        t.true(signal.aborted);
+        t.is((signal.reason as Error).message, 'client went away');
+        return 'ran unlocked';
+      },
+      { failOpen: true, signal: caller.signal },
+    );
     t.is(result, 'ran unlocked');
     t.is(seen.length, 1);
     t.like(seen[0], { key: 'k', clientId: 'a' });
@@ -135,18 +172,24 @@ test('failOpen does not run fn on contention', async (t) => {
   const m = memlock();
   const lock = await m.acquire('busy', 'a');
   let ran = false;
-  await t.throwsAsync(m.tryWithLock('busy', 'b', () => (ran = true), { failOpen: true }), { instanceOf: LockNotAcquiredError });
+  await t.throwsAsync(
+    m.tryWithLock('busy', 'b', () => (ran = true), { failOpen: true }),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.false(ran);
   await lock.release();
 });
 
 test('loss at the call site: fn rejecting after the loss rejects tryWithLock with the LockLostError, fn error kept', async (t) => {
   const m = memlock({ leaseMs: 4000, heartbeatMs: 200 }, 'loss1:');
-  const error = await t.throwsAsync(m.tryWithLock('lost', 'a', async (signal) => {
-    t.true(await shared.mc.rawDelete('loss1:lost'));
-    // What a driver does with the signal: reject with an AbortError.
-    await sleep(10_000, undefined, { signal });
-  }), { instanceOf: LockLostError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('lost', 'a', async (signal) => {
+      t.true(await shared.mc.rawDelete('loss1:lost'));
+      // What a driver does with the signal: reject with an AbortError.
+      await sleep(10_000, undefined, { signal });
+    }),
+    { instanceOf: LockLostError },
+  );
   t.is(error.kind, 'gone');
   t.true(error.fnError instanceof Error);
   t.is((error.fnError as Error).name, 'AbortError');
@@ -155,21 +198,27 @@ test('loss at the call site: fn rejecting after the loss rejects tryWithLock wit
 test('loss at the call site: fn rethrowing the signal reason rejects with that same error', async (t) => {
   const m = memlock({ leaseMs: 4000, heartbeatMs: 200 }, 'loss2:');
   let reason: unknown;
-  const error = await t.throwsAsync(m.tryWithLock('lost2', 'a', async (signal) => {
-    t.true(await shared.mc.rawDelete('loss2:lost2'));
-    await waitFor(() => signal.aborted, 2000, 10);
-    reason = signal.reason;
-    signal.throwIfAborted();
-  }), { instanceOf: LockLostError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('lost2', 'a', async (signal) => {
+      t.true(await shared.mc.rawDelete('loss2:lost2'));
+      await waitFor(() => signal.aborted, 2000, 10);
+      reason = signal.reason;
+      signal.throwIfAborted();
+    }),
+    { instanceOf: LockLostError },
+  );
   t.is(error, reason as LockLostError);
   t.is(error.fnError, undefined);
 });
 
 test('loss at the call site: fn error is passed through when the lock was not lost', async (t) => {
   const m = memlock();
-  await t.throwsAsync(m.tryWithLock('fine', 'a', () => {
-    throw new TypeError('mine');
-  }), { instanceOf: TypeError, message: 'mine' });
+  await t.throwsAsync(
+    m.tryWithLock('fine', 'a', () => {
+      throw new TypeError('mine');
+    }),
+    { instanceOf: TypeError, message: 'mine' },
+  );
 });
 
 test('close() while an acquisition is in flight: ERR_MEMLOCK_CLOSED, and the granted entry is deleted before close resolves', async (t) => {
@@ -180,7 +229,10 @@ test('close() while an acquisition is in flight: ERR_MEMLOCK_CLOSED, and the gra
     await m.inspect('warm');
     proxy.setLatency(150);
     const attempt = m.tryWithLock('deploy', 'a', () => 'ran');
-    const settled = attempt.then(() => 'resolved', (error: unknown) => error);
+    const settled = attempt.then(
+      () => 'resolved',
+      (error: unknown) => error,
+    );
     await sleep(40); // the add is on the wire (the proxy holds it back)
     await m.close();
     const outcome = await settled;
@@ -196,14 +248,17 @@ test('close() while an acquisition is in flight: ERR_MEMLOCK_CLOSED, and the gra
 test('wrap: default clientId names the host and process; a per-call caller signal reaches the handler', async (t) => {
   const m = memlock();
   const infos: Array<LockInfo | null> = [];
-  const handler = m.wrap(async (id: string, request: { signal: AbortSignal }, signal: AbortSignal) => {
-    infos.push(await m.inspect(id));
-    t.false(signal.aborted);
-    (request as { abort?: () => void }).abort?.();
-    t.true(signal.aborted, 'the caller signal from the arguments aborts the lock signal');
-    t.is((signal.reason as Error).message, 'request closed');
-    return 'handled';
-  }, { key: (id) => id, signal: (_id, request) => request.signal });
+  const handler = m.wrap(
+    async (id: string, request: { signal: AbortSignal }, signal: AbortSignal) => {
+      infos.push(await m.inspect(id));
+      t.false(signal.aborted);
+      (request as { abort?: () => void }).abort?.();
+      t.true(signal.aborted, 'the caller signal from the arguments aborts the lock signal');
+      t.is((signal.reason as Error).message, 'request closed');
+      return 'handled';
+    },
+    { key: (id) => id, signal: (_id, request) => request.signal },
+  );
   const controller = new AbortController();
   const request = { signal: controller.signal, abort: () => controller.abort(new Error('request closed')) };
   t.is(await handler('w1', request), 'handled');
@@ -214,7 +269,10 @@ test('wrap: default clientId names the host and process; a per-call caller signa
 
 test('wrap: onNotAcquired result type joins fn result type', async (t) => {
   const m = memlock();
-  const handler = m.wrap(async (_id: string, _signal: AbortSignal) => 1, { key: (id) => id, onNotAcquired: () => 'duplicate' as const });
+  const handler = m.wrap(async (_id: string, _signal: AbortSignal) => 1, {
+    key: (id) => id,
+    onNotAcquired: () => 'duplicate' as const,
+  });
   const held = await m.acquire('dup', 'other');
   const result: number | 'duplicate' = await handler('dup');
   t.is(result, 'duplicate');

@@ -27,14 +27,23 @@ test.serial('subscribe(name, fn) delivers typed payloads until the returned func
 });
 
 test('subscribe rejects unknown channel names and non-functions with a TypeError naming the argument', (t) => {
-  t.throws(() => subscribe('memlock:nope' as 'memlock:lost', () => {}), { instanceOf: TypeError, message: /`name`.*memlock:acquired/ });
-  t.throws(() => subscribe('memlock:lost', 'nope' as unknown as () => void), { instanceOf: TypeError, message: /`fn`/ });
+  t.throws(() => subscribe('memlock:nope' as 'memlock:lost', () => {}), {
+    instanceOf: TypeError,
+    message: /`name`.*memlock:acquired/,
+  });
+  t.throws(() => subscribe('memlock:lost', 'nope' as unknown as () => void), {
+    instanceOf: TypeError,
+    message: /`fn`/,
+  });
   t.false(channels.lost.hasSubscribers);
 });
 
 test('likelyCause names MEMCACHE_SERVERS when the default server refuses connections, and other causes', (t) => {
   const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:11211'), { code: 'ECONNREFUSED' });
-  const error = new MemcacheUnavailableError('memcache localhost:11211 is unreachable', { cause: refused, server: 'localhost:11211' });
+  const error = new MemcacheUnavailableError('memcache localhost:11211 is unreachable', {
+    cause: refused,
+    server: 'localhost:11211',
+  });
   const saved = process.env.MEMCACHE_SERVERS;
   try {
     delete process.env.MEMCACHE_SERVERS;
@@ -50,7 +59,10 @@ test('likelyCause names MEMCACHE_SERVERS when the default server refuses connect
   t.regex(likelyCause(new LockLostError('k', 'deadline')) ?? '', /event loop was blocked/);
   t.regex(likelyCause(new LockLostError('k', 'gone')) ?? '', /evicted/);
   t.is(likelyCause(new Error('something else')), undefined);
-  t.is(formatEvent('memlock:released', { key: 'k', clientId: 'A', heldMs: 12.34567 }), "released key='k' clientId='A' heldMs=12.346");
+  t.is(
+    formatEvent('memlock:released', { key: 'k', clientId: 'A', heldMs: 12.34567 }),
+    "released key='k' clientId='A' heldMs=12.346",
+  );
 });
 
 test('NODE_DEBUG=memlock logs every event without subscribers, errors with their likely cause', async (t) => {
@@ -71,13 +83,23 @@ test('NODE_DEBUG=memlock logs every event without subscribers, errors with their
       void mc.pause();
     }
   });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   t.is(code, 0, stderr);
   t.regex(stdout, /done/);
   const pid = child.pid ?? 0;
-  t.regex(stderr, new RegExp(`MEMLOCK ${pid}: acquired key='dbg-1' clientId='worker-A' how='(added|recovered)' server='${mc.address}' durationMs=`));
+  t.regex(
+    stderr,
+    new RegExp(
+      `MEMLOCK ${pid}: acquired key='dbg-1' clientId='worker-A' how='(added|recovered)' server='${mc.address}' durationMs=`,
+    ),
+  );
   t.regex(stderr, new RegExp(`MEMLOCK ${pid}: released key='dbg-1' clientId='worker-A' heldMs=`));
-  t.regex(stderr, /heartbeat-error key='dbg-2' .*error='MemcacheUnavailableError: .*\(likely cause: .*(down, unreachable or slower than timeoutMs|nothing accepts connections)/);
+  t.regex(
+    stderr,
+    /heartbeat-error key='dbg-2' .*error='MemcacheUnavailableError: .*\(likely cause: .*(down, unreachable or slower than timeoutMs|nothing accepts connections)/,
+  );
   t.regex(stderr, /lost key='dbg-2' clientId='worker-A' kind='unreachable' error='LockLostError: .*\(likely cause: /);
 });

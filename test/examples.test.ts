@@ -20,11 +20,20 @@ import { sharedServer } from './helpers/shared.js';
 
 const shared = sharedServer(test);
 const examples = path.join(root, 'examples');
-const PG = { host: process.env.PGHOST ?? '127.0.0.1', user: process.env.PGUSER ?? 'root', database: process.env.PGDATABASE ?? 'test' };
+const PG = {
+  host: process.env.PGHOST ?? '127.0.0.1',
+  user: process.env.PGUSER ?? 'root',
+  database: process.env.PGDATABASE ?? 'test',
+};
 const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1';
 
 /** A running example: its output so far, and its exit. */
-interface Running { child: ChildProcess; stdout: () => string; stderr: () => string; exited: Promise<number | null> }
+interface Running {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
 
 function start(file: string, env: NodeJS.ProcessEnv): Running {
   const child = spawn(process.execPath, [path.join(examples, file)], {
@@ -34,14 +43,20 @@ function start(file: string, env: NodeJS.ProcessEnv): Running {
   });
   let out = '';
   let err = '';
-  child.stdout?.setEncoding('utf8').on('data', (c: string) => { out += c; });
-  child.stderr?.setEncoding('utf8').on('data', (c: string) => { err += c; });
+  child.stdout?.setEncoding('utf8').on('data', (c: string) => {
+    out += c;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (c: string) => {
+    err += c;
+  });
   const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
   return { child, stdout: () => out, stderr: () => err, exited };
 }
 
 test('every example is under 80 lines and is exercised here', (t) => {
-  const files = readdirSync(examples).filter((f) => f.endsWith('.js')).sort();
+  const files = readdirSync(examples)
+    .filter((f) => f.endsWith('.js'))
+    .sort();
   t.deepEqual(files, ['cron-job.js', 'http-hot-handler.js', 'pg-prefilter.js', 'rabbitmq-consumer.js']);
   for (const file of files) {
     const lines = readFileSync(path.join(examples, file), 'utf8').trimEnd().split('\n').length;
@@ -64,7 +79,10 @@ test('http-hot-handler: concurrent requests build once (409 for the other), a cl
   t.is((await fetch(`${base}/reports/7?ms=10`)).status, 200, 'free again after the first finished');
 
   // The client goes away: the build is aborted and the lock released at once.
-  await t.throwsAsync(fetch(`${base}/reports/8?ms=30000`, { signal: AbortSignal.timeout(300) }), { any: true, name: 'TimeoutError' });
+  await t.throwsAsync(fetch(`${base}/reports/8?ms=30000`, { signal: AbortSignal.timeout(300) }), {
+    any: true,
+    name: 'TimeoutError',
+  });
   await waitFor(() => /aborted 8: client went away/.test(app.stdout()), 5000);
   t.is((await fetch(`${base}/reports/8?ms=10`)).status, 200, 'the aborted call released its lock');
 
@@ -94,7 +112,12 @@ test.serial('pg-prefilter: 40 overlapping deliveries of 10 jobs pay each invoice
     await pool.query(`DROP TABLE IF EXISTS ${table}`);
     await pool.end();
   });
-  const run = start('pg-prefilter.js', { EXAMPLE_TABLE: table, PGHOST: PG.host, PGUSER: PG.user, PGDATABASE: PG.database });
+  const run = start('pg-prefilter.js', {
+    EXAMPLE_TABLE: table,
+    PGHOST: PG.host,
+    PGUSER: PG.user,
+    PGDATABASE: PG.database,
+  });
   t.is(await run.exited, 0, run.stderr());
   const result = JSON.parse(run.stdout()) as { outcomes: Record<string, number>; paid: number; payments: number };
   t.is(result.paid, 10);
@@ -103,35 +126,46 @@ test.serial('pg-prefilter: 40 overlapping deliveries of 10 jobs pay each invoice
   t.is((result.outcomes.paid ?? 0) + (result.outcomes.busy ?? 0) + (result.outcomes['already-paid'] ?? 0), 40);
 });
 
-test.serial('pg-prefilter: a lock lost during the transaction rolls it back (signal checked before COMMIT)', async (t) => {
-  const table = `memlock_example_${randomUUID().slice(0, 8)}`;
-  process.env.EXAMPLE_TABLE = table;
-  const example = await import(pathToFileURL(path.join(examples, 'pg-prefilter.js')).href) as PgExample;
-  const pool = new pg.Pool(PG);
-  t.teardown(async () => {
-    await pool.query(`DROP TABLE IF EXISTS ${table}`);
-    await pool.end();
-  });
-  await example.setUp(pool, 2);
-  const prefix = `pg${randomUUID().slice(0, 6)}:`;
-  const memlock = shared.memlock({ leaseMs: 2000, heartbeatMs: 50 }, prefix);
-  const paying = example.payInvoice(memlock, pool, 1, { workMs: 1000 });
-  await waitFor(async () => (await memlock.inspect('invoice:1')) !== null, 2000);
-  await shared.mc.rawDelete(`${prefix}invoice:1`); // evicted, flushed, or broken by an operator
-  const error = await t.throwsAsync(paying, { instanceOf: LockLostError });
-  t.is(error?.kind, 'gone');
-  const { rows } = await pool.query<{ paid: boolean; payments: number }>(`SELECT paid, payments FROM ${table} WHERE id = 1`);
-  t.deepEqual(rows[0], { paid: false, payments: 0 }, 'rolled back, not committed');
-  t.is(await example.payInvoice(memlock, pool, 1, { workMs: 10 }), 'paid', 'a retry pays it');
-  t.is(await example.payInvoice(memlock, pool, 1, { workMs: 10 }), 'already-paid');
-});
+test.serial(
+  'pg-prefilter: a lock lost during the transaction rolls it back (signal checked before COMMIT)',
+  async (t) => {
+    const table = `memlock_example_${randomUUID().slice(0, 8)}`;
+    process.env.EXAMPLE_TABLE = table;
+    const example = (await import(pathToFileURL(path.join(examples, 'pg-prefilter.js')).href)) as PgExample;
+    const pool = new pg.Pool(PG);
+    t.teardown(async () => {
+      await pool.query(`DROP TABLE IF EXISTS ${table}`);
+      await pool.end();
+    });
+    await example.setUp(pool, 2);
+    const prefix = `pg${randomUUID().slice(0, 6)}:`;
+    const memlock = shared.memlock({ leaseMs: 2000, heartbeatMs: 50 }, prefix);
+    const paying = example.payInvoice(memlock, pool, 1, { workMs: 1000 });
+    await waitFor(async () => (await memlock.inspect('invoice:1')) !== null, 2000);
+    await shared.mc.rawDelete(`${prefix}invoice:1`); // evicted, flushed, or broken by an operator
+    const error = await t.throwsAsync(paying, { instanceOf: LockLostError });
+    t.is(error?.kind, 'gone');
+    const { rows } = await pool.query<{ paid: boolean; payments: number }>(
+      `SELECT paid, payments FROM ${table} WHERE id = 1`,
+    );
+    t.deepEqual(rows[0], { paid: false, payments: 0 }, 'rolled back, not committed');
+    t.is(await example.payInvoice(memlock, pool, 1, { workMs: 10 }), 'paid', 'a retry pays it');
+    t.is(await example.payInvoice(memlock, pool, 1, { workMs: 10 }), 'already-paid');
+  },
+);
 
 interface AmqpExample {
-  startConsumer(options: { url: string; queue: string; memlock: Memlock; handle: (content: Buffer, signal: AbortSignal) => Promise<void>; prefetch?: number }): Promise<{ close(): Promise<void> }>;
+  startConsumer(options: {
+    url: string;
+    queue: string;
+    memlock: Memlock;
+    handle: (content: Buffer, signal: AbortSignal) => Promise<void>;
+    prefetch?: number;
+  }): Promise<{ close(): Promise<void> }>;
 }
 
 test('rabbitmq-consumer: two consumers, every message delivered 3 times, each handled once', async (t) => {
-  const example = await import(pathToFileURL(path.join(examples, 'rabbitmq-consumer.js')).href) as AmqpExample;
+  const example = (await import(pathToFileURL(path.join(examples, 'rabbitmq-consumer.js')).href)) as AmqpExample;
   const queue = `memlock-example-${randomUUID().slice(0, 8)}`;
   const prefix = `mq${randomUUID().slice(0, 6)}:`;
   const handled: string[] = [];
@@ -139,7 +173,9 @@ test('rabbitmq-consumer: two consumers, every message delivered 3 times, each ha
     await sleep(100, undefined, { signal });
     handled.push(content.toString());
   };
-  const consumers = await Promise.all([1, 2].map(() => example.startConsumer({ url: AMQP_URL, queue, memlock: shared.memlock({}, prefix), handle })));
+  const consumers = await Promise.all(
+    [1, 2].map(() => example.startConsumer({ url: AMQP_URL, queue, memlock: shared.memlock({}, prefix), handle })),
+  );
   const connection = await amqp.connect(AMQP_URL);
   t.teardown(async () => {
     await Promise.all(consumers.map((c) => c.close()));
@@ -183,7 +219,7 @@ test('cron-job: two instances, one runs each tick and the other skips; SIGTERM a
 });
 
 test('rabbitmq-consumer: close() while a message is in hand lets it finish and ack, then closes', async (t) => {
-  const example = await import(pathToFileURL(path.join(examples, 'rabbitmq-consumer.js')).href) as AmqpExample;
+  const example = (await import(pathToFileURL(path.join(examples, 'rabbitmq-consumer.js')).href)) as AmqpExample;
   const queue = `memlock-example-${randomUUID().slice(0, 8)}`;
   let started = false;
   const handled: string[] = [];

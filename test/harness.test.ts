@@ -58,10 +58,11 @@ async function openRaw(port: number): Promise<{
   return {
     socket,
     closed,
-    request: (line) => new Promise<string>((resolve) => {
-      waiters.push(resolve);
-      socket.write(`${line}\r\n`);
-    }),
+    request: (line) =>
+      new Promise<string>((resolve) => {
+        waiters.push(resolve);
+        socket.write(`${line}\r\n`);
+      }),
   };
 }
 
@@ -189,8 +190,12 @@ for (const how of ['process.exit(0)', "process.kill(process.pid, 'SIGKILL')"]) {
       ${how};
     `;
     const out = await new Promise<string>((resolve) => {
-      execFile(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { cwd: process.cwd(), timeout: 10_000 },
-        (_err, stdout) => resolve(stdout));
+      execFile(
+        process.execPath,
+        ['--import=tsx', '--input-type=module', '-e', script],
+        { cwd: process.cwd(), timeout: 10_000 },
+        (_err, stdout) => resolve(stdout),
+      );
     });
     const pid = Number(out.trim());
     t.true(pid > 0, `child printed ${JSON.stringify(out)}`);
@@ -243,8 +248,13 @@ test('latency delays each direction by the configured ms, preserving order', asy
 
   // pipelined requests reach the server, and replies come back, in order
   await conn.request('set ord 0 0 1\r\n-');
-  const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => conn.request(`append ord 0 0 1\r\n${i % 10}`)));
-  t.deepEqual(replies, Array.from({ length: 20 }, () => 'STORED'));
+  const replies = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => conn.request(`append ord 0 0 1\r\n${i % 10}`)),
+  );
+  t.deepEqual(
+    replies,
+    Array.from({ length: 20 }, () => 'STORED'),
+  );
   t.is((await m.rawGet('ord'))?.value.toString(), '-01234567890123456789');
   conn.socket.destroy();
 });
@@ -292,11 +302,15 @@ test('drop closes every client connection', async (t) => {
   t.not(await within(b.closed, 500), 'timeout');
   t.is(proxy.connections, 0);
   // the upstream side is closed as well
-  await waitFor(async () => Number((await m.stats())['curr_connections']) <= serverConns - 2, 1000, 10, 'upstream close');
+  await waitFor(
+    async () => Number((await m.stats())['curr_connections']) <= serverConns - 2,
+    1000,
+    10,
+    'upstream close',
+  );
 
   // the proxy keeps accepting after a drop
   t.is((await textClient(proxy).stats())['pid'], String(m.pid));
-
 });
 
 test('refuse closes new connections, keeps existing ones; heal accepts again', async (t) => {
@@ -305,7 +319,9 @@ test('refuse closes new connections, keeps existing ones; heal accepts again', a
   t.teardown(() => proxy.close());
   const existing = await openRaw(proxy.port);
   proxy.refuse();
-  await t.throwsAsync(textClient(proxy).stats({ timeoutMs: 1000 }), { message: /closed before a complete reply|ECONNRESET/ });
+  await t.throwsAsync(textClient(proxy).stats({ timeoutMs: 1000 }), {
+    message: /closed before a complete reply|ECONNRESET/,
+  });
   t.is(await existing.request('version'), 'VERSION 1.6.18');
   t.is(proxy.accepted, 1);
 
@@ -361,7 +377,7 @@ test('SASL: memjs with the right password works, a wrong one fails', async (t) =
 });
 
 // Resource snapshots are process-wide: leak checks must not overlap other tests.
-test.serial('activeHandles/leakedHandles see ref\'d timers and servers, not unref\'d ones', async (t) => {
+test.serial("activeHandles/leakedHandles see ref'd timers and servers, not unref'd ones", async (t) => {
   const before = activeHandles();
   const timer = setTimeout(() => undefined, 10_000);
   const server = net.createServer().listen(0, '127.0.0.1');
@@ -390,7 +406,10 @@ test('waitFor resolves when the condition holds and rejects clearly on timeout',
     return true;
   }, 100);
   const start = Date.now();
-  await t.throwsAsync(waitFor(() => false, 100, 10, 'never'), { message: 'waitFor: never not met within 100 ms' });
+  await t.throwsAsync(
+    waitFor(() => false, 100, 10, 'never'),
+    { message: 'waitFor: never not met within 100 ms' },
+  );
   t.true(Date.now() - start >= 95);
 });
 
@@ -406,7 +425,10 @@ test('memjs: a request whose connection is closed by the peer never settles', as
 
   // stall: memjs' own request timeout fires
   proxy.stall();
-  const stalled = c.get('k').then(() => 'resolved', (e: unknown) => `rejected: ${String(e)}`);
+  const stalled = c.get('k').then(
+    () => 'resolved',
+    (e: unknown) => `rejected: ${String(e)}`,
+  );
   t.regex(String(await within(stalled, 2000)), /rejected: .*timed out/);
 
   // stall, then drop while the request is in flight: memjs' 'close' handler
@@ -416,7 +438,10 @@ test('memjs: a request whose connection is closed by the peer never settles', as
   proxy.heal();
   await c2.get('k');
   proxy.stall();
-  const dropped = c2.get('k').then(() => 'resolved', (e: unknown) => `rejected: ${String(e)}`);
+  const dropped = c2.get('k').then(
+    () => 'resolved',
+    (e: unknown) => `rejected: ${String(e)}`,
+  );
   await sleep(50);
   proxy.drop();
   t.is(await within(dropped, 1500), 'timeout');
@@ -426,6 +451,9 @@ test('memjs: a request whose connection is closed by the peer never settles', as
   proxy.refuse();
   const c3 = memjsClient(proxy.address);
   t.teardown(() => c3.close());
-  const refused = c3.get('k').then(() => 'resolved', (e: unknown) => `rejected: ${String(e)}`);
+  const refused = c3.get('k').then(
+    () => 'resolved',
+    (e: unknown) => `rejected: ${String(e)}`,
+  );
   t.is(await within(refused, 1500), 'timeout');
 });

@@ -2,7 +2,12 @@ import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  Memlock, LockNotAcquiredError, LockLostError, MemcacheUnavailableError, EmptyClientIdError, MemlockError,
+  Memlock,
+  LockNotAcquiredError,
+  LockLostError,
+  MemcacheUnavailableError,
+  EmptyClientIdError,
+  MemlockError,
 } from '../src/index.js';
 import { startMemcached, freePort } from './helpers/memcached.js';
 import { sharedServer } from './helpers/shared.js';
@@ -44,7 +49,10 @@ test('writes the entry with add under prefix + key, expiry = lease rounded up', 
   t.is(await shared.mc.rawGet(prefix + 'k'), null);
   // An add: an entry that is already there (whoever wrote it) is never overwritten.
   await shared.mc.rawSet(prefix + 'k', 'not memlock', 30);
-  await t.throwsAsync(a.tryWithLock('k', 'client-1', () => 1), { instanceOf: LockNotAcquiredError });
+  await t.throwsAsync(
+    a.tryWithLock('k', 'client-1', () => 1),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.is((await shared.mc.rawGet(prefix + 'k'))?.value.toString(), 'not memlock');
 });
 
@@ -56,12 +64,22 @@ test('a second client is refused while the first holds the key; fn is not called
   shared.track(a2);
   let called = false;
   await a2.tryWithLock('contended', 'A', async () => {
-    const error = await t.throwsAsync(b.tryWithLock('contended', 'B', () => { called = true; }), { instanceOf: LockNotAcquiredError });
+    const error = await t.throwsAsync(
+      b.tryWithLock('contended', 'B', () => {
+        called = true;
+      }),
+      { instanceOf: LockNotAcquiredError },
+    );
     t.is(error?.code, 'ERR_MEMLOCK_NOT_ACQUIRED');
     t.is((error as LockNotAcquiredError).holder, 'A');
     t.true(error instanceof MemlockError);
     // Refused again: the second attempt pipelines the read (contested key).
-    await t.throwsAsync(b.tryWithLock('contended', 'B', () => { called = true; }), { instanceOf: LockNotAcquiredError });
+    await t.throwsAsync(
+      b.tryWithLock('contended', 'B', () => {
+        called = true;
+      }),
+      { instanceOf: LockNotAcquiredError },
+    );
   });
   t.false(called);
   t.is(await b.tryWithLock('contended', 'B', () => 'now mine'), 'now mine');
@@ -75,7 +93,12 @@ test('empty clientId rejects with EmptyClientIdError before any traffic', async 
   shared.track(a);
   const before = Number((await own.stats()).cmd_set) + Number((await own.stats()).cmd_get);
   let called = false;
-  const error = await t.throwsAsync(a.tryWithLock('k', '', () => { called = true; }), { instanceOf: EmptyClientIdError });
+  const error = await t.throwsAsync(
+    a.tryWithLock('k', '', () => {
+      called = true;
+    }),
+    { instanceOf: EmptyClientIdError },
+  );
   t.is(error?.code, 'ERR_MEMLOCK_EMPTY_CLIENT_ID');
   t.false(called);
   const after = await own.stats();
@@ -102,11 +125,19 @@ test('the same clientId takes the lock over (re-entry); the earlier hold learns 
 test('fn throwing: tryWithLock rejects with that error and the lock is released', async (t) => {
   const a = memlock();
   const boom = new Error('boom');
-  const error = await t.throwsAsync(a.tryWithLock('throws', 'A', async () => { throw boom; }));
+  const error = await t.throwsAsync(
+    a.tryWithLock('throws', 'A', async () => {
+      throw boom;
+    }),
+  );
   t.is(error, boom);
   t.is(await a.inspect('throws'), null);
   // A synchronous throw too.
-  const sync = await t.throwsAsync(a.tryWithLock('throws', 'A', () => { throw boom; }));
+  const sync = await t.throwsAsync(
+    a.tryWithLock('throws', 'A', () => {
+      throw boom;
+    }),
+  );
   t.is(sync, boom);
   t.is(await a.inspect('throws'), null);
 });
@@ -157,7 +188,16 @@ test('caller signal already aborted: rejects with its reason, nothing written', 
   const reason = new Error('caller gave up');
   controller.abort(reason);
   let called = false;
-  const error = await t.throwsAsync(a.tryWithLock('sig', 'A', () => { called = true; }, { signal: controller.signal }));
+  const error = await t.throwsAsync(
+    a.tryWithLock(
+      'sig',
+      'A',
+      () => {
+        called = true;
+      },
+      { signal: controller.signal },
+    ),
+  );
   t.is(error, reason);
   t.false(called);
   t.is(await shared.mc.rawGet(prefix + 'sig'), null);
@@ -167,11 +207,16 @@ test('caller signal aborting during fn aborts the fn signal with the same reason
   const a = memlock();
   const controller = new AbortController();
   const reason = new Error('stop now');
-  const got = await a.tryWithLock('sig2', 'A', async (signal) => {
-    setTimeout(() => controller.abort(reason), 20);
-    await waitFor(() => signal.aborted, 2000);
-    return signal.reason;
-  }, { signal: controller.signal });
+  const got = await a.tryWithLock(
+    'sig2',
+    'A',
+    async (signal) => {
+      setTimeout(() => controller.abort(reason), 20);
+      await waitFor(() => signal.aborted, 2000);
+      return signal.reason;
+    },
+    { signal: controller.signal },
+  );
   t.is(got, reason);
   t.is(await a.inspect('sig2'), null);
 });
@@ -184,7 +229,9 @@ test('wait: acquires once the holder releases', async (t) => {
   const held = await a2.acquire('w', 'A');
   const released = sleep(300).then(() => held.release());
   const start = performance.now();
-  const result = await b.tryWithLock('w', 'B', () => 'B ran', { wait: { timeoutMs: 5000, minDelayMs: 5, maxDelayMs: 50 } });
+  const result = await b.tryWithLock('w', 'B', () => 'B ran', {
+    wait: { timeoutMs: 5000, minDelayMs: 5, maxDelayMs: 50 },
+  });
   t.is(result, 'B ran');
   t.true(performance.now() - start >= 250);
   t.true(await released);
@@ -197,7 +244,17 @@ test('wait: times out with LockNotAcquiredError', async (t) => {
   const held = await a.acquire('w', 'A');
   const start = performance.now();
   let called = false;
-  await t.throwsAsync(b.tryWithLock('w', 'B', () => { called = true; }, { wait: { timeoutMs: 300, minDelayMs: 5, maxDelayMs: 50 } }), { instanceOf: LockNotAcquiredError });
+  await t.throwsAsync(
+    b.tryWithLock(
+      'w',
+      'B',
+      () => {
+        called = true;
+      },
+      { wait: { timeoutMs: 300, minDelayMs: 5, maxDelayMs: 50 } },
+    ),
+    { instanceOf: LockNotAcquiredError },
+  );
   const elapsed = performance.now() - start;
   t.true(elapsed >= 280 && elapsed < 3000, `elapsed ${elapsed}`);
   t.false(called);
@@ -212,7 +269,9 @@ test('wait: the caller signal cancels waiting with its reason', async (t) => {
   const controller = new AbortController();
   const reason = new Error('cancelled');
   setTimeout(() => controller.abort(reason), 100);
-  const error = await t.throwsAsync(b.tryWithLock('w', 'B', () => 1, { wait: { timeoutMs: 10_000 }, signal: controller.signal }));
+  const error = await t.throwsAsync(
+    b.tryWithLock('w', 'B', () => 1, { wait: { timeoutMs: 10_000 }, signal: controller.signal }),
+  );
   t.is(error, reason);
   await held.release();
   t.is(b.heldCount, 0);
@@ -228,13 +287,22 @@ test('wait: same-process waiters queue locally and run one at a time, in arrival
   let maxInside = 0;
   const order: number[] = [];
   const before = await own.stats();
-  await Promise.all(Array.from({ length: 8 }, (_, i) => a.tryWithLock('queue', `w${i}`, async () => {
-    inside++;
-    maxInside = Math.max(maxInside, inside);
-    await sleep(5);
-    order.push(i);
-    inside--;
-  }, { wait: { timeoutMs: 10_000 } })));
+  await Promise.all(
+    Array.from({ length: 8 }, (_, i) =>
+      a.tryWithLock(
+        'queue',
+        `w${i}`,
+        async () => {
+          inside++;
+          maxInside = Math.max(maxInside, inside);
+          await sleep(5);
+          order.push(i);
+          inside--;
+        },
+        { wait: { timeoutMs: 10_000 } },
+      ),
+    ),
+  );
   const after = await own.stats();
   t.is(maxInside, 1);
   t.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7], 'first come, first served');
@@ -294,25 +362,27 @@ test('mutual exclusion: 48 workers on 3 keys across two instances never overlap'
   let overlaps = 0;
   let entries = 0;
   const until = performance.now() + 1500;
-  await Promise.all(Array.from({ length: 48 }, async (_, i) => {
-    const m = i % 2 === 0 ? a : b;
-    const key = `key${i % 3}`;
-    while (performance.now() < until) {
-      try {
-        await m.tryWithLock(key, `worker-${i}`, async () => {
-          const n = (inside.get(key) ?? 0) + 1;
-          inside.set(key, n);
-          if (n > 1) overlaps++;
-          entries++;
+  await Promise.all(
+    Array.from({ length: 48 }, async (_, i) => {
+      const m = i % 2 === 0 ? a : b;
+      const key = `key${i % 3}`;
+      while (performance.now() < until) {
+        try {
+          await m.tryWithLock(key, `worker-${i}`, async () => {
+            const n = (inside.get(key) ?? 0) + 1;
+            inside.set(key, n);
+            if (n > 1) overlaps++;
+            entries++;
+            await sleep(1);
+            inside.set(key, (inside.get(key) ?? 1) - 1);
+          });
+        } catch (error) {
+          if (!(error instanceof LockNotAcquiredError)) throw error;
           await sleep(1);
-          inside.set(key, (inside.get(key) ?? 1) - 1);
-        });
-      } catch (error) {
-        if (!(error instanceof LockNotAcquiredError)) throw error;
-        await sleep(1);
+        }
       }
-    }
-  }));
+    }),
+  );
   t.is(overlaps, 0);
   t.true(entries > 30, `only ${entries} critical sections ran`);
 });
@@ -323,7 +393,12 @@ test('memcache unreachable at acquire: MemcacheUnavailableError within a bounded
   shared.track(a);
   let called = false;
   const start = performance.now();
-  const error = await t.throwsAsync(a.tryWithLock('k', 'A', () => { called = true; }), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(
+    a.tryWithLock('k', 'A', () => {
+      called = true;
+    }),
+    { instanceOf: MemcacheUnavailableError },
+  );
   t.is(error?.code, 'ERR_MEMLOCK_UNAVAILABLE');
   t.truthy(error?.cause);
   t.false(called);
@@ -338,7 +413,10 @@ test('server paused (stalled) at acquire: MemcacheUnavailableError within the op
   await own.pause();
   try {
     const start = performance.now();
-    await t.throwsAsync(a.tryWithLock('k', 'A', () => 1), { instanceOf: MemcacheUnavailableError });
+    await t.throwsAsync(
+      a.tryWithLock('k', 'A', () => 1),
+      { instanceOf: MemcacheUnavailableError },
+    );
     t.true(performance.now() - start < 200 * 4 + 500);
   } finally {
     await own.resume();

@@ -55,7 +55,9 @@ test('a server error fails that request as not applied and keeps the connection'
   const warm = await meta.add('meta:warm', Buffer.from('w'), 30);
   if (warm.status !== 'ok') return t.fail();
   // Larger than memcached's default 1 MB item limit.
-  const error = await t.throwsAsync(meta.add('meta:huge', Buffer.alloc(2 * 1024 * 1024, 120), 30), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(meta.add('meta:huge', Buffer.alloc(2 * 1024 * 1024, 120), 30), {
+    instanceOf: MemcacheUnavailableError,
+  });
   t.false(error?.mayHaveApplied);
   t.regex(error?.message ?? '', /SERVER_ERROR/);
   t.regex(error?.message ?? '', /meta/, 'the error names the protocol');
@@ -72,7 +74,10 @@ test('locks over meta: acquire, refuse, renew, release', async (t) => {
   });
   await a.tryWithLock('k', 'A', async (signal) => {
     const before = await mc.rawGet('ml-meta:k');
-    await t.throwsAsync(b.tryWithLock('k', 'B', () => 1), { instanceOf: LockNotAcquiredError });
+    await t.throwsAsync(
+      b.tryWithLock('k', 'B', () => 1),
+      { instanceOf: LockNotAcquiredError },
+    );
     // Past the whole lease: only renewals keep it.
     await new Promise((resolve) => setTimeout(resolve, 2500));
     t.false(signal.aborted);
@@ -89,15 +94,30 @@ test('SASL credentials with the meta protocol are a RangeError naming `protocol`
     if (saved === undefined) delete process.env.MEMCACHE_USERNAME;
     else process.env.MEMCACHE_USERNAME = saved;
   });
-  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'meta', username: 'u', password: 'p' }), { instanceOf: RangeError, message: /`protocol`/ });
-  t.throws(() => new Memlock({ servers: 'u:p@h:1', protocol: 'meta' }), { instanceOf: RangeError, message: /`protocol`/ });
+  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'meta', username: 'u', password: 'p' }), {
+    instanceOf: RangeError,
+    message: /`protocol`/,
+  });
+  t.throws(() => new Memlock({ servers: 'u:p@h:1', protocol: 'meta' }), {
+    instanceOf: RangeError,
+    message: /`protocol`/,
+  });
   process.env.MEMCACHE_USERNAME = 'u';
-  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'meta' }), { instanceOf: RangeError, message: /`protocol`.*MEMCACHE_USERNAME/ });
+  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'meta' }), {
+    instanceOf: RangeError,
+    message: /`protocol`.*MEMCACHE_USERNAME/,
+  });
 });
 
 test('protocol and tls are validated; a memjs client is binary-only and has no TLS', (t) => {
-  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'text' as never }), { instanceOf: RangeError, message: /`protocol`/ });
-  t.throws(() => new Memlock({ servers: 'h:1', protocol: 1 as never }), { instanceOf: TypeError, message: /`protocol`/ });
+  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'text' as never }), {
+    instanceOf: RangeError,
+    message: /`protocol`/,
+  });
+  t.throws(() => new Memlock({ servers: 'h:1', protocol: 1 as never }), {
+    instanceOf: TypeError,
+    message: /`protocol`/,
+  });
   t.throws(() => new Memlock({ servers: 'h:1', tls: 'yes' as never }), { instanceOf: TypeError, message: /`tls`/ });
   const client = memjs.Client.create('127.0.0.1:1', { logger: { log: () => undefined } });
   t.teardown(() => client.close());

@@ -50,39 +50,79 @@ const body = (key: string): string => `
   console.log(JSON.stringify(out));
 `;
 
-test.serial('the tarball holds the built package, its typings, LICENSE, README and CHANGELOG, and no sources or tests', async (t) => {
-  const files = await tarballFiles(tarball);
-  for (const file of ['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/index.d.ts']) {
-    t.true(files.includes(file), `${file} ships`);
-  }
-  t.deepEqual(files.filter((f) => !/^(dist\/.+\.(js|d\.ts|js\.map)|package\.json|README\.md|LICENSE|CHANGELOG\.md)$/.test(f)), [], 'nothing else ships');
-  t.false(files.some((f) => f.startsWith('src/') || f.startsWith('test/')), 'no sources or tests');
-  // Every source map resolves: it embeds the sources it names (src/ does not ship).
-  const installed = path.join(consumer, 'node_modules', 'memlock');
-  for (const map of files.filter((f) => f.endsWith('.js.map'))) {
-    const json = JSON.parse(readFileSync(path.join(installed, map), 'utf8')) as { sources: string[]; sourcesContent?: Array<string | null> };
-    t.is(json.sourcesContent?.length, json.sources.length, `${map} embeds its sources`);
-    t.true(json.sourcesContent?.every((s) => typeof s === 'string' && s.length > 0), `${map} sources are not empty`);
-  }
-  const pkg = JSON.parse(readFileSync(path.join(installed, 'package.json'), 'utf8')) as Record<string, unknown>;
-  t.is(pkg.license, 'MIT');
-  t.truthy(pkg.repository);
-  t.truthy(pkg.homepage);
-  t.truthy(pkg.bugs);
-  t.regex(readFileSync(path.join(installed, 'LICENSE'), 'utf8'), /MIT License/);
-});
+test.serial(
+  'the tarball holds the built package, its typings, LICENSE, README and CHANGELOG, and no sources or tests',
+  async (t) => {
+    const files = await tarballFiles(tarball);
+    for (const file of ['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/index.d.ts']) {
+      t.true(files.includes(file), `${file} ships`);
+    }
+    t.deepEqual(
+      files.filter((f) => !/^(dist\/.+\.(js|d\.ts|js\.map)|package\.json|README\.md|LICENSE|CHANGELOG\.md)$/.test(f)),
+      [],
+      'nothing else ships',
+    );
+    t.false(
+      files.some((f) => f.startsWith('src/') || f.startsWith('test/')),
+      'no sources or tests',
+    );
+    // Every source map resolves: it embeds the sources it names (src/ does not ship).
+    const installed = path.join(consumer, 'node_modules', 'memlock');
+    for (const map of files.filter((f) => f.endsWith('.js.map'))) {
+      const json = JSON.parse(readFileSync(path.join(installed, map), 'utf8')) as {
+        sources: string[];
+        sourcesContent?: Array<string | null>;
+      };
+      t.is(json.sourcesContent?.length, json.sources.length, `${map} embeds its sources`);
+      t.true(
+        json.sourcesContent?.every((s) => typeof s === 'string' && s.length > 0),
+        `${map} sources are not empty`,
+      );
+    }
+    const pkg = JSON.parse(readFileSync(path.join(installed, 'package.json'), 'utf8')) as Record<string, unknown>;
+    t.is(pkg.license, 'MIT');
+    t.truthy(pkg.repository);
+    t.truthy(pkg.homepage);
+    t.truthy(pkg.bugs);
+    t.regex(readFileSync(path.join(installed, 'LICENSE'), 'utf8'), /MIT License/);
+  },
+);
 
-test.serial('only the public surface is reachable: deep imports are blocked, @internal declarations are stripped', async (t) => {
-  const dist = path.join(consumer, 'node_modules', 'memlock', 'dist');
-  t.notRegex(readFileSync(path.join(dist, 'index.d.ts'), 'utf8'), /HeldLock|LockContext|ResolvedLockOptions|resolveLockOptions|\bpublish\b/);
-  t.notRegex(readFileSync(path.join(dist, 'diagnostics.d.ts'), 'utf8'), /function publish\b/, 'stripInternal removed publish()');
-  t.notRegex(readFileSync(path.join(dist, 'errors.d.ts'), 'utf8'), /function notAcquired\b/, 'stripInternal removed notAcquired()');
-  const { stdout } = await sh(process.execPath, ['--input-type=module', '-e', "import('memlock/dist/lock.js').then(() => console.log('reachable'), (e) => console.log(e.code))"], { cwd: consumer });
-  t.is(stdout.trim(), 'ERR_PACKAGE_PATH_NOT_EXPORTED');
-});
+test.serial(
+  'only the public surface is reachable: deep imports are blocked, @internal declarations are stripped',
+  async (t) => {
+    const dist = path.join(consumer, 'node_modules', 'memlock', 'dist');
+    t.notRegex(
+      readFileSync(path.join(dist, 'index.d.ts'), 'utf8'),
+      /HeldLock|LockContext|ResolvedLockOptions|resolveLockOptions|\bpublish\b/,
+    );
+    t.notRegex(
+      readFileSync(path.join(dist, 'diagnostics.d.ts'), 'utf8'),
+      /function publish\b/,
+      'stripInternal removed publish()',
+    );
+    t.notRegex(
+      readFileSync(path.join(dist, 'errors.d.ts'), 'utf8'),
+      /function notAcquired\b/,
+      'stripInternal removed notAcquired()',
+    );
+    const { stdout } = await sh(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        "import('memlock/dist/lock.js').then(() => console.log('reachable'), (e) => console.log(e.code))",
+      ],
+      { cwd: consumer },
+    );
+    t.is(stdout.trim(), 'ERR_PACKAGE_PATH_NOT_EXPORTED');
+  },
+);
 
 test.serial('ESM: import from a plain .mjs consumer', async (t) => {
-  writeFiles(consumer, { 'esm.mjs': `import { Memlock, LockNotAcquiredError, MemlockError } from 'memlock';\n${body('esm')}` });
+  writeFiles(consumer, {
+    'esm.mjs': `import { Memlock, LockNotAcquiredError, MemlockError } from 'memlock';\n${body('esm')}`,
+  });
   const { stdout } = await sh(process.execPath, ['esm.mjs'], { cwd: consumer, env: env() });
   t.deepEqual(JSON.parse(stdout), expected);
 });
@@ -101,21 +141,22 @@ test.serial('CommonJS: require() from a plain .cjs consumer, the same module ins
 });
 
 /** The strict settings users run with; the library's typings must compile under them with `skipLibCheck: false`. */
-const strictTsconfig = (module: string): string => JSON.stringify({
-  compilerOptions: {
-    target: 'ES2022',
-    module,
-    moduleResolution: module,
-    strict: true,
-    exactOptionalPropertyTypes: true,
-    noUncheckedIndexedAccess: true,
-    skipLibCheck: false,
-    types: ['node'],
-    outDir: 'out',
-    rootDir: '.',
-  },
-  include: ['*.ts'],
-});
+const strictTsconfig = (module: string): string =>
+  JSON.stringify({
+    compilerOptions: {
+      target: 'ES2022',
+      module,
+      moduleResolution: module,
+      strict: true,
+      exactOptionalPropertyTypes: true,
+      noUncheckedIndexedAccess: true,
+      skipLibCheck: false,
+      types: ['node'],
+      outDir: 'out',
+      rootDir: '.',
+    },
+    include: ['*.ts'],
+  });
 
 /** A TypeScript consumer that uses the typed surface (no casts). */
 const tsBody = (key: string): string => `
@@ -151,24 +192,27 @@ test.serial('TypeScript ESM project (module nodenext, strict, skipLibCheck false
   t.deepEqual(JSON.parse(stdout), expected);
 });
 
-test.serial('TypeScript CommonJS project (module nodenext, strict, skipLibCheck false) compiles to require() and runs', async (t) => {
-  const dir = path.join(consumer, 'ts-cjs');
-  writeFiles(dir, {
-    'package.json': JSON.stringify({ type: 'commonjs' }),
-    'tsconfig.json': strictTsconfig('nodenext'),
-    'main.ts': `import { Memlock, MemlockError, LockNotAcquiredError, type LockInfo, type MemlockOptions } from 'memlock';
+test.serial(
+  'TypeScript CommonJS project (module nodenext, strict, skipLibCheck false) compiles to require() and runs',
+  async (t) => {
+    const dir = path.join(consumer, 'ts-cjs');
+    writeFiles(dir, {
+      'package.json': JSON.stringify({ type: 'commonjs' }),
+      'tsconfig.json': strictTsconfig('nodenext'),
+      'main.ts': `import { Memlock, MemlockError, LockNotAcquiredError, type LockInfo, type MemlockOptions } from 'memlock';
 async function main(): Promise<void> {
   ${tsBody('ts-cjs')}
 }
 main().catch((error: unknown) => { console.error(error); process.exitCode = 1; });
 `,
-  });
-  await sh(process.execPath, [tscBin, '-p', '.'], { cwd: dir });
-  const emitted = readFileSync(path.join(dir, 'out', 'main.js'), 'utf8');
-  t.regex(emitted, /require\("memlock"\)/, 'compiled to CommonJS');
-  const { stdout } = await sh(process.execPath, ['out/main.js'], { cwd: dir, env: env() });
-  t.deepEqual(JSON.parse(stdout), expected);
-});
+    });
+    await sh(process.execPath, [tscBin, '-p', '.'], { cwd: dir });
+    const emitted = readFileSync(path.join(dir, 'out', 'main.js'), 'utf8');
+    t.regex(emitted, /require\("memlock"\)/, 'compiled to CommonJS');
+    const { stdout } = await sh(process.execPath, ['out/main.js'], { cwd: dir, env: env() });
+    t.deepEqual(JSON.parse(stdout), expected);
+  },
+);
 
 test.serial('the installed `memlock` command runs through npx (bin, shebang, executable)', async (t) => {
   const help = await sh('npx', ['--no-install', 'memlock', '--help'], { cwd: consumer, env: env() });

@@ -9,7 +9,14 @@ import dc from 'node:diagnostics_channel';
 import { setTimeout as sleep } from 'node:timers/promises';
 import memjs from 'memjs';
 import {
-  Memlock, LockNotAcquiredError, LockLostError, MemcacheUnavailableError, MemlockError, defaults, defaultMemlock, tryWithLock,
+  Memlock,
+  LockNotAcquiredError,
+  LockLostError,
+  MemcacheUnavailableError,
+  MemlockError,
+  defaults,
+  defaultMemlock,
+  tryWithLock,
 } from '../src/index.js';
 import { startMemcached, freePort, type MemcachedProcess } from './helpers/memcached.js';
 import { sharedServer } from './helpers/shared.js';
@@ -21,10 +28,17 @@ const memlock = shared.memlock.bind(shared);
 /** Operations memcached counted (reads, writes incl. add/CAS, touches, deletes). */
 async function ops(mc: MemcachedProcess): Promise<number> {
   const s = await mc.stats();
-  return ['cmd_get', 'cmd_set', 'cmd_touch', 'delete_hits', 'delete_misses'].reduce((sum, k) => sum + Number(s[k] ?? 0), 0);
+  return ['cmd_get', 'cmd_set', 'cmd_touch', 'delete_hits', 'delete_misses'].reduce(
+    (sum, k) => sum + Number(s[k] ?? 0),
+    0,
+  );
 }
 
-const quickWait = (timeoutMs: number): { timeoutMs: number; minDelayMs: number; maxDelayMs: number } => ({ timeoutMs, minDelayMs: 20, maxDelayMs: 50 });
+const quickWait = (timeoutMs: number): { timeoutMs: number; minDelayMs: number; maxDelayMs: number } => ({
+  timeoutMs,
+  minDelayMs: 20,
+  maxDelayMs: 50,
+});
 
 // ----------------------------------------------------------------- new Memlock
 
@@ -40,31 +54,41 @@ test.serial('new Memlock: "Validates every option first ... and opens nothing un
   await m.close();
 });
 
-test.serial('servers: "Default: process.env.MEMCACHE_SERVERS"; tryWithLock: "a shared default instance, created on first use from the environment"', async (t) => {
-  const saved = process.env.MEMCACHE_SERVERS;
-  process.env.MEMCACHE_SERVERS = shared.mc.address;
-  t.teardown(() => {
-    if (saved === undefined) delete process.env.MEMCACHE_SERVERS;
-    else process.env.MEMCACHE_SERVERS = saved;
-  });
-  const m = new Memlock({ prefix: 'env-default:' });
-  shared.track(m);
-  await m.tryWithLock('k', 'A', async () => {
-    t.truthy(await shared.mc.rawGet('env-default:k'), 'the entry is on the MEMCACHE_SERVERS server');
-  });
-  const result = await tryWithLock('shared-default', 'A', async () => {
-    t.is((await defaultMemlock().inspect('shared-default'))?.clientId, 'A', 'defaultMemlock() is the instance tryWithLock used');
-    t.truthy(await shared.mc.rawGet('memlock:shared-default'));
-    return 'ran';
-  });
-  t.is(result, 'ran');
-  t.is(defaultMemlock(), defaultMemlock());
-  await defaultMemlock().close();
-});
+test.serial(
+  'servers: "Default: process.env.MEMCACHE_SERVERS"; tryWithLock: "a shared default instance, created on first use from the environment"',
+  async (t) => {
+    const saved = process.env.MEMCACHE_SERVERS;
+    process.env.MEMCACHE_SERVERS = shared.mc.address;
+    t.teardown(() => {
+      if (saved === undefined) delete process.env.MEMCACHE_SERVERS;
+      else process.env.MEMCACHE_SERVERS = saved;
+    });
+    const m = new Memlock({ prefix: 'env-default:' });
+    shared.track(m);
+    await m.tryWithLock('k', 'A', async () => {
+      t.truthy(await shared.mc.rawGet('env-default:k'), 'the entry is on the MEMCACHE_SERVERS server');
+    });
+    const result = await tryWithLock('shared-default', 'A', async () => {
+      t.is(
+        (await defaultMemlock().inspect('shared-default'))?.clientId,
+        'A',
+        'defaultMemlock() is the instance tryWithLock used',
+      );
+      t.truthy(await shared.mc.rawGet('memlock:shared-default'));
+      return 'ran';
+    });
+    t.is(result, 'ran');
+    t.is(defaultMemlock(), defaultMemlock());
+    await defaultMemlock().close();
+  },
+);
 
 test('prefix: "No whitespace or control characters, at most 179 bytes"', (t) => {
   t.notThrows(() => new Memlock({ servers: 'x:1', prefix: 'p'.repeat(179) }));
-  t.throws(() => new Memlock({ servers: 'x:1', prefix: 'p'.repeat(180) }), { instanceOf: RangeError, message: /`prefix`/ });
+  t.throws(() => new Memlock({ servers: 'x:1', prefix: 'p'.repeat(180) }), {
+    instanceOf: RangeError,
+    message: /`prefix`/,
+  });
   t.throws(() => new Memlock({ servers: 'x:1', prefix: 'a\tb' }), { instanceOf: RangeError, message: /`prefix`/ });
   t.throws(() => new Memlock({ servers: 'x:1', prefix: 'a\u0001b' }), { instanceOf: RangeError, message: /`prefix`/ });
 });
@@ -72,7 +96,10 @@ test('prefix: "No whitespace or control characters, at most 179 bytes"', (t) => 
 test('timeoutMs: "Deadline of each memcache operation (1 ms to 60 s)"', (t) => {
   t.notThrows(() => new Memlock({ servers: 'x:1', timeoutMs: 1 }));
   t.notThrows(() => new Memlock({ servers: 'x:1', timeoutMs: 60_000 }));
-  t.throws(() => new Memlock({ servers: 'x:1', timeoutMs: 60_001 }), { instanceOf: RangeError, message: /`timeoutMs`/ });
+  t.throws(() => new Memlock({ servers: 'x:1', timeoutMs: 60_001 }), {
+    instanceOf: RangeError,
+    message: /`timeoutMs`/,
+  });
 });
 
 test('client: "memlock uses its server connections ... and does not close it"', async (t) => {
@@ -97,24 +124,35 @@ test('tryWithLock: "A failed release never replaces `fn`\'s result or error"', a
     return 'result';
   });
   t.is(result, 'result');
-  t.is((await shared.mc.rawGet(prefix + 'k'))?.value.toString(), 'someone else', 'the release left the other entry alone');
+  t.is(
+    (await shared.mc.rawGet(prefix + 'k'))?.value.toString(),
+    'someone else',
+    'the release left the other entry alone',
+  );
   // fn throws, and the release fails: fn's error, not the release's.
   const boom = new Error('boom');
   await shared.mc.rawDelete(prefix + 'k');
-  const error = await t.throwsAsync(m.tryWithLock('k', 'A', async () => {
-    await shared.mc.rawDelete(prefix + 'k');
-    throw boom;
-  }));
+  const error = await t.throwsAsync(
+    m.tryWithLock('k', 'A', async () => {
+      await shared.mc.rawDelete(prefix + 'k');
+      throw boom;
+    }),
+  );
   t.is(error, boom);
 });
 
 test('leaseMs / heartbeatMs: "A per-call `leaseMs` without `heartbeatMs` uses `min(instance heartbeatMs, leaseMs / 2)`"', async (t) => {
   // Instance heartbeat 3 s is more than half of a 2 s per-call lease: it must be lowered, not rejected.
   const m = memlock({ leaseMs: 16_000, heartbeatMs: 3000 });
-  const aborted = await m.tryWithLock('per-call-lease', 'A', async (signal) => {
-    await sleep(2500); // longer than the 2 s lease: only renewals keep it
-    return signal.aborted;
-  }, { leaseMs: 2000 });
+  const aborted = await m.tryWithLock(
+    'per-call-lease',
+    'A',
+    async (signal) => {
+      await sleep(2500); // longer than the 2 s lease: only renewals keep it
+      return signal.aborted;
+    },
+    { leaseMs: 2000 },
+  );
   t.false(aborted, 'renewed within the 2 s lease');
 });
 
@@ -132,8 +170,19 @@ test('wait: "`Infinity` waits until the signal aborts"', async (t) => {
   const controller = new AbortController();
   const reason = new Error('caller gave up');
   let settled: { value?: unknown; error?: unknown } | undefined;
-  const waiting = waiter.tryWithLock('k', 'waiter', () => 'ran', { wait: { timeoutMs: Number.POSITIVE_INFINITY, minDelayMs: 20, maxDelayMs: 50 }, signal: controller.signal })
-    .then((value) => { settled = { value }; }, (error: unknown) => { settled = { error }; });
+  const waiting = waiter
+    .tryWithLock('k', 'waiter', () => 'ran', {
+      wait: { timeoutMs: Number.POSITIVE_INFINITY, minDelayMs: 20, maxDelayMs: 50 },
+      signal: controller.signal,
+    })
+    .then(
+      (value) => {
+        settled = { value };
+      },
+      (error: unknown) => {
+        settled = { error };
+      },
+    );
   await sleep(1000); // many polls (every <= 50 ms) later, it still waits
   t.is(settled, undefined, `still waiting (settled with ${String(settled?.error ?? settled?.value)})`);
   controller.abort(reason);
@@ -141,25 +190,30 @@ test('wait: "`Infinity` waits until the signal aborts"', async (t) => {
   t.is(settled?.error, reason, 'rejects with signal.reason unchanged');
 });
 
-test.serial('wait: "Waiters in the same `Memlock` instance queue locally: only the head of the queue asks memcache"', async (t) => {
-  const own = await startMemcached();
-  t.teardown(() => own.stop());
-  const holder = new Memlock({ servers: own.address });
-  const waiters = new Memlock({ servers: own.address });
-  t.teardown(() => Promise.all([holder.close(), waiters.close()]));
-  const held = await holder.acquire('k', 'holder');
-  // Five waiters polling every 50 ms at most: if all asked memcache, 5x the traffic of one.
-  const wait = { timeoutMs: 1000, minDelayMs: 50, maxDelayMs: 50 };
-  const before = await ops(own);
-  const results = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => waiters.tryWithLock('k', `w${i}`, () => 1, { wait })));
-  const spent = (await ops(own)) - before;
-  await held.release();
-  t.true(results.every((r) => r.status === 'rejected' && r.reason instanceof LockNotAcquiredError));
-  // The head over 1 s: at most 1000 / 50 + 1 = 21 attempts of at most 2 ops (add + read); each other
-  // waiter may try once as it leaves the queue at its timeout. Five pollers would spend about 5 x 42.
-  t.log(`${spent} memcache ops for 5 local waiters over 1 s`);
-  t.true(spent <= 2 * (21 + 4) + 10, `only the head polled (${spent} ops)`);
-});
+test.serial(
+  'wait: "Waiters in the same `Memlock` instance queue locally: only the head of the queue asks memcache"',
+  async (t) => {
+    const own = await startMemcached();
+    t.teardown(() => own.stop());
+    const holder = new Memlock({ servers: own.address });
+    const waiters = new Memlock({ servers: own.address });
+    t.teardown(() => Promise.all([holder.close(), waiters.close()]));
+    const held = await holder.acquire('k', 'holder');
+    // Five waiters polling every 50 ms at most: if all asked memcache, 5x the traffic of one.
+    const wait = { timeoutMs: 1000, minDelayMs: 50, maxDelayMs: 50 };
+    const before = await ops(own);
+    const results = await Promise.allSettled(
+      Array.from({ length: 5 }, (_, i) => waiters.tryWithLock('k', `w${i}`, () => 1, { wait })),
+    );
+    const spent = (await ops(own)) - before;
+    await held.release();
+    t.true(results.every((r) => r.status === 'rejected' && r.reason instanceof LockNotAcquiredError));
+    // The head over 1 s: at most 1000 / 50 + 1 = 21 attempts of at most 2 ops (add + read); each other
+    // waiter may try once as it leaves the queue at its timeout. Five pollers would spend about 5 x 42.
+    t.log(`${spent} memcache ops for 5 local waiters over 1 s`);
+    t.true(spent <= 2 * (21 + 4) + 10, `only the head polled (${spent} ops)`);
+  },
+);
 
 test.serial('wait: "... and only while no lock of this instance holds the key"', async (t) => {
   const own = await startMemcached();
@@ -168,7 +222,9 @@ test.serial('wait: "... and only while no lock of this instance holds the key"',
   t.teardown(() => m.close());
   const held = await m.acquire('k', 'holder');
   const before = await ops(own);
-  const waiting = Promise.all(Array.from({ length: 3 }, (_, i) => m.tryWithLock('k', `w${i}`, () => i, { wait: quickWait(5000) })));
+  const waiting = Promise.all(
+    Array.from({ length: 3 }, (_, i) => m.tryWithLock('k', `w${i}`, () => i, { wait: quickWait(5000) })),
+  );
   await sleep(500); // 10+ backoff periods
   t.is((await ops(own)) - before, 0, 'no memcache traffic while a lock of this instance holds the key');
   await held.release();
@@ -196,10 +252,16 @@ test('Errors: "`LockNotAcquiredError` ... held by another client; or `wait.timeo
   const held = await a.acquire('k', 'A');
   t.teardown(() => held.release());
   // Another instance times out waiting: holder read from memcache.
-  const remote = await t.throwsAsync(b.tryWithLock('k', 'B', () => 1, { wait: quickWait(300) }), { instanceOf: LockNotAcquiredError });
+  const remote = await t.throwsAsync(
+    b.tryWithLock('k', 'B', () => 1, { wait: quickWait(300) }),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.is((remote as LockNotAcquiredError).holder, 'A', 'another instance');
   // The same instance times out waiting in its local queue: the holder is just as readable (and known locally).
-  const local = await t.throwsAsync(a.tryWithLock('k', 'B', () => 1, { wait: quickWait(300) }), { instanceOf: LockNotAcquiredError });
+  const local = await t.throwsAsync(
+    a.tryWithLock('k', 'B', () => 1, { wait: quickWait(300) }),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.is((local as LockNotAcquiredError).holder, 'A', 'same instance (local queue)');
 });
 
@@ -207,7 +269,10 @@ test('Errors: "`MemcacheUnavailableError` ... `cause` and `server` set"', async 
   const port = await freePort();
   const m = new Memlock({ servers: `127.0.0.1:${port}`, timeoutMs: 300 });
   t.teardown(() => m.close());
-  const error = await t.throwsAsync(m.tryWithLock('k', 'A', () => 1), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('k', 'A', () => 1),
+    { instanceOf: MemcacheUnavailableError },
+  );
   t.is(error?.code, 'ERR_MEMLOCK_UNAVAILABLE');
   t.truthy(error?.cause, 'cause set');
   t.is((error as MemcacheUnavailableError).server, `127.0.0.1:${port}`);
@@ -232,12 +297,17 @@ test('acquire: "`release()` never rejects: `true` when our entry was deleted, `f
   const failed = await o.acquire('k', 'A');
   await own.stop();
   const published: Array<{ reason?: string; error?: unknown }> = [];
-  const onFailed = (message: unknown): void => { published.push(message as { reason?: string; error?: unknown }); };
+  const onFailed = (message: unknown): void => {
+    published.push(message as { reason?: string; error?: unknown });
+  };
   dc.subscribe('memlock:release-failed', onFailed);
   t.teardown(() => dc.unsubscribe('memlock:release-failed', onFailed));
   t.false(await failed.release(), 'memcache failed: false, not a rejection');
   // Diagnostics: "`memlock:release-failed` `{ key, clientId, reason: 'gone' | 'taken' | 'error', error }`"
-  t.true(published.some((m) => m.reason === 'error' && m.error instanceof Error), 'published with reason error');
+  t.true(
+    published.some((m) => m.reason === 'error' && m.error instanceof Error),
+    'published with reason error',
+  );
 });
 
 test('Keys: "Keys are case-sensitive Unicode"', async (t) => {
@@ -265,8 +335,13 @@ test.serial('wrap: "Options are validated when `wrap` is called" (clientId too)'
 test('wrap: "every `tryWithLock` option except `signal`" (a `signal` option is refused when `wrap` is called)', (t) => {
   const m = memlock();
   const controller = new AbortController();
-  const options = { key: (id: string) => id, signal: controller.signal } as unknown as Parameters<typeof m.wrap<[string], number>>[1];
-  t.throws(() => m.wrap(async (_id: string, _signal: AbortSignal) => 1, options), { instanceOf: TypeError, message: /`signal`/ });
+  const options = { key: (id: string) => id, signal: controller.signal } as unknown as Parameters<
+    typeof m.wrap<[string], number>
+  >[1];
+  t.throws(() => m.wrap(async (_id: string, _signal: AbortSignal) => 1, options), {
+    instanceOf: TypeError,
+    message: /`signal`/,
+  });
 });
 
 // -------------------------------------------------------------------- inspect
@@ -277,7 +352,12 @@ test('inspect: "An entry not written by memlock also reads as `null` (it still b
   await shared.mc.rawSet(prefix + 'k', 'not a memlock value', 30);
   t.is(await m.inspect('k'), null);
   let called = false;
-  const error = await t.throwsAsync(m.tryWithLock('k', 'A', () => { called = true; }), { instanceOf: LockNotAcquiredError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('k', 'A', () => {
+      called = true;
+    }),
+    { instanceOf: LockNotAcquiredError },
+  );
   t.is((error as LockNotAcquiredError).holder, undefined, 'no holder to name');
   t.false(called);
   t.is((await shared.mc.rawGet(prefix + 'k'))?.value.toString(), 'not a memlock value');
@@ -294,68 +374,80 @@ test('close(): "Idempotent"', async (t) => {
   await t.notThrowsAsync(m.close());
 });
 
-test.serial('close(): "Calls still waiting for a lock (`wait`) reject at once with a `MemlockError` (`ERR_MEMLOCK_CLOSED`)" (also with its add in flight), and "Releases every lock this instance holds" (the add the server applied too)', async (t) => {
-  const own = await startMemcached();
-  t.teardown(() => own.stop());
-  const prefix = 'close-inflight:';
-  const m = new Memlock({ servers: own.address, prefix, timeoutMs: 3000 });
-  // A stopped memcached still accepts connections (kernel backlog) and buffers requests: the add is in flight
-  // until it resumes, then applied: what a rolling deploy does to a healthy server that is merely slow to answer.
-  await own.pause();
-  let resumed = false;
-  t.teardown(async () => { if (!resumed) await own.resume(); });
-  const waiting = m.acquire('k', 'waiter', { wait: { timeoutMs: 10_000, minDelayMs: 10, maxDelayMs: 10 } })
-    .then((lock) => lock, (error: unknown) => error);
-  await sleep(200);
-  const closing = m.close();
-  const outcome = await Promise.race([waiting, sleep(100).then(() => 'still pending 100 ms after close()')]);
-  await sleep(200);
-  await own.resume();
-  resumed = true;
-  await closing;
-  const settled = await waiting;
-  const left = await own.rawGet(prefix + 'k');
-  t.log(`waiter, 100 ms after close(): ${String(outcome)}; entry after close() resolved: ${left === null ? 'none' : left.value.toString()}`);
-  t.true(settled instanceof MemlockError && settled.code === 'ERR_MEMLOCK_CLOSED', `got ${String(settled)}`);
-  t.is(left, null, 'no entry left blocking the key for the lease');
-});
+test.serial(
+  'close(): "Calls still waiting for a lock (`wait`) reject at once with a `MemlockError` (`ERR_MEMLOCK_CLOSED`)" (also with its add in flight), and "Releases every lock this instance holds" (the add the server applied too)',
+  async (t) => {
+    const own = await startMemcached();
+    t.teardown(() => own.stop());
+    const prefix = 'close-inflight:';
+    const m = new Memlock({ servers: own.address, prefix, timeoutMs: 3000 });
+    // A stopped memcached still accepts connections (kernel backlog) and buffers requests: the add is in flight
+    // until it resumes, then applied: what a rolling deploy does to a healthy server that is merely slow to answer.
+    await own.pause();
+    let resumed = false;
+    t.teardown(async () => {
+      if (!resumed) await own.resume();
+    });
+    const waiting = m.acquire('k', 'waiter', { wait: { timeoutMs: 10_000, minDelayMs: 10, maxDelayMs: 10 } }).then(
+      (lock) => lock,
+      (error: unknown) => error,
+    );
+    await sleep(200);
+    const closing = m.close();
+    const outcome = await Promise.race([waiting, sleep(100).then(() => 'still pending 100 ms after close()')]);
+    await sleep(200);
+    await own.resume();
+    resumed = true;
+    await closing;
+    const settled = await waiting;
+    const left = await own.rawGet(prefix + 'k');
+    t.log(
+      `waiter, 100 ms after close(): ${String(outcome)}; entry after close() resolved: ${left === null ? 'none' : left.value.toString()}`,
+    );
+    t.true(settled instanceof MemlockError && settled.code === 'ERR_MEMLOCK_CLOSED', `got ${String(settled)}`);
+    t.is(left, null, 'no entry left blocking the key for the lease');
+  },
+);
 
 // ------------------------------------------------------ diagnostics, guarantees
 
-test.serial('Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:refused`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"', async (t) => {
-  const prefix = 'payload:';
-  const m = memlock({}, prefix);
-  const seen: Record<string, Array<Record<string, unknown>>> = {};
-  const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released', 'memlock:refused'] as const;
-  const subs = names.map((name) => {
-    const fn = (message: unknown): void => {
-      if ((message as { key?: string }).key === 'p') (seen[name] ??= []).push(message as Record<string, unknown>);
-    };
-    dc.subscribe(name, fn);
-    return () => dc.unsubscribe(name, fn);
-  });
-  t.teardown(() => subs.forEach((off) => off()));
-  const first = await m.acquire('p', 'A');
-  await sleep(50);
-  // A steal (holder older than stealAfterMs) from another client.
-  const thief = await m.acquire('p', 'B', { stealAfterMs: 10 });
-  await t.throwsAsync(m.acquire('p', 'C'), { instanceOf: LockNotAcquiredError });
-  await first.release();
-  await sleep(20);
-  await thief.release();
-  const acquired = seen['memlock:acquired'] ?? [];
-  t.like(acquired[0], { key: 'p', clientId: 'A', how: 'added', server: shared.mc.address });
-  t.is(typeof acquired[0]?.durationMs, 'number');
-  t.like(acquired[1], { key: 'p', clientId: 'B', how: 'stolen' });
-  // "`memlock:refused` `{ key, clientId, holder, server }`"
-  t.like(seen['memlock:refused']?.[0], { key: 'p', clientId: 'C', holder: 'B', server: shared.mc.address });
-  const stolen = seen['memlock:stolen']?.[0];
-  t.like(stolen, { key: 'p', clientId: 'B', how: 'stolen', previousClientId: 'A' });
-  t.true(stolen?.previousAcquiredAt instanceof Date);
-  const released = seen['memlock:released'] ?? [];
-  t.like(released.at(-1), { key: 'p', clientId: 'B' });
-  t.true(typeof released.at(-1)?.heldMs === 'number' && (released.at(-1)?.heldMs as number) >= 20);
-});
+test.serial(
+  'Diagnostics: payloads "`memlock:acquired` `{ key, clientId, how, server, durationMs }`", "`memlock:refused`", "`memlock:stolen` ... `previousAcquiredAt: Date`", "`memlock:released` `{ key, clientId, heldMs }`"',
+  async (t) => {
+    const prefix = 'payload:';
+    const m = memlock({}, prefix);
+    const seen: Record<string, Array<Record<string, unknown>>> = {};
+    const names = ['memlock:acquired', 'memlock:stolen', 'memlock:released', 'memlock:refused'] as const;
+    const subs = names.map((name) => {
+      const fn = (message: unknown): void => {
+        if ((message as { key?: string }).key === 'p') (seen[name] ??= []).push(message as Record<string, unknown>);
+      };
+      dc.subscribe(name, fn);
+      return () => dc.unsubscribe(name, fn);
+    });
+    t.teardown(() => subs.forEach((off) => off()));
+    const first = await m.acquire('p', 'A');
+    await sleep(50);
+    // A steal (holder older than stealAfterMs) from another client.
+    const thief = await m.acquire('p', 'B', { stealAfterMs: 10 });
+    await t.throwsAsync(m.acquire('p', 'C'), { instanceOf: LockNotAcquiredError });
+    await first.release();
+    await sleep(20);
+    await thief.release();
+    const acquired = seen['memlock:acquired'] ?? [];
+    t.like(acquired[0], { key: 'p', clientId: 'A', how: 'added', server: shared.mc.address });
+    t.is(typeof acquired[0]?.durationMs, 'number');
+    t.like(acquired[1], { key: 'p', clientId: 'B', how: 'stolen' });
+    // "`memlock:refused` `{ key, clientId, holder, server }`"
+    t.like(seen['memlock:refused']?.[0], { key: 'p', clientId: 'C', holder: 'B', server: shared.mc.address });
+    const stolen = seen['memlock:stolen']?.[0];
+    t.like(stolen, { key: 'p', clientId: 'B', how: 'stolen', previousClientId: 'A' });
+    t.true(stolen?.previousAcquiredAt instanceof Date);
+    const released = seen['memlock:released'] ?? [];
+    t.like(released.at(-1), { key: 'p', clientId: 'B' });
+    t.true(typeof released.at(-1)?.heldMs === 'number' && (released.at(-1)?.heldMs as number) >= 20);
+  },
+);
 
 test('Guarantees: "each entry\'s value is unique per acquisition (clientId, acquisition time, random token)"', async (t) => {
   const prefix = 'unique:';
@@ -383,31 +475,48 @@ function child(body: string): { ready: Promise<void>; exited: Promise<number | n
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
-  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  proc.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const ready = new Promise<void>((resolve, reject) => {
-    proc.stdout.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+    proc.stdout.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) resolve();
+    });
     void exited.then(() => reject(new Error(`child exited before ready: ${stderr}`)));
   });
   return { ready, exited, kill: () => proc.kill('SIGKILL') };
 }
 
-const within = <T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> => Promise.race([p, sleep(ms).then(() => 'timeout' as const)]);
+const within = <T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> =>
+  Promise.race([p, sleep(ms).then(() => 'timeout' as const)]);
 
-test.serial('ref: "Whether idle memcache connections keep the process alive" (default `true`: they do; `false`: they do not)', async (t) => {
-  const kept = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-true:' });\nawait m.tryWithLock('k', 'A', () => 1);`);
-  t.teardown(kept.kill);
-  await kept.ready;
-  t.is(await within(kept.exited, 2000), 'timeout', 'ref: true (default): an idle connection keeps the process alive');
-  const free = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-false:', ref: false });\nawait m.tryWithLock('k', 'A', () => 1);`);
-  t.teardown(free.kill);
-  await free.ready;
-  t.is(await within(free.exited, 10_000), 0, 'ref: false: the process exits on its own, without close()');
-});
+test.serial(
+  'ref: "Whether idle memcache connections keep the process alive" (default `true`: they do; `false`: they do not)',
+  async (t) => {
+    const kept = child(
+      `const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-true:' });\nawait m.tryWithLock('k', 'A', () => 1);`,
+    );
+    t.teardown(kept.kill);
+    await kept.ready;
+    t.is(await within(kept.exited, 2000), 'timeout', 'ref: true (default): an idle connection keeps the process alive');
+    const free = child(
+      `const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-false:', ref: false });\nawait m.tryWithLock('k', 'A', () => 1);`,
+    );
+    t.teardown(free.kill);
+    await free.ready;
+    t.is(await within(free.exited, 10_000), 0, 'ref: false: the process exits on its own, without close()');
+  },
+);
 
-test.serial('ref: "Heartbeat timers never do" (a held lock with `ref: false` does not keep the process alive)', async (t) => {
-  const holder = child(`const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-held:', ref: false, leaseMs: 2000, heartbeatMs: 200 });\nawait m.acquire('k', 'A');`);
-  t.teardown(holder.kill);
-  await holder.ready;
-  t.is(await within(holder.exited, 10_000), 0, 'exits while holding the lock');
-});
+test.serial(
+  'ref: "Heartbeat timers never do" (a held lock with `ref: false` does not keep the process alive)',
+  async (t) => {
+    const holder = child(
+      `const m = new Memlock({ servers: process.env.MEMCACHE_SERVERS, prefix: 'ref-held:', ref: false, leaseMs: 2000, heartbeatMs: 200 });\nawait m.acquire('k', 'A');`,
+    );
+    t.teardown(holder.kill);
+    await holder.ready;
+    t.is(await within(holder.exited, 10_000), 0, 'exits while holding the lock');
+  },
+);

@@ -12,7 +12,10 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, symlinkSync } from 
 import path from 'node:path';
 import { root, sh, tempDir, tscBin, writeFiles } from './helpers/package.js';
 
-interface Block { readonly line: number; readonly code: string }
+interface Block {
+  readonly line: number;
+  readonly code: string;
+}
 
 /** The ```ts blocks of a markdown text, with the README line each starts on. */
 function tsBlocks(markdown: string): Block[] {
@@ -70,8 +73,9 @@ test('every ts code block of README.md compiles against the built package under 
     (error: Error) => error.message,
   );
   // Name the README line of each failing block.
-  const failing = [...result.matchAll(/^block-(\d+)\.ts\((\d+),\d+\): (error .*)$/gm)].map(([, start, line, message]) =>
-    `README.md:${Number(start) + Number(line) - 1}: ${message}`);
+  const failing = [...result.matchAll(/^block-(\d+)\.ts\((\d+),\d+\): (error .*)$/gm)].map(
+    ([, start, line, message]) => `README.md:${Number(start) + Number(line) - 1}: ${message}`,
+  );
   t.deepEqual(failing, [], `failing README blocks:\n${failing.join('\n')}`);
   t.is(result, '', result);
 });

@@ -10,8 +10,8 @@ test('import "memlock/testing" resolves to the built stand-in, and it works with
   // Specifiers in variables: type-checking must not need dist/ (npm test type-checks before it builds).
   const testing = 'memlock/testing';
   const main = 'memlock';
-  const { MemcacheStandIn } = await import(testing) as typeof import('../src/testing.js');
-  const { Memlock, LockNotAcquiredError } = await import(main) as typeof import('../src/index.js');
+  const { MemcacheStandIn } = (await import(testing)) as typeof import('../src/testing.js');
+  const { Memlock, LockNotAcquiredError } = (await import(main)) as typeof import('../src/index.js');
   const memcache = new MemcacheStandIn();
   const memlock = memcache.memlock();
   t.true(memlock instanceof Memlock);

@@ -6,7 +6,11 @@
  */
 import test from 'ava';
 import {
-  Memlock, MemcacheLockClient, MemcacheUnavailableError, LockNotAcquiredError, type ProtocolName,
+  Memlock,
+  MemcacheLockClient,
+  MemcacheUnavailableError,
+  LockNotAcquiredError,
+  type ProtocolName,
 } from '../src/index.js';
 import { tlsFor } from '../src/transport/servers.js';
 import { makePki, startTlsMemcached, type TestPki, type TlsMemcached } from './helpers/tls.js';
@@ -38,7 +42,10 @@ for (const protocol of ['binary', 'meta'] as ProtocolName[]) {
     await a.tryWithLock('k', 'A', async (signal) => {
       const first = await server.raw.get(`${prefix}k`);
       t.regex(first?.value.toString() ?? '', /:A$/, 'the entry is on the server (read over the plain listener)');
-      const refused = await t.throwsAsync(b.tryWithLock('k', 'B', () => 1), { instanceOf: LockNotAcquiredError });
+      const refused = await t.throwsAsync(
+        b.tryWithLock('k', 'B', () => 1),
+        { instanceOf: LockNotAcquiredError },
+      );
       t.is(refused?.holder, 'A');
       // Longer than the whole lease: only renewals over TLS keep the entry.
       await new Promise((resolve) => setTimeout(resolve, 2500));
@@ -59,7 +66,12 @@ async function failsWithTlsError(t: import('ava').ExecutionContext, tls: object,
   t.teardown(() => m.close());
   let called = false;
   const started = performance.now();
-  const error = await t.throwsAsync(m.tryWithLock('k', 'A', () => { called = true; }), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('k', 'A', () => {
+      called = true;
+    }),
+    { instanceOf: MemcacheUnavailableError },
+  );
   const elapsed = performance.now() - started;
   t.false(called);
   t.true(elapsed < timeoutMs, `failed after ${elapsed.toFixed(0)} ms, before the ${timeoutMs} ms deadline`);
@@ -84,7 +96,12 @@ test.serial('a certificate for another host name fails with the TLS error as cau
 });
 
 test.serial('the host name is the default servername: localhost matches the certificate', async (t) => {
-  const c = new MemcacheLockClient({ servers: [`localhost:${server.port}`], tls: { ca: pki.ca }, protocol: 'meta', timeoutMs });
+  const c = new MemcacheLockClient({
+    servers: [`localhost:${server.port}`],
+    tls: { ca: pki.ca },
+    protocol: 'meta',
+    timeoutMs,
+  });
   t.teardown(() => c.close());
   t.is((await c.add('tls-sni', Buffer.from('v'), 10)).status, 'ok');
   t.deepEqual(tlsFor('localhost', true), { servername: 'localhost' });
@@ -116,13 +133,19 @@ test.serial('a TLS handshake that never completes fails at the deadline, as not 
   const { startProxy } = await import('./helpers/proxy.js');
   const proxy = await startProxy({ host: '127.0.0.1', port: server.port });
   proxy.stall();
-  const c = new MemcacheLockClient({ servers: [proxy.address], tls: { ca: pki.ca, servername: 'localhost' }, timeoutMs: 300 });
+  const c = new MemcacheLockClient({
+    servers: [proxy.address],
+    tls: { ca: pki.ca, servername: 'localhost' },
+    timeoutMs: 300,
+  });
   t.teardown(async () => {
     await c.close();
     await proxy.close();
   });
   const started = performance.now();
-  const error = await t.throwsAsync(c.add('tls-handshake', Buffer.from('v'), 10), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(c.add('tls-handshake', Buffer.from('v'), 10), {
+    instanceOf: MemcacheUnavailableError,
+  });
   const elapsed = performance.now() - started;
   t.true(elapsed >= 290 && elapsed < 300 * 3, `failed after ${elapsed.toFixed(0)} ms`);
   t.regex(error?.message ?? '', /timed out/);

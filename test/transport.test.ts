@@ -68,7 +68,10 @@ test('addThenGet answers both in one round trip', async (t) => {
   let elapsed = performance.now() - start;
   t.is(first.add.status, 'ok');
   t.is(first.entry?.value.toString(), 'mine');
-  t.true(elapsed >= 2 * latencyMs - 5 && elapsed < 3 * latencyMs, `add + get took ${elapsed.toFixed(0)} ms (one round trip: ${2 * latencyMs} ms)`);
+  t.true(
+    elapsed >= 2 * latencyMs - 5 && elapsed < 3 * latencyMs,
+    `add + get took ${elapsed.toFixed(0)} ms (one round trip: ${2 * latencyMs} ms)`,
+  );
   start = performance.now();
   const second = await c.addThenGet(key, Buffer.from('theirs'), 10);
   elapsed = performance.now() - start;
@@ -162,7 +165,10 @@ test('a timeout followed at once by a new request leaves one open connection, an
     proxy.stall();
     const stalled = c.get('k');
     // The request after the timeout goes out in the same tick the old socket is destroyed.
-    const next = stalled.catch(() => { proxy.heal(); return c.get('k'); });
+    const next = stalled.catch(() => {
+      proxy.heal();
+      return c.get('k');
+    });
     await t.throwsAsync(stalled, { instanceOf: MemcacheUnavailableError });
     t.is(await next, null);
   }

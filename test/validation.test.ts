@@ -24,7 +24,12 @@ async function counters(): Promise<number> {
 }
 
 const fn = (): number => 1;
-type Case = [title: string, call: () => Promise<unknown>, type: typeof TypeError | typeof RangeError | typeof EmptyClientIdError, mention: RegExp];
+type Case = [
+  title: string,
+  call: () => Promise<unknown>,
+  type: typeof TypeError | typeof RangeError | typeof EmptyClientIdError,
+  mention: RegExp,
+];
 
 const callCases: Case[] = [
   ['non-string key', () => m.tryWithLock(42 as unknown as string, 'A', fn), TypeError, /`key`/],
@@ -33,18 +38,53 @@ const callCases: Case[] = [
   ['empty clientId', () => m.tryWithLock('k', '', fn), EmptyClientIdError, /clientId/],
   ['non-function fn', () => m.tryWithLock('k', 'A', 'nope' as unknown as () => void), TypeError, /`fn`/],
   ['leaseMs below 2 s', () => m.tryWithLock('k', 'A', fn, { leaseMs: 1999 }), RangeError, /`leaseMs`/],
-  ['leaseMs above 30 days', () => m.tryWithLock('k', 'A', fn, { leaseMs: 30 * 86_400_000 + 1 }), RangeError, /`leaseMs`/],
+  [
+    'leaseMs above 30 days',
+    () => m.tryWithLock('k', 'A', fn, { leaseMs: 30 * 86_400_000 + 1 }),
+    RangeError,
+    /`leaseMs`/,
+  ],
   ['leaseMs NaN', () => m.tryWithLock('k', 'A', fn, { leaseMs: Number.NaN }), TypeError, /`leaseMs`/],
-  ['leaseMs Infinity', () => m.tryWithLock('k', 'A', fn, { leaseMs: Number.POSITIVE_INFINITY }), RangeError, /`leaseMs`/],
-  ['leaseMs string', () => m.tryWithLock('k', 'A', fn, { leaseMs: '5000' as unknown as number }), TypeError, /`leaseMs`/],
-  ['heartbeatMs above leaseMs / 2', () => m.tryWithLock('k', 'A', fn, { leaseMs: 4000, heartbeatMs: 2001 }), RangeError, /`heartbeatMs`/],
+  [
+    'leaseMs Infinity',
+    () => m.tryWithLock('k', 'A', fn, { leaseMs: Number.POSITIVE_INFINITY }),
+    RangeError,
+    /`leaseMs`/,
+  ],
+  [
+    'leaseMs string',
+    () => m.tryWithLock('k', 'A', fn, { leaseMs: '5000' as unknown as number }),
+    TypeError,
+    /`leaseMs`/,
+  ],
+  [
+    'heartbeatMs above leaseMs / 2',
+    () => m.tryWithLock('k', 'A', fn, { leaseMs: 4000, heartbeatMs: 2001 }),
+    RangeError,
+    /`heartbeatMs`/,
+  ],
   ['heartbeatMs zero', () => m.tryWithLock('k', 'A', fn, { heartbeatMs: 0 }), RangeError, /`heartbeatMs`/],
   ['heartbeatMs negative', () => m.tryWithLock('k', 'A', fn, { heartbeatMs: -5 }), RangeError, /`heartbeatMs`/],
   ['stealAfterMs negative', () => m.tryWithLock('k', 'A', fn, { stealAfterMs: -1 }), RangeError, /`stealAfterMs`/],
   ['stealAfterMs NaN', () => m.tryWithLock('k', 'A', fn, { stealAfterMs: Number.NaN }), TypeError, /`stealAfterMs`/],
-  ['wait not boolean/object', () => m.tryWithLock('k', 'A', fn, { wait: 'yes' as unknown as boolean }), TypeError, /`wait`/],
-  ['wait.timeoutMs negative', () => m.tryWithLock('k', 'A', fn, { wait: { timeoutMs: -1 } }), RangeError, /`wait.timeoutMs`/],
-  ['wait.maxDelayMs < minDelayMs', () => m.tryWithLock('k', 'A', fn, { wait: { minDelayMs: 100, maxDelayMs: 10 } }), RangeError, /`wait.maxDelayMs`/],
+  [
+    'wait not boolean/object',
+    () => m.tryWithLock('k', 'A', fn, { wait: 'yes' as unknown as boolean }),
+    TypeError,
+    /`wait`/,
+  ],
+  [
+    'wait.timeoutMs negative',
+    () => m.tryWithLock('k', 'A', fn, { wait: { timeoutMs: -1 } }),
+    RangeError,
+    /`wait.timeoutMs`/,
+  ],
+  [
+    'wait.maxDelayMs < minDelayMs',
+    () => m.tryWithLock('k', 'A', fn, { wait: { minDelayMs: 100, maxDelayMs: 10 } }),
+    RangeError,
+    /`wait.maxDelayMs`/,
+  ],
   ['signal not a signal', () => m.tryWithLock('k', 'A', fn, { signal: {} as AbortSignal }), TypeError, /`signal`/],
   ['options not an object', () => m.tryWithLock('k', 'A', fn, 7 as unknown as object), TypeError, /`options`/],
   ['acquire with empty clientId', () => m.acquire('k', ''), EmptyClientIdError, /clientId/],
@@ -64,7 +104,12 @@ for (const [title, call, type, mention] of callCases) {
 
 const ctorCases: Array<[string, () => Memlock, typeof TypeError | typeof RangeError, RegExp]> = [
   ['leaseMs too small', () => new Memlock({ servers: 'x:1', leaseMs: 1000 }), RangeError, /`leaseMs`/],
-  ['heartbeatMs too large', () => new Memlock({ servers: 'x:1', leaseMs: 10_000, heartbeatMs: 6000 }), RangeError, /`heartbeatMs`/],
+  [
+    'heartbeatMs too large',
+    () => new Memlock({ servers: 'x:1', leaseMs: 10_000, heartbeatMs: 6000 }),
+    RangeError,
+    /`heartbeatMs`/,
+  ],
   ['timeoutMs zero', () => new Memlock({ servers: 'x:1', timeoutMs: 0 }), RangeError, /`timeoutMs`/],
   ['prefix with a space', () => new Memlock({ servers: 'x:1', prefix: 'a b' }), RangeError, /`prefix`/],
   ['prefix too long', () => new Memlock({ servers: 'x:1', prefix: 'p'.repeat(200) }), RangeError, /`prefix`/],
@@ -87,7 +132,10 @@ for (const [title, make, type, mention] of ctorCases) {
 test('wrap validates eagerly', (t) => {
   t.throws(() => m.wrap('x' as never, { key: () => 'k' }), { instanceOf: TypeError, message: /`fn`/ });
   t.throws(() => m.wrap(async () => 1, { key: 'k' as never }), { instanceOf: TypeError, message: /`key`/ });
-  t.throws(() => m.wrap(async () => 1, { key: () => 'k', leaseMs: 10 }), { instanceOf: RangeError, message: /`leaseMs`/ });
+  t.throws(() => m.wrap(async () => 1, { key: () => 'k', leaseMs: 10 }), {
+    instanceOf: RangeError,
+    message: /`leaseMs`/,
+  });
 });
 
 test('defaults are the documented ones', (t) => {

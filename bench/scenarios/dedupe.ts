@@ -8,7 +8,16 @@ import type pg from 'pg';
 import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
 import { repeatableRead, type Resources, type TxCounters } from '../clients.js';
 import { NOT_ACQUIRED, type MemlockInstance } from '../lib.js';
-import { Samples, describeError, errorCode, interleave, spread, sumErrors, withDeadline, type Contestant } from '../measure.js';
+import {
+  Samples,
+  describeError,
+  errorCode,
+  interleave,
+  spread,
+  sumErrors,
+  withDeadline,
+  type Contestant,
+} from '../measure.js';
 import { contestant, defineScenario, findResult, missing, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 import type { Redlock } from '@sesamecare-oss/redlock';
 
@@ -48,7 +57,9 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   }
   const pool = res.pool(ctx.pg.value, WORKERS + 1);
   const table = `memlock_bench_jobs_${ctx.runId}`;
-  await pool.query(`CREATE TABLE ${table} (id bigint PRIMARY KEY, done boolean NOT NULL DEFAULT false, runs int NOT NULL DEFAULT 0)`);
+  await pool.query(
+    `CREATE TABLE ${table} (id bigint PRIMARY KEY, done boolean NOT NULL DEFAULT false, runs int NOT NULL DEFAULT 0)`,
+  );
   res.defer(() => pool.query(`DROP TABLE IF EXISTS ${table}`));
   let nextJob = 1;
 
@@ -124,7 +135,13 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   if (typeof perJob === 'number' && typeof jobs === 'number') {
     // Exactly one transaction for every job is the target; say how many jobs needed more, not just the mean.
     const extra = Math.round((perJob - 1) * jobs);
-    report.notes.push(targetNote('one database transaction per job', `${perJob.toFixed(3)} (${extra} extra in ${jobs} jobs)`, extra === 0));
+    report.notes.push(
+      targetNote(
+        'one database transaction per job',
+        `${perJob.toFixed(3)} (${extra} extra in ${jobs} jobs)`,
+        extra === 0,
+      ),
+    );
   }
   return report;
 }
@@ -140,7 +157,18 @@ async function dedupeRound(
   const clients = await Promise.all(Array.from({ length: WORKERS }, () => pool.connect()));
   const tx: TxCounters = { dbTx: 0, aborts: 0 };
   const latencies = new Samples();
-  const round: DedupeRound = { jobs: 0, elapsedMs: 0, tx, executions: 0, refused: 0, latencies, cacheOps: null, exactlyOnce: true, errors: 0, firstError: null };
+  const round: DedupeRound = {
+    jobs: 0,
+    elapsedMs: 0,
+    tx,
+    executions: 0,
+    refused: 0,
+    latencies,
+    cacheOps: null,
+    exactlyOnce: true,
+    errors: 0,
+    firstError: null,
+  };
   const firstJob = newJobId();
   let lastJob = firstJob;
   const ops0 = cacheOps ? await cacheOps() : null;
@@ -186,14 +214,18 @@ async function dedupeRound(
   round.elapsedMs = performance.now() - start;
   const ops1 = cacheOps ? await cacheOps() : null;
   round.cacheOps = ops0 !== null && ops1 !== null ? ops1 - ops0 : null;
-  const check = await pool.query<{ bad: string }>(`SELECT count(*) AS bad FROM ${table} WHERE id BETWEEN $1 AND $2 AND (NOT done OR runs <> 1)`, [firstJob, lastJob]);
+  const check = await pool.query<{ bad: string }>(
+    `SELECT count(*) AS bad FROM ${table} WHERE id BETWEEN $1 AND $2 AND (NOT done OR runs <> 1)`,
+    [firstJob, lastJob],
+  );
   round.exactlyOnce = Number(check.rows[0]?.bad ?? 1) === 0;
   return round;
 }
 
 function toResult(subject: string, rounds: DedupeRound[]): Result {
   const jobs = rounds.reduce((s, r) => s + r.jobs, 0);
-  const per = (f: (r: DedupeRound) => number): number | null => (jobs > 0 ? rounds.reduce((s, r) => s + f(r), 0) / jobs : null);
+  const per = (f: (r: DedupeRound) => number): number | null =>
+    jobs > 0 ? rounds.reduce((s, r) => s + f(r), 0) / jobs : null;
   const lat = new Samples();
   rounds.forEach((r) => lat.addAll(r.latencies));
   const l = lat.summary();
@@ -225,7 +257,12 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: `Dedupe: each job delivered to ${WORKERS} workers at once`,
     baseline: 'no-lock',
-    primary: { header: 'db tx/job', value: (r) => (typeof r.metrics.dbTxPerJob === 'number' ? r.metrics.dbTxPerJob : null), higherIsBetter: false, format: 'num' },
+    primary: {
+      header: 'db tx/job',
+      value: (r) => (typeof r.metrics.dbTxPerJob === 'number' ? r.metrics.dbTxPerJob : null),
+      higherIsBetter: false,
+      format: 'num',
+    },
     columns: [
       { header: 'jobs/s', value: (r) => r.opsPerSec, format: 'rate' },
       { header: 'aborted tx/job', value: (r) => r.metrics.abortedTxPerJob ?? null, format: 'num' },

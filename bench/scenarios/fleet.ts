@@ -44,7 +44,16 @@ export function parseShape(text: string): Shape | null {
   const m = /^(\d+)x(\d+)x(\d+)$/.exec(text.trim());
   if (!m) return null;
   const [processes, workers, rows] = [Number(m[1]), Number(m[2]), Number(m[3])];
-  if (processes < 1 || processes > 64 || workers < 1 || workers > 64 || rows < 1 || rows > 1000 || processes * workers > 256) return null;
+  if (
+    processes < 1 ||
+    processes > 64 ||
+    workers < 1 ||
+    workers > 64 ||
+    rows < 1 ||
+    rows > 1000 ||
+    processes * workers > 256
+  )
+    return null;
   return { label: `${processes}x${workers}x${rows}`, processes, workers, rows };
 }
 
@@ -54,7 +63,8 @@ function variantOf(s: Shape): string {
 
 export const fleet = defineScenario({
   name: NAME,
-  summary: 'P processes x W workers on R hot PostgreSQL rows: no lock vs memlock (one per process) vs redlock; fairness and tails',
+  summary:
+    'P processes x W workers on R hot PostgreSQL rows: no lock vs memlock (one per process) vs redlock; fairness and tails',
   needs: ['pg', 'memcache', 'memlock', 'redis'],
   deadlineMs: (ctx) => {
     const perSubject = ctx.fleet.warmupMs + ctx.fleet.durationMs + WAIT_TIMEOUT_MS + 60_000;
@@ -100,7 +110,12 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     try {
       for (const subject of runnable) {
         await pool.query(`UPDATE ${table} SET n = 0`);
-        const counter = subject === 'memlock' && ctx.memcache.ok ? ctx.memcache.value.ops : subject === 'redlock' && ctx.redis.ok ? ctx.redis.value.ops : null;
+        const counter =
+          subject === 'memlock' && ctx.memcache.ok
+            ? ctx.memcache.value.ops
+            : subject === 'redlock' && ctx.redis.ok
+              ? ctx.redis.value.ops
+              : null;
         const ops0 = counter ? await counter() : null;
         const base: Omit<FleetPrepare, 'processIndex'> = {
           type: 'prepare',
@@ -119,19 +134,30 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
         const startAt = Date.now() + START_DELAY_MS;
         const measureFrom = startAt + ctx.fleet.warmupMs;
         const measureUntil = measureFrom + ctx.fleet.durationMs;
-        ctx.progress(`${label} ${subject}: ${(ctx.fleet.warmupMs / 1000).toFixed(1)} s warm-up + ${(ctx.fleet.durationMs / 1000).toFixed(1)} s`);
+        ctx.progress(
+          `${label} ${subject}: ${(ctx.fleet.warmupMs / 1000).toFixed(1)} s warm-up + ${(ctx.fleet.durationMs / 1000).toFixed(1)} s`,
+        );
         const go: FleetRequest = { type: 'go', startAt, measureFrom, measureUntil };
         const budget = measureUntil - Date.now() + WAIT_TIMEOUT_MS + 30_000;
         const replies = await Promise.all(procs.map((p) => p.request(go, 'result', budget)));
         const perProcess = replies.map((r) => (r as Extract<FleetReply, { type: 'result' }>).result);
         const ops1 = counter ? await counter() : null;
         const sum = await pool.query<{ s: string | null }>(`SELECT sum(n) AS s FROM ${table}`);
-        const result = toResult(shape, subject, ctx.fleet.durationMs, perProcess, ops0 !== null && ops1 !== null ? ops1 - ops0 : null, Number(sum.rows[0]?.s ?? 0));
+        const result = toResult(
+          shape,
+          subject,
+          ctx.fleet.durationMs,
+          perProcess,
+          ops0 !== null && ops1 !== null ? ops1 - ops0 : null,
+          Number(sum.rows[0]?.s ?? 0),
+        );
         report.results.push(result);
         ctx.progress(`${label} ${subject}: ${describe(result)}`);
       }
     } catch (err) {
-      report.notes.push(`${shape.label}: FAILED, remaining subjects of this shape not run: ${err instanceof Error ? err.message : String(err)}`);
+      report.notes.push(
+        `${shape.label}: FAILED, remaining subjects of this shape not run: ${err instanceof Error ? err.message : String(err)}`,
+      );
       ctx.progress(`${label}: FAILED: ${err instanceof Error ? err.message : String(err)}`);
     } finally {
       await Promise.all(procs.map((p) => p.stop()));
@@ -151,7 +177,14 @@ function describe(r: Result): string {
   );
 }
 
-function toResult(shape: Shape, subject: FleetSubject, durationMs: number, procs: FleetProcessResult[], lockOps: number | null, rowSum: number): Result {
+function toResult(
+  shape: Shape,
+  subject: FleetSubject,
+  durationMs: number,
+  procs: FleetProcessResult[],
+  lockOps: number | null,
+  rowSum: number,
+): Result {
   const lat = new Samples();
   for (const p of procs) for (const v of p.latencies) lat.push(v);
   const l = lat.summary();
@@ -197,15 +230,21 @@ function targets(shape: Shape, results: Result[]): string[] {
   const red = findResult(results, 'redlock', variant);
   const none = findResult(results, 'no-lock', variant);
   const out: string[] = [];
-  const t = (label: string, shown: string, met: boolean): void => void out.push(targetNote(`${shape.label} ${label}`, shown, met));
+  const t = (label: string, shown: string, met: boolean): void =>
+    void out.push(targetNote(`${shape.label} ${label}`, shown, met));
   const share = mem.metrics.shareLeastMost;
   if (typeof share === 'number') t('least/most per-process share >= 0.6', share.toFixed(2), share >= 0.6);
-  if (red && mem.p99Ms !== null && red.p99Ms !== null) t("p99 <= redlock's", `${fmt(mem.p99Ms, 'ms')} vs ${fmt(red.p99Ms, 'ms')} ms`, mem.p99Ms <= red.p99Ms);
+  if (red && mem.p99Ms !== null && red.p99Ms !== null)
+    t("p99 <= redlock's", `${fmt(mem.p99Ms, 'ms')} vs ${fmt(red.p99Ms, 'ms')} ms`, mem.p99Ms <= red.p99Ms);
   // The committed-only p99 hides a starved waiter that never commits; this one counts it at its age when the window closed.
   const mp = mem.metrics.p99WithPendingMs;
   const rp = red?.metrics.p99WithPendingMs;
   if (typeof mp === 'number' && typeof rp === 'number') {
-    t("(extra, not an issue target) p99 counting attempts still waiting at the end <= redlock's", `${fmt(mp, 'ms')} vs ${fmt(rp, 'ms')} ms`, mp <= rp);
+    t(
+      "(extra, not an issue target) p99 counting attempts still waiting at the end <= redlock's",
+      `${fmt(mp, 'ms')} vs ${fmt(rp, 'ms')} ms`,
+      mp <= rp,
+    );
   }
   const vsRed = ratioOf(mem.opsPerSec, red?.opsPerSec);
   if (vsRed !== null) t('commits/s >= 1.2x redlock', fmtRatio(vsRed), vsRed >= 1.2);
@@ -294,7 +333,8 @@ function startProcess(index: number): { proc: FleetProcess; hello: Promise<unkno
         if (m?.type === expect) return m;
         if (m?.type === 'failed') throw new Error(`${whoami()}: ${m.error}`);
         if (m) continue;
-        if (exited) throw new Error(`${whoami()} exited before '${expect}': ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
+        if (exited)
+          throw new Error(`${whoami()} exited before '${expect}': ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
         await new Promise<void>((resolve) => {
           wake = resolve;
         });

@@ -7,7 +7,16 @@ import { performance } from 'node:perf_hooks';
 import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
 import { redlockSection, type Resources } from '../clients.js';
 import type { MemlockInstance } from '../lib.js';
-import { Samples, describeError, interleave, sleep, spread, sumErrors, withDeadline, type Contestant } from '../measure.js';
+import {
+  Samples,
+  describeError,
+  interleave,
+  sleep,
+  spread,
+  sumErrors,
+  withDeadline,
+  type Contestant,
+} from '../measure.js';
 import { contestant, defineScenario, missing, scenarioReport, skip } from '../scenario-kit.js';
 
 const NAME = 'handoff';
@@ -68,12 +77,19 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     const mod = ctx.memlock.value;
     // All 16 waiters in one process sharing one instance: same-process waiters can be queued locally.
     const shared = res.memlock(mod, { servers: mc.servers });
-    add('memlock', (key) => (w, fn) => shared.tryWithLock(key, `waiter-${w}`, fn, { wait: { timeoutMs: WAIT_TIMEOUT_MS } }), mc.ops);
+    add(
+      'memlock',
+      (key) => (w, fn) => shared.tryWithLock(key, `waiter-${w}`, fn, { wait: { timeoutMs: WAIT_TIMEOUT_MS } }),
+      mc.ops,
+    );
     // One instance (one connection) per waiter: the waiters might as well be 16 processes.
-    const separate: MemlockInstance[] = Array.from({ length: WAITERS }, () => res.memlock(mod, { servers: mc.servers }));
+    const separate: MemlockInstance[] = Array.from({ length: WAITERS }, () =>
+      res.memlock(mod, { servers: mc.servers }),
+    );
     add(
       'memlock-16-instances',
-      (key) => (w, fn) => (separate[w] as MemlockInstance).tryWithLock(key, `waiter-${w}`, fn, { wait: { timeoutMs: WAIT_TIMEOUT_MS } }),
+      (key) => (w, fn) =>
+        (separate[w] as MemlockInstance).tryWithLock(key, `waiter-${w}`, fn, { wait: { timeoutMs: WAIT_TIMEOUT_MS } }),
       mc.ops,
     );
   } else skip(report, missing(ctx.memcache, ctx.memlock), 'memlock', 'memlock-16-instances');
@@ -86,7 +102,10 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   const rounds = await interleave(contestants, ctx.rounds);
   for (const [subject, rs] of rounds) report.results.push(toResult(subject, rs));
   const overlaps = report.results.filter((r) => (r.metrics.overlaps as number) > 0);
-  if (overlaps.length > 0) report.notes.push(`MUTUAL EXCLUSION VIOLATED: ${overlaps.map((r) => `${r.subject} ${String(r.metrics.overlaps)}`).join(', ')}`);
+  if (overlaps.length > 0)
+    report.notes.push(
+      `MUTUAL EXCLUSION VIOLATED: ${overlaps.map((r) => `${r.subject} ${String(r.metrics.overlaps)}`).join(', ')}`,
+    );
   return report;
 }
 
@@ -145,7 +164,9 @@ function toResult(subject: string, rounds: HandoffRound[]): Result {
   const g = gaps.summary();
   const w = waits.summary();
   const acquisitions = rounds.reduce((s, r) => s + r.acquisitions, 0);
-  const serverOps = rounds.every((r) => r.serverOps !== null) ? rounds.reduce((s, r) => s + (r.serverOps ?? 0), 0) : null;
+  const serverOps = rounds.every((r) => r.serverOps !== null)
+    ? rounds.reduce((s, r) => s + (r.serverOps ?? 0), 0)
+    : null;
   const sp = spread(rates);
   return {
     ...emptyResult(NAME, subject),

@@ -21,7 +21,11 @@ const SETUP_CONCURRENCY = 256;
 const ELD_RESOLUTION_MS = 10;
 
 /** Holds one lock until `done` resolves; `entered` settles once the lock is held (or the attempt failed). */
-type Hold = (index: number, done: Promise<void>, onLost: () => void) => { entered: Promise<void>; finished: Promise<void> };
+type Hold = (
+  index: number,
+  done: Promise<void>,
+  onLost: () => void,
+) => { entered: Promise<void>; finished: Promise<void> };
 
 interface HeartbeatRound {
   locks: number;
@@ -69,10 +73,14 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   const never = new AbortController().signal;
   const nullLock = holdWith(async (_key, fn) => fn(never));
   // A fresh listener per lock, as in the rounds (one shared function would be registered only once).
-  const control = await holdMany(ctx.locks, gc, (i, done) => nullLock(`bench:${ctx.runId}:hb:control:${i}`, done, () => undefined));
+  const control = await holdMany(ctx.locks, gc, (i, done) =>
+    nullLock(`bench:${ctx.runId}:hb:control:${i}`, done, () => undefined),
+  );
   const overhead = control.heapPerLockBytes;
   await control.release();
-  report.notes.push(`heap/lock is net of the benchmark's own bookkeeping per held lock (${fmt(overhead, 'bytes')}, measured with a no-op lock).`);
+  report.notes.push(
+    `heap/lock is net of the benchmark's own bookkeeping per held lock (${fmt(overhead, 'bytes')}, measured with a no-op lock).`,
+  );
 
   const add = (name: string, hold: Hold, counters: () => Promise<{ renewals: number; ops: number }>): void => {
     contestants.push(
@@ -97,7 +105,11 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
 
   if (ctx.memcache.ok && ctx.memlock.ok) {
     const mc = ctx.memcache.value;
-    const memlock = res.memlock(ctx.memlock.value, { servers: mc.servers, leaseMs: LEASE_MS, heartbeatMs: HEARTBEAT_MS });
+    const memlock = res.memlock(ctx.memlock.value, {
+      servers: mc.servers,
+      leaseMs: LEASE_MS,
+      heartbeatMs: HEARTBEAT_MS,
+    });
     const hold = holdWith((key, fn) => memlock.tryWithLock(key, 'holder', fn));
     // A renewal is a write (CAS set, or touch); reads and deletes are counted in ops but are not renewals.
     const counters = async (): Promise<{ renewals: number; ops: number }> => {
@@ -131,10 +143,13 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     const cpu = memlock.metrics.cpuPct;
     const heap = memlock.metrics.heapPerLockBytes;
     if (typeof perInterval === 'number') {
-      report.notes.push(targetNote('one renewal per lock per interval', perInterval.toFixed(2), Math.abs(perInterval - 1) <= 0.1));
+      report.notes.push(
+        targetNote('one renewal per lock per interval', perInterval.toFixed(2), Math.abs(perInterval - 1) <= 0.1),
+      );
     }
     if (typeof cpu === 'number') report.notes.push(targetNote('< 10% of one core', `${cpu.toFixed(1)}%`, cpu < 10));
-    if (typeof heap === 'number') report.notes.push(targetNote('< 2 KB per held lock', fmt(heap, 'bytes'), heap < 2048));
+    if (typeof heap === 'number')
+      report.notes.push(targetNote('< 2 KB per held lock', fmt(heap, 'bytes'), heap < 2048));
   }
   return report;
 }
@@ -147,7 +162,11 @@ const noop = (): void => undefined;
  * every subject and for the no-op control, so their bookkeeping cancels out.
  */
 function holdWith(lock: (key: string, fn: (signal: AbortSignal) => Promise<void>) => Promise<unknown>) {
-  return (key: string, done: Promise<void>, onLost: () => void): { entered: Promise<void>; finished: Promise<void> } => {
+  return (
+    key: string,
+    done: Promise<void>,
+    onLost: () => void,
+  ): { entered: Promise<void>; finished: Promise<void> } => {
     let entered!: () => void;
     const enteredP = new Promise<void>((r) => (entered = r));
     const finished = lock(key, async (signal) => {
@@ -245,7 +264,8 @@ async function heartbeatRound(
 
 function toResult(subject: string, rounds: HeartbeatRound[]): Result {
   const perSec = (r: HeartbeatRound, n: number | null): number | null => (n === null ? null : n / (r.windowMs / 1000));
-  const med = (f: (r: HeartbeatRound) => number | null): number | null => spread(rounds.map(f).filter((x): x is number => x !== null)).median;
+  const med = (f: (r: HeartbeatRound) => number | null): number | null =>
+    spread(rounds.map(f).filter((x): x is number => x !== null)).median;
   const cpuPcts = rounds.map((r) => (r.cpuUs / (r.windowMs * 1000)) * 100);
   const renewalsPerSec = med((r) => perSec(r, r.renewals));
   const locks = rounds[0]?.locks ?? 0;
@@ -265,7 +285,8 @@ function toResult(subject: string, rounds: HeartbeatRound[]): Result {
       heartbeatMs: HEARTBEAT_MS,
       leaseMs: LEASE_MS,
       renewalsPerSec,
-      renewalsPerLockPerInterval: renewalsPerSec === null || locks === 0 ? null : (renewalsPerSec * HEARTBEAT_MS) / 1000 / locks,
+      renewalsPerLockPerInterval:
+        renewalsPerSec === null || locks === 0 ? null : (renewalsPerSec * HEARTBEAT_MS) / 1000 / locks,
       serverOpsPerSec: med((r) => perSec(r, r.serverOps)),
       cpuPct: cpu.median,
       eldMaxMs: Math.max(...rounds.map((r) => r.eldMaxMs)),
@@ -281,7 +302,12 @@ function newReport(locks: number): ScenarioReport {
     scenario: NAME,
     title: `${locks.toLocaleString('en-US')} locks held at once (heartbeat ${HEARTBEAT_MS} ms, lease ${LEASE_MS} ms)`,
     baseline: 'redlock',
-    primary: { header: 'CPU % of a core', value: (r) => (typeof r.metrics.cpuPct === 'number' ? r.metrics.cpuPct : null), higherIsBetter: false, format: 'num' },
+    primary: {
+      header: 'CPU % of a core',
+      value: (r) => (typeof r.metrics.cpuPct === 'number' ? r.metrics.cpuPct : null),
+      higherIsBetter: false,
+      format: 'num',
+    },
     columns: [
       { header: 'renewals/s', value: (r) => r.metrics.renewalsPerSec ?? null, format: 'rate' },
       { header: 'per lock per interval', value: (r) => r.metrics.renewalsPerLockPerInterval ?? null, format: 'num' },

@@ -6,7 +6,18 @@
 import { performance } from 'node:perf_hooks';
 import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
 import type { Resources } from '../clients.js';
-import { Samples, abortedWithin, describeError, interleave, sleep, spread, sumErrors, timedLoop, withDeadline, type Contestant } from '../measure.js';
+import {
+  Samples,
+  abortedWithin,
+  describeError,
+  interleave,
+  sleep,
+  spread,
+  sumErrors,
+  timedLoop,
+  withDeadline,
+  type Contestant,
+} from '../measure.js';
 import { fmt } from '../report.js';
 import { contestant, defineScenario, findResult, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 
@@ -41,7 +52,7 @@ type Trial = (key: string) => Promise<Outcome>;
 
 export const lossDetection: Scenario = defineScenario({
   name: NAME,
-  summary: 'entries deleted behind the holder\'s back: time until the signal aborts (memlock vs redlock using)',
+  summary: "entries deleted behind the holder's back: time until the signal aborts (memlock vs redlock using)",
   needs: ['memcache', 'memlock', 'redis'],
   run,
 });
@@ -93,10 +104,19 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     const mc = ctx.memcache.value;
     // One memcache round trip on this machine, for the target (heartbeatMs + 2 round trips).
     const memjs = res.memjs(mc.servers);
-    const probe = await timedLoop({ durationMs: 300, concurrency: 1, op: async () => void (await memjs.get(`bench:${ctx.runId}:rtt`)) });
+    const probe = await timedLoop({
+      durationMs: 300,
+      concurrency: 1,
+      op: async () => void (await memjs.get(`bench:${ctx.runId}:rtt`)),
+    });
     rttMs = probe.latencies.summary().p50Ms;
     if (ctx.memlock.ok) {
-      const memlock = res.memlock(ctx.memlock.value, { servers: mc.servers, leaseMs: LEASE_MS, heartbeatMs: HEARTBEAT_MS, prefix: PREFIX });
+      const memlock = res.memlock(ctx.memlock.value, {
+        servers: mc.servers,
+        leaseMs: LEASE_MS,
+        heartbeatMs: HEARTBEAT_MS,
+        prefix: PREFIX,
+      });
       add('memlock', (key) =>
         memlock.tryWithLock(key, 'victim', (signal) =>
           observe(signal, async () => {
@@ -146,7 +166,14 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
 }
 
 async function lossRound(trial: Trial, nextKey: () => string, windowMs: number): Promise<LossRound> {
-  const round: LossRound = { detections: new Samples(), missed: 0, early: 0, errors: 0, firstError: null, reasons: new Map() };
+  const round: LossRound = {
+    detections: new Samples(),
+    missed: 0,
+    early: 0,
+    errors: 0,
+    firstError: null,
+    reasons: new Map(),
+  };
   const deadline = performance.now() + windowMs;
   const worker = async (): Promise<void> => {
     // Every worker runs at least one trial, so slow detectors still give a sample per worker and round.
@@ -163,7 +190,11 @@ async function lossRound(trial: Trial, nextKey: () => string, windowMs: number):
       }
     } while (performance.now() < deadline && round.errors < 50);
   };
-  await withDeadline(Promise.all(Array.from({ length: WORKERS }, () => worker())), windowMs + GIVE_UP_MS * 3 + 10_000, 'loss round');
+  await withDeadline(
+    Promise.all(Array.from({ length: WORKERS }, () => worker())),
+    windowMs + GIVE_UP_MS * 3 + 10_000,
+    'loss round',
+  );
   return round;
 }
 
@@ -211,7 +242,7 @@ function newReport(): ScenarioReport {
       { header: 'abort reasons', value: (r) => r.metrics.reasons ?? null, format: 'text' },
     ],
     notes: [
-      'time from the raw delete\'s reply to the holder\'s signal aborting; the delete comes at a random point of a renewal interval. ' +
+      "time from the raw delete's reply to the holder's signal aborting; the delete comes at a random point of a renewal interval. " +
         `memlock: leaseMs ${LEASE_MS}, heartbeatMs ${HEARTBEAT_MS}; redlock: using() with the same lease and automaticExtensionThreshold ` +
         `${LEASE_MS - HEARTBEAT_MS} (extends every ~${HEARTBEAT_MS} ms, default retries). missed: no abort within ${GIVE_UP_MS} ms.`,
     ],

@@ -79,7 +79,11 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     add('memlock', (w, row, tx) => shared.tryWithLock(`${table}:${row}`, `worker-${w}`, tx, { wait: WAIT }), mc.ops);
     // Each worker with its own instance and connection, as if every worker were its own process.
     const own: MemlockInstance[] = Array.from({ length: WORKERS }, () => res.memlock(mod, { servers: mc.servers }));
-    add('memlock-32-instances', (w, row, tx) => (own[w] as MemlockInstance).tryWithLock(`${table}:${row}`, `worker-${w}`, tx, { wait: WAIT }), mc.ops);
+    add(
+      'memlock-32-instances',
+      (w, row, tx) => (own[w] as MemlockInstance).tryWithLock(`${table}:${row}`, `worker-${w}`, tx, { wait: WAIT }),
+      mc.ops,
+    );
   } else skip(report, missing(ctx.memcache, ctx.memlock), 'memlock', 'memlock-32-instances');
 
   if (ctx.redis.ok) {
@@ -93,7 +97,13 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   return report;
 }
 
-async function prefilterRound(pool: pg.Pool, table: string, guard: Guard, windowMs: number, cacheOps?: () => Promise<number>): Promise<PrefilterRound> {
+async function prefilterRound(
+  pool: pg.Pool,
+  table: string,
+  guard: Guard,
+  windowMs: number,
+  cacheOps?: () => Promise<number>,
+): Promise<PrefilterRound> {
   await pool.query(`UPDATE ${table} SET n = 0 WHERE id <= ${HOT_ROWS}`);
   const clients = await Promise.all(Array.from({ length: WORKERS }, () => pool.connect()));
   const tx: TxCounters = { dbTx: 0, aborts: 0 };
@@ -126,7 +136,11 @@ async function prefilterRound(pool: pg.Pool, table: string, guard: Guard, window
         }
       }
     };
-    await withDeadline(Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w))), windowMs + 60_000, 'prefilter round');
+    await withDeadline(
+      Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w))),
+      windowMs + 60_000,
+      'prefilter round',
+    );
   } finally {
     clients.forEach((c) => c.release());
   }
@@ -186,7 +200,13 @@ function targets(results: Result[]): string[] {
   const mAborts = mem.metrics.abortsPerCommit;
   if (typeof bAborts === 'number' && typeof mAborts === 'number' && bAborts > 0) {
     const fewer = (1 - mAborts / bAborts) * 100;
-    out.push(targetNote('>= 99% fewer aborted transactions (per commit) than no-prefilter', `${fewer.toFixed(1)}% fewer`, fewer >= 99));
+    out.push(
+      targetNote(
+        '>= 99% fewer aborted transactions (per commit) than no-prefilter',
+        `${fewer.toFixed(1)}% fewer`,
+        fewer >= 99,
+      ),
+    );
   }
   const ratio = ratioOf(mem.opsPerSec, base.opsPerSec);
   if (ratio !== null) out.push(targetNote('>= 1.3x committed tx/s', fmtRatio(ratio), ratio >= 1.3));

@@ -7,7 +7,16 @@ import { lockValue, type Resources } from '../clients.js';
 import { NOT_ACQUIRED, type MemlockInstance } from '../lib.js';
 import { errorCode, loopResult, type LoopSubject } from '../measure.js';
 import { fmtRatio, ratioOf } from '../report.js';
-import { compareVariants, defineScenario, findResult, loopCostColumns, pairedNote, scenarioReport, skip, targetNote } from '../scenario-kit.js';
+import {
+  compareVariants,
+  defineScenario,
+  findResult,
+  loopCostColumns,
+  pairedNote,
+  scenarioReport,
+  skip,
+  targetNote,
+} from '../scenario-kit.js';
 
 const NAME = 'refused';
 const VARIANTS = [
@@ -105,7 +114,11 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     });
   } else skip(report, ctx.redis.reason, 'redlock');
 
-  report.results.push(...(await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) => loopResult(NAME, variant, subject, rs, 'p50'))));
+  report.results.push(
+    ...(await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) =>
+      loopResult(NAME, variant, subject, rs, 'p50'),
+    )),
+  );
 
   for (const subject of ['memlock', 'memlock (meta)', 'memlock (tls)']) {
     for (const v of VARIANTS) {
@@ -122,7 +135,10 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     const mine = findResult(report.results, 'memlock', v.label);
     const raw = findResult(report.results, 'memjs-raw', v.label);
     const ratio = ratioOf(mine?.p50Ms, raw?.p50Ms);
-    if (ratio !== null) report.notes.push(targetNote(`memlock p50 <= 1.1x a raw get (${v.label})`, fmtRatio(ratio) + pairedNote(mine, raw), ratio <= 1.1));
+    if (ratio !== null)
+      report.notes.push(
+        targetNote(`memlock p50 <= 1.1x a raw get (${v.label})`, fmtRatio(ratio) + pairedNote(mine, raw), ratio <= 1.1),
+      );
   }
   return report;
 }

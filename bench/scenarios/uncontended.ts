@@ -6,7 +6,16 @@ import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js
 import { lockValue, type Resources } from '../clients.js';
 import { loopResult, type LoopSubject } from '../measure.js';
 import { fmtRatio, ratioOf } from '../report.js';
-import { compareVariants, defineScenario, findResult, loopCostColumns, pairedNote, scenarioReport, skip, targetNote } from '../scenario-kit.js';
+import {
+  compareVariants,
+  defineScenario,
+  findResult,
+  loopCostColumns,
+  pairedNote,
+  scenarioReport,
+  skip,
+  targetNote,
+} from '../scenario-kit.js';
 
 const NAME = 'uncontended';
 const VARIANTS = [
@@ -18,7 +27,8 @@ const PG_POOL = 8;
 
 export const uncontended: Scenario = defineScenario({
   name: NAME,
-  summary: 'lock/unlock cycles on distinct keys, sequential and 64 in flight (memlock, memjs-raw, redlock, pg-advisory)',
+  summary:
+    'lock/unlock cycles on distinct keys, sequential and 64 in flight (memlock, memjs-raw, redlock, pg-advisory)',
   needs: ['memcache', 'memlock', 'redis', 'pg'],
   run,
 });
@@ -122,7 +132,7 @@ function newReport(): ScenarioReport {
     ],
     notes: [
       'raw-socket: add + delete on one socket with a minimal hand-written binary client, corked writes (the floor); ' +
-        'memlock (meta): protocol \'meta\'; memlock (tls): TLS to a private memcached -Z (its own server, 1 thread). ' +
+        "memlock (meta): protocol 'meta'; memlock (tls): TLS to a private memcached -Z (its own server, 1 thread). " +
         'memjs-raw: add + delete on one memjs client; redlock: acquire + release, retryCount 0, one Redis; ' +
         `pg-advisory: pg_try_advisory_lock + pg_advisory_unlock on a pool of ${PG_POOL}. Server ops: memcached stats / Redis script calls.`,
     ],
@@ -134,7 +144,9 @@ function targets(results: Result[]): string[] {
     const ra = findResult(results, a, variant);
     const rb = findResult(results, b, variant);
     const ratio = ratioOf(ra?.opsPerSec, rb?.opsPerSec);
-    return ratio === null ? null : targetNote(`${a}/${b} ${variant} >= ${min}x`, fmtRatio(ratio) + pairedNote(ra, rb), ratio >= min);
+    return ratio === null
+      ? null
+      : targetNote(`${a}/${b} ${variant} >= ${min}x`, fmtRatio(ratio) + pairedNote(ra, rb), ratio >= min);
   };
   const floor = (subject: string, variant: string): string | null => {
     const ra = findResult(results, subject, variant);
@@ -143,7 +155,9 @@ function targets(results: Result[]): string[] {
     return ratio === null ? null : `${subject}/raw-socket ${variant}: ${fmtRatio(ratio)}${pairedNote(ra, rb)}`;
   };
   return [
-    ...['memlock', 'memlock (meta)', 'memlock (tls)'].flatMap((subject) => VARIANTS.map((v) => floor(subject, v.label))),
+    ...['memlock', 'memlock (meta)', 'memlock (tls)'].flatMap((subject) =>
+      VARIANTS.map((v) => floor(subject, v.label)),
+    ),
     check('memlock', 'raw-socket', 'sequential', 0.95),
     check('memlock', 'raw-socket', '64 in flight', 0.85),
     check('memlock (meta)', 'raw-socket', 'sequential', 0.95),

@@ -9,7 +9,9 @@ import type { Queryable, TaskHandler, Tasks } from '../../src/tasks/index.js';
 
 /** Creates `<schema>.effects`: one row per applied step, deliberately without a unique constraint, so a double apply would show. */
 export async function createEffectsTable(db: Queryable, schema: string): Promise<void> {
-  await db.query(`CREATE TABLE IF NOT EXISTS "${schema}".effects (entity_id text NOT NULL, step integer NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())`);
+  await db.query(
+    `CREATE TABLE IF NOT EXISTS "${schema}".effects (entity_id text NOT NULL, step integer NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())`,
+  );
 }
 
 /** Options of {@link chainStep}. */
@@ -29,7 +31,11 @@ export function chainStep(options: ChainOptions): TaskHandler<number> {
   const { schema, steps, workMs = 0 } = options;
   return async ({ tx, task, signal, schedule, setState }) => {
     const step = (task.payload as { step: number }).step;
-    await tx.query(`INSERT INTO "${schema}".effects (entity_id, step, seq) VALUES ($1, $2, $3)`, [task.entityId, step, task.seq]);
+    await tx.query(`INSERT INTO "${schema}".effects (entity_id, step, seq) VALUES ($1, $2, $3)`, [
+      task.entityId,
+      step,
+      task.seq,
+    ]);
     // Work that honours the lock's signal: if memlock loses the lock, stop early (the commit is guarded anyway).
     if (workMs > 0) await sleep(Math.random() * workMs, undefined, { signal });
     await options.inside?.();
@@ -41,14 +47,21 @@ export function chainStep(options: ChainOptions): TaskHandler<number> {
 
 /** Starts `chains` chains (step 0 of each), `perTransaction` chains per committed transaction. */
 export async function startChains(
-  tasks: Tasks, pool: { connect(): Promise<Queryable & { release(): void }> }, ids: readonly string[], perTransaction = 50,
+  tasks: Tasks,
+  pool: { connect(): Promise<Queryable & { release(): void }> },
+  ids: readonly string[],
+  perTransaction = 50,
 ): Promise<void> {
   for (let i = 0; i < ids.length; i += perTransaction) {
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
       for (const id of ids.slice(i, i + perTransaction)) {
-        await tasks.schedule(client, { id, state: { step: -1, done: false } }, { name: 'chain-step', payload: { step: 0 } });
+        await tasks.schedule(
+          client,
+          { id, state: { step: -1, done: false } },
+          { name: 'chain-step', payload: { step: 0 } },
+        );
       }
       await client.query('COMMIT');
     } catch (err) {

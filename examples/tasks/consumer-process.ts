@@ -14,8 +14,21 @@ import { amqpUrl, between, childConfig, examplePool, sendToParent } from './env.
 const cfg = childConfig();
 const send = sendToParent;
 const pool = examplePool(8);
-const memlock = new Memlock({ servers: cfg.memcached, prefix: `${cfg.schema}:`, leaseMs: 2000, heartbeatMs: 500, timeoutMs: 300 });
-const tasks = new Tasks({ pool, memlock, schema: cfg.schema, leaseMs: cfg.leaseMs, maxAttempts: cfg.maxAttempts, holdAfterMs: cfg.holdAfterMs });
+const memlock = new Memlock({
+  servers: cfg.memcached,
+  prefix: `${cfg.schema}:`,
+  leaseMs: 2000,
+  heartbeatMs: 500,
+  timeoutMs: 300,
+});
+const tasks = new Tasks({
+  pool,
+  memlock,
+  schema: cfg.schema,
+  leaseMs: cfg.leaseMs,
+  maxAttempts: cfg.maxAttempts,
+  holdAfterMs: cfg.holdAfterMs,
+});
 diagnostics.subscribe('memlock:tasks:lease-overwritten', () => send({ type: 'lease-overwritten' }));
 
 const step = chainStep({
@@ -57,18 +70,28 @@ async function connectAndConsume(): Promise<void> {
       return settle(msg, false);
     }
     void tasks.handle(msg, step).then((r) => {
-      send({ type: 'result', status: r.status, reason: r.reason, stoppedBy: r.stoppedBy ?? null, tx: r.dbTransactions, filtered: r.filtered });
+      send({
+        type: 'result',
+        status: r.status,
+        reason: r.reason,
+        stoppedBy: r.stoppedBy ?? null,
+        tx: r.dbTransactions,
+        filtered: r.filtered,
+      });
       if (r.ack) settle(msg, true);
       else setTimeout(() => settle(msg, false), 150);
     });
   });
   const [lo, hi] = cfg.connectionKillMs;
   if (hi > 0) {
-    setTimeout(() => {
-      send({ type: 'connection-killed' });
-      // Abrupt, like a network failure: no channel/connection close handshake, unacked deliveries go back to the queue.
-      (conn.connection as unknown as { stream: { destroy(): void } }).stream.destroy();
-    }, between(lo, hi));
+    setTimeout(
+      () => {
+        send({ type: 'connection-killed' });
+        // Abrupt, like a network failure: no channel/connection close handshake, unacked deliveries go back to the queue.
+        (conn.connection as unknown as { stream: { destroy(): void } }).stream.destroy();
+      },
+      between(lo, hi),
+    );
   }
 }
 

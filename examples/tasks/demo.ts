@@ -34,14 +34,18 @@ export async function runDemo(log: (line: string) => void): Promise<void> {
     });
     await startChains(tasks, pool, ['order-a', 'order-b', 'order-c']);
     for (;;) {
-      const { rows } = await pool.query<{ n: string }>(`SELECT count(*) AS n FROM "${schema}".entities WHERE seq < $1`, [steps]);
+      const { rows } = await pool.query<{ n: string }>(
+        `SELECT count(*) AS n FROM "${schema}".entities WHERE seq < $1`,
+        [steps],
+      );
       if (Number(rows[0]!.n) === 0) break;
       await sleep(100);
     }
     await consumer.stop();
     await relay.stop();
     const { rows } = await pool.query<{ entity_id: string; steps: number[] }>(
-      `SELECT entity_id, array_agg(step ORDER BY step) AS steps FROM "${schema}".effects GROUP BY entity_id ORDER BY entity_id`);
+      `SELECT entity_id, array_agg(step ORDER BY step) AS steps FROM "${schema}".effects GROUP BY entity_id ORDER BY entity_id`,
+    );
     for (const r of rows) log(`${r.entity_id}: steps ${r.steps.join(', ')} applied`);
     await channel.deleteQueue(queue);
   } finally {

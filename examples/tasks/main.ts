@@ -18,7 +18,8 @@ const args = new Set(argv);
 /** `--hold-after-ms N`: the consumers keep a completed marker in memcache for N ms (needs memlock's holdAfterMs). */
 const holdIndex = argv.indexOf('--hold-after-ms');
 const holdAfterMs = holdIndex >= 0 ? Number(argv[holdIndex + 1]) : 0;
-if (!Number.isFinite(holdAfterMs) || holdAfterMs < 0) throw new RangeError('Expected `--hold-after-ms` to be a number of milliseconds >= 0');
+if (!Number.isFinite(holdAfterMs) || holdAfterMs < 0)
+  throw new RangeError('Expected `--hold-after-ms` to be a number of milliseconds >= 0');
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 
 if (args.has('--verify')) {
@@ -33,4 +34,3 @@ if (args.has('--verify')) {
 } else {
   await runDemo(log);
 }
-

@@ -63,11 +63,18 @@ export async function runRace(options: RaceOptions = {}): Promise<RaceReport> {
     // The consumer: reads the entity's committed state and works only if it is ready.
     await consumeChannel.consume(queue, (msg) => {
       if (msg === null) return;
-      const entityId = decodeTask(msg.content)?.entityId ?? (JSON.parse(msg.content.toString()) as { entityId: string }).entityId;
+      const entityId =
+        decodeTask(msg.content)?.entityId ?? (JSON.parse(msg.content.toString()) as { entityId: string }).entityId;
       void (async () => {
-        const { rows } = await pool.query<{ state: { ready?: boolean } | null }>(`SELECT state FROM "${schema}".entities WHERE id = $1`, [entityId]);
+        const { rows } = await pool.query<{ state: { ready?: boolean } | null }>(
+          `SELECT state FROM "${schema}".entities WHERE id = $1`,
+          [entityId],
+        );
         const ready = rows[0]?.state?.ready === true;
-        await pool.query(`INSERT INTO "${schema}".work (entity_id, outcome) VALUES ($1, $2)`, [entityId, ready ? 'done' : 'nothing-to-do']);
+        await pool.query(`INSERT INTO "${schema}".work (entity_id, outcome) VALUES ($1, $2)`, [
+          entityId,
+          ready ? 'done' : 'nothing-to-do',
+        ]);
         consumeChannel.ack(msg);
       })().catch(() => consumeChannel.nack(msg));
     });
@@ -80,7 +87,9 @@ export async function runRace(options: RaceOptions = {}): Promise<RaceReport> {
         try {
           await client.query('BEGIN');
           if (variant === 'naive') {
-            await client.query(`INSERT INTO "${schema}".entities (id, state) VALUES ($1, '{"ready": true}')`, [entityId]);
+            await client.query(`INSERT INTO "${schema}".entities (id, state) VALUES ($1, '{"ready": true}')`, [
+              entityId,
+            ]);
             publishChannel.publish('', queue, Buffer.from(JSON.stringify({ entityId })));
             await publishChannel.waitForConfirms();
           } else {
@@ -96,9 +105,11 @@ export async function runRace(options: RaceOptions = {}): Promise<RaceReport> {
       const relay = variant === 'outbox' ? tasks.relay(publishChannel, { routingKey: queue, pollMs: 10 }) : undefined;
       relay?.start();
       let next = 0;
-      await Promise.all(Array.from({ length: concurrency }, async () => {
-        while (next < ids.length) await produce(ids[next++]!);
-      }));
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (next < ids.length) await produce(ids[next++]!);
+        }),
+      );
       for (;;) {
         const { rows } = await pool.query<{ handled: string; lost: string }>(
           `SELECT count(*) AS handled, count(*) FILTER (WHERE outcome = 'nothing-to-do') AS lost FROM "${schema}".work WHERE entity_id LIKE $1`,

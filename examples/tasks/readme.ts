@@ -12,9 +12,14 @@ import { Tasks } from '../../src/tasks/index.js';
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
 const memlock = new Memlock({ servers: process.env.MEMCACHE_SERVERS ?? 'localhost:11211' });
 const tasks = new Tasks({
-  pool, memlock, schema: 'memlock_tasks', leaseMs: 60_000, maxAttempts: 5,
+  pool,
+  memlock,
+  schema: 'memlock_tasks',
+  leaseMs: 60_000,
+  maxAttempts: 5,
   hooks: {
-    onLeaseOverwritten: (e) => console.warn(`${e.entityId}#${e.seq}: took over the expired lease of ${e.previousOwner}`),
+    onLeaseOverwritten: (e) =>
+      console.warn(`${e.entityId}#${e.seq}: took over the expired lease of ${e.previousOwner}`),
     onPermanentlyFailed: (e) => console.error(`${e.entityId}#${e.seq} failed ${e.attempts} times`, e.error),
   },
 });

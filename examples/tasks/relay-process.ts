@@ -35,11 +35,14 @@ const relay = tasks.relay(channel, {
         if (Math.random() < cfg.lateShare) {
           // Counted when published: a relay killed before a late copy was due takes it with it.
           pendingLate++;
-          setTimeout(() => {
-            pendingLate--;
-            publish();
-            send({ type: 'published', rows: 0, copies: 1, pendingLate });
-          }, between(cfg.lateMs[0], cfg.lateMs[1]));
+          setTimeout(
+            () => {
+              pendingLate--;
+              publish();
+              send({ type: 'published', rows: 0, copies: 1, pendingLate });
+            },
+            between(cfg.lateMs[0], cfg.lateMs[1]),
+          );
         } else {
           publish();
           copies++;

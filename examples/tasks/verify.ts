@@ -98,8 +98,14 @@ export interface VerifyReport {
 
 /** True when every task's effect happened exactly once, every chain completed, and the run finished in time. */
 export function verified(r: VerifyReport): boolean {
-  return r.lost === 0 && r.applied_twice === 0 && r.effects === r.tasks && r.chains_completed === r.details.chains
-    && r.details.permanently_failed === 0 && r.details.completed;
+  return (
+    r.lost === 0 &&
+    r.applied_twice === 0 &&
+    r.effects === r.tasks &&
+    r.chains_completed === r.details.chains &&
+    r.details.permanently_failed === 0 &&
+    r.details.completed
+  );
 }
 
 /** The short form (`--quick`, and the verifier test in `npm test`): every fault, fewer tasks and copies. */
@@ -147,7 +153,10 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
   admin.on('error', () => undefined);
 
   const cfg: ChildConfig = {
-    schema, queue, memcached: mc.address, steps,
+    schema,
+    queue,
+    memcached: mc.address,
+    steps,
     nackProbability: options.nackProbability ?? 0.02,
     crashProbability: options.crashProbability ?? 0.002,
     connectionKillMs: options.connectionKillMs ?? [3000, 8000],
@@ -164,8 +173,19 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
 
   const outcomes: Record<string, number> = {};
   const counts = {
-    deliveries: 0, tx: 0, memlock: 0, sequence: 0, nacks: 0, connectionKills: 0, consumerSigkills: 0, selfKills: 0,
-    relayKills: 0, restarts: 0, leaseOverwritten: 0, unfiltered: 0, copies: 0,
+    deliveries: 0,
+    tx: 0,
+    memlock: 0,
+    sequence: 0,
+    nacks: 0,
+    connectionKills: 0,
+    consumerSigkills: 0,
+    selfKills: 0,
+    relayKills: 0,
+    restarts: 0,
+    leaseOverwritten: 0,
+    unfiltered: 0,
+    copies: 0,
   };
   let pendingLate = 0;
   let lastActivity = performance.now();
@@ -184,11 +204,21 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
         if (m.stoppedBy === 'sequence') counts.sequence++;
         if (!m.filtered) counts.unfiltered++;
         break;
-      case 'nacked': counts.nacks++; break;
-      case 'connection-killed': counts.connectionKills++; break;
-      case 'crash': counts.selfKills++; break;
-      case 'lease-overwritten': counts.leaseOverwritten++; break;
-      case 'relay-kill': counts.relayKills++; break;
+      case 'nacked':
+        counts.nacks++;
+        break;
+      case 'connection-killed':
+        counts.connectionKills++;
+        break;
+      case 'crash':
+        counts.selfKills++;
+        break;
+      case 'lease-overwritten':
+        counts.leaseOverwritten++;
+        break;
+      case 'relay-kill':
+        counts.relayKills++;
+        break;
       case 'published':
         counts.copies += m.copies;
         pendingLate = m.pendingLate;
@@ -232,8 +262,14 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
     await createEffectsTable(pool, schema);
     await admin.assertQueue(queue, { durable: true, autoDelete: false });
 
-    const consumers = Array.from({ length: consumerCount }, (_, i) => keepAlive('./consumer-process.ts', `consumer ${i}`));
-    await startChains(tasks, pool, Array.from({ length: chains }, (_, i) => `chain-${i}`));
+    const consumers = Array.from({ length: consumerCount }, (_, i) =>
+      keepAlive('./consumer-process.ts', `consumer ${i}`),
+    );
+    await startChains(
+      tasks,
+      pool,
+      Array.from({ length: chains }, (_, i) => `chain-${i}`),
+    );
     keepAlive('./relay-process.ts', 'relay');
 
     const [killLo, killHi] = options.consumerKillMs ?? [2500, 5000];
@@ -251,7 +287,9 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
       const unsent = Number(rows[0]!.unsent);
       if (performance.now() - lastLog > 2000) {
         lastLog = performance.now();
-        log(`applied ${applied}/${total}, deliveries ${counts.deliveries}, consumer kills ${counts.consumerSigkills}+${counts.selfKills}, relay kills ${counts.relayKills}, memcached restarts ${counts.restarts}`);
+        log(
+          `applied ${applied}/${total}, deliveries ${counts.deliveries}, consumer kills ${counts.consumerSigkills}+${counts.selfKills}, relay kills ${counts.relayKills}, memcached restarts ${counts.restarts}`,
+        );
       }
       if (restartsAt.length > 0 && applied >= restartsAt[0]! * total) {
         restartsAt.shift();
@@ -276,12 +314,19 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
       }
     }
     running = false;
-    await Promise.all([...children].map((c) => new Promise<void>((resolve) => {
-      c.once('exit', () => resolve());
-      c.kill('SIGKILL');
-    })));
+    await Promise.all(
+      [...children].map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            c.once('exit', () => resolve());
+            c.kill('SIGKILL');
+          }),
+      ),
+    );
 
-    const { rows: [summary] } = await pool.query<{ effects: string; lost: string; twice: string; completed: string; failed: string }>(
+    const {
+      rows: [summary],
+    } = await pool.query<{ effects: string; lost: string; twice: string; completed: string; failed: string }>(
       `WITH expected AS (
          SELECT 'chain-' || c AS entity_id, s AS step FROM generate_series(0, $1::int - 1) c, generate_series(0, $2::int - 1) s
        ), got AS (

@@ -22,10 +22,16 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { LockNotAcquiredError, MemcacheUnavailableError, type Memlock, type LockOptions } from '../index.js';
+import { callHook, publish, taskChannels, type TaskHooks } from './hooks.js';
 import {
-  callHook, publish, taskChannels, type TaskHooks,
-} from './hooks.js';
-import { decodeTask, scheduleTask, type EntityInput, type Json, type ScheduledTask, type TaskInput, type TaskMessage } from './schedule.js';
+  decodeTask,
+  scheduleTask,
+  type EntityInput,
+  type Json,
+  type ScheduledTask,
+  type TaskInput,
+  type TaskMessage,
+} from './schedule.js';
 import type { MessageLike, PoolClientLike, PoolLike, Queryable } from './ports.js';
 import type { Tables } from './schema.js';
 
@@ -138,10 +144,23 @@ interface Outcome<T> {
   attempt?: number;
 }
 
-function result<T>(task: TaskMessage | undefined, o: Outcome<T>, dbTransactions: number, filtered: boolean): HandleResult<T> {
+function result<T>(
+  task: TaskMessage | undefined,
+  o: Outcome<T>,
+  dbTransactions: number,
+  filtered: boolean,
+): HandleResult<T> {
   return {
-    status: o.status, reason: o.reason, ack: o.status !== 'deferred', stoppedBy: o.stoppedBy, task,
-    value: o.value, error: o.error, attempt: o.attempt, dbTransactions, filtered,
+    status: o.status,
+    reason: o.reason,
+    ack: o.status !== 'deferred',
+    stoppedBy: o.stoppedBy,
+    task,
+    value: o.value,
+    error: o.error,
+    attempt: o.attempt,
+    dbTransactions,
+    filtered,
   };
 }
 
@@ -164,9 +183,18 @@ class NotFinished {
  * Handles one delivery: see the module comment. Never rejects for a task or
  * database failure (those are outcomes); rejects only on bad arguments.
  */
-export async function handleDelivery<T>(cfg: HandleConfig, message: MessageLike, fn: TaskHandler<T>): Promise<HandleResult<T>> {
+export async function handleDelivery<T>(
+  cfg: HandleConfig,
+  message: MessageLike,
+  fn: TaskHandler<T>,
+): Promise<HandleResult<T>> {
   if (typeof fn !== 'function') throw new TypeError('Expected `fn` to be a function');
-  if (typeof message !== 'object' || message === null || !Buffer.isBuffer(message.content) || typeof message.fields?.deliveryTag !== 'number') {
+  if (
+    typeof message !== 'object' ||
+    message === null ||
+    !Buffer.isBuffer(message.content) ||
+    typeof message.fields?.deliveryTag !== 'number'
+  ) {
     throw new TypeError('Expected `message` to be a delivered message (a Buffer `content` and `fields.deliveryTag`)');
   }
   const task = decodeTask(message.content);
@@ -177,17 +205,24 @@ export async function handleDelivery<T>(cfg: HandleConfig, message: MessageLike,
   const owner = `${host}:${process.pid}:${message.fields.deliveryTag}:${randomBytes(6).toString('hex')}`;
   const key = `${cfg.keyPrefix}${cfg.t.schema}:${task.entityId}:${task.seq}`;
   const counter = { tx: 0 };
-  if (cfg.memlock === undefined) return finish(task, await run(cfg, task, owner, unlockedSignal, fn, counter), counter.tx, false);
+  if (cfg.memlock === undefined)
+    return finish(task, await run(cfg, task, owner, unlockedSignal, fn, counter), counter.tx, false);
   const memlock = cfg.memlock;
   let entered = false;
   let outcome: Outcome<T> | undefined;
-  const options: LockOptions = cfg.holdAfterMs > 0 ? ({ ...cfg.lockOptions, holdAfterMs: cfg.holdAfterMs } as LockOptions) : cfg.lockOptions;
+  const options: LockOptions =
+    cfg.holdAfterMs > 0 ? ({ ...cfg.lockOptions, holdAfterMs: cfg.holdAfterMs } as LockOptions) : cfg.lockOptions;
   try {
-    await memlock.tryWithLock(key, owner, async (signal) => {
-      entered = true;
-      outcome = await run(cfg, task, owner, signal, fn, counter);
-      if (cfg.holdAfterMs > 0 && !finished(outcome)) throw new NotFinished(outcome);
-    }, options);
+    await memlock.tryWithLock(
+      key,
+      owner,
+      async (signal) => {
+        entered = true;
+        outcome = await run(cfg, task, owner, signal, fn, counter);
+        if (cfg.holdAfterMs > 0 && !finished(outcome)) throw new NotFinished(outcome);
+      },
+      options,
+    );
   } catch (err) {
     if (!entered && err instanceof LockNotAcquiredError) {
       // `done` (memlock's completed marker) exists from the memlock release that added holdAfterMs on.
@@ -210,8 +245,10 @@ export async function handleDelivery<T>(cfg: HandleConfig, message: MessageLike,
 }
 
 function finish<T>(task: TaskMessage, o: Outcome<T>, tx: number, filtered: boolean): HandleResult<T> {
-  if (o.status === 'dropped') publish(taskChannels.dropped, () => ({ entityId: task.entityId, seq: task.seq, reason: o.reason }));
-  else if (o.status === 'deferred') publish(taskChannels.deferred, () => ({ entityId: task.entityId, seq: task.seq, reason: o.reason }));
+  if (o.status === 'dropped')
+    publish(taskChannels.dropped, () => ({ entityId: task.entityId, seq: task.seq, reason: o.reason }));
+  else if (o.status === 'deferred')
+    publish(taskChannels.deferred, () => ({ entityId: task.entityId, seq: task.seq, reason: o.reason }));
   return result(task, o, tx, filtered);
 }
 
@@ -226,7 +263,12 @@ interface EntityRow {
 
 /** The database part: claim (sequence check + lease), then the effect transaction. */
 async function run<T>(
-  cfg: HandleConfig, task: TaskMessage, owner: string, signal: AbortSignal, fn: TaskHandler<T>, counter: { tx: number },
+  cfg: HandleConfig,
+  task: TaskMessage,
+  owner: string,
+  signal: AbortSignal,
+  fn: TaskHandler<T>,
+  counter: { tx: number },
 ): Promise<Outcome<T>> {
   let client: PoolClientLike;
   try {
@@ -248,10 +290,12 @@ async function run<T>(
     await rollback();
     // Best effort: hand the lease back so the next delivery need not wait for it to expire (and raise a false overwrite alert).
     if (discard === undefined) {
-      await client.query(
-        `UPDATE ${cfg.t.entities} SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2`,
-        [task.entityId, owner],
-      ).catch(() => undefined);
+      await client
+        .query(
+          `UPDATE ${cfg.t.entities} SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2`,
+          [task.entityId, owner],
+        )
+        .catch(() => undefined);
     }
     return { status: 'deferred', reason: 'error', error };
   } finally {
@@ -261,7 +305,12 @@ async function run<T>(
 
 /** Transaction 1: check the sequence and take the row lease (committed, so a crash leaves it behind). */
 async function claim(
-  cfg: HandleConfig, client: PoolClientLike, task: TaskMessage, owner: string, counter: { tx: number }, rollback: () => Promise<void>,
+  cfg: HandleConfig,
+  client: PoolClientLike,
+  task: TaskMessage,
+  owner: string,
+  counter: { tx: number },
+  rollback: () => Promise<void>,
 ): Promise<Outcome<never> | { attempt: number }> {
   const t = cfg.t;
   counter.tx++;
@@ -315,8 +364,13 @@ async function claim(
   await client.query('COMMIT');
   if (row.lease_owner !== null) {
     const event = {
-      entityId: task.entityId, seq, name: task.name, previousOwner: row.lease_owner,
-      expiredAt: row.lease_until ?? new Date(0), owner, attempt,
+      entityId: task.entityId,
+      seq,
+      name: task.name,
+      previousOwner: row.lease_owner,
+      expiredAt: row.lease_until ?? new Date(0),
+      owner,
+      attempt,
     };
     publish(taskChannels.leaseOverwritten, () => event);
     callHook('onLeaseOverwritten', cfg.hooks.onLeaseOverwritten, event);
@@ -326,8 +380,15 @@ async function claim(
 
 /** Transaction 2: re-check sequence and lease under the row lock, run the handler, advance the sequence. */
 async function apply<T>(
-  cfg: HandleConfig, client: PoolClientLike, task: TaskMessage, owner: string, attempt: number, signal: AbortSignal,
-  fn: TaskHandler<T>, counter: { tx: number }, rollback: () => Promise<void>,
+  cfg: HandleConfig,
+  client: PoolClientLike,
+  task: TaskMessage,
+  owner: string,
+  attempt: number,
+  signal: AbortSignal,
+  fn: TaskHandler<T>,
+  counter: { tx: number },
+  rollback: () => Promise<void>,
 ): Promise<Outcome<T>> {
   const t = cfg.t;
   const started = performance.now();
@@ -353,7 +414,11 @@ async function apply<T>(
   }
   let newState: { value: Json } | undefined;
   const ctx: TaskContext = {
-    tx: client, task, attempt, state: row.state, signal,
+    tx: client,
+    task,
+    attempt,
+    state: row.state,
+    signal,
     setState(state) {
       newState = { value: state };
     },
@@ -373,13 +438,25 @@ async function apply<T>(
   );
   await client.query('COMMIT');
   const durationMs = performance.now() - started;
-  publish(taskChannels.applied, () => ({ entityId: task.entityId, seq: task.seq, name: task.name, attempt, durationMs }));
+  publish(taskChannels.applied, () => ({
+    entityId: task.entityId,
+    seq: task.seq,
+    name: task.name,
+    attempt,
+    durationMs,
+  }));
   return { status: 'applied', reason: 'applied', value, attempt };
 }
 
 /** Records a failed attempt (its own transaction) and decides between retry and permanent failure. */
 async function failed(
-  cfg: HandleConfig, client: PoolClientLike, task: TaskMessage, owner: string, attempt: number, error: unknown, counter: { tx: number },
+  cfg: HandleConfig,
+  client: PoolClientLike,
+  task: TaskMessage,
+  owner: string,
+  attempt: number,
+  error: unknown,
+  counter: { tx: number },
 ): Promise<Outcome<never>> {
   counter.tx++;
   const { rows } = await client.query<{ attempts: number; failed: boolean }>(

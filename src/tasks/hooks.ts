@@ -53,9 +53,19 @@ export interface PermanentlyFailedEvent {
 }
 
 /** `memlock:tasks:applied` payload. */
-export interface AppliedEvent { readonly entityId: string; readonly seq: number; readonly name: string; readonly attempt: number; readonly durationMs: number }
+export interface AppliedEvent {
+  readonly entityId: string;
+  readonly seq: number;
+  readonly name: string;
+  readonly attempt: number;
+  readonly durationMs: number;
+}
 /** `memlock:tasks:dropped` / `memlock:tasks:deferred` payload. */
-export interface DispositionEvent { readonly entityId: string | undefined; readonly seq: number | undefined; readonly reason: string }
+export interface DispositionEvent {
+  readonly entityId: string | undefined;
+  readonly seq: number | undefined;
+  readonly reason: string;
+}
 
 /** Callback hooks of `Tasks`. */
 export interface TaskHooks {

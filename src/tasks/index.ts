@@ -12,9 +12,21 @@ export type { TaskContext, TaskHandler, HandleResult, DropReason, DeferReason } 
 export { encodeTask, decodeTask } from './schedule.js';
 export type { Json, EntityInput, TaskInput, ScheduledTask, TaskMessage } from './schedule.js';
 export { taskChannels } from './hooks.js';
-export type { TaskHooks, LeaseOverwrittenEvent, PermanentlyFailedEvent, AppliedEvent, DispositionEvent } from './hooks.js';
+export type {
+  TaskHooks,
+  LeaseOverwrittenEvent,
+  PermanentlyFailedEvent,
+  AppliedEvent,
+  DispositionEvent,
+} from './hooks.js';
 export { checkSchemaName } from './schema.js';
 export type { Tables } from './schema.js';
 export type {
-  Queryable, QueryResultLike, PoolLike, PoolClientLike, MessageLike, ChannelLike, ConfirmChannelLike,
+  Queryable,
+  QueryResultLike,
+  PoolLike,
+  PoolClientLike,
+  MessageLike,
+  ChannelLike,
+  ConfirmChannelLike,
 } from './ports.js';

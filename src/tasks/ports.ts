@@ -41,7 +41,11 @@ export interface ChannelLike {
   ack(message: MessageLike): void;
   nack(message: MessageLike, allUpTo?: boolean, requeue?: boolean): void;
   prefetch(count: number, global?: boolean): Promise<unknown>;
-  consume(queue: string, onMessage: (message: MessageLike | null) => void, options?: { noAck?: boolean }): Promise<{ consumerTag: string }>;
+  consume(
+    queue: string,
+    onMessage: (message: MessageLike | null) => void,
+    options?: { noAck?: boolean },
+  ): Promise<{ consumerTag: string }>;
   cancel(consumerTag: string): Promise<unknown>;
 }
 

@@ -44,8 +44,10 @@ export interface RelayedRow {
 }
 
 function checkInt(name: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value)) throw new TypeError(`Expected \`${name}\` to be an integer, got ${typeof value}`);
-  if (value < min || value > max) throw new RangeError(`Expected \`${name}\` to be between ${min} and ${max}, got ${value}`);
+  if (typeof value !== 'number' || !Number.isInteger(value))
+    throw new TypeError(`Expected \`${name}\` to be an integer, got ${typeof value}`);
+  if (value < min || value > max)
+    throw new RangeError(`Expected \`${name}\` to be between ${min} and ${max}, got ${value}`);
   return value;
 }
 
@@ -111,13 +113,17 @@ export class Relay {
       });
       for (const row of published) {
         this.#channel.publish(this.#exchange, this.#routingKey, row.content, {
-          persistent: true, contentType: 'application/json', messageId: `${row.entityId}:${row.seq}`,
+          persistent: true,
+          contentType: 'application/json',
+          messageId: `${row.entityId}:${row.seq}`,
         });
       }
       // Rejects if the broker nacked any of them: the transaction rolls back, the rows stay unsent.
       await this.#channel.waitForConfirms();
       await this.#afterPublish?.(published);
-      await client.query(`UPDATE ${this.#t.outbox} SET sent_at = now() WHERE id = ANY($1::bigint[])`, [published.map((r) => r.outboxId)]);
+      await client.query(`UPDATE ${this.#t.outbox} SET sent_at = now() WHERE id = ANY($1::bigint[])`, [
+        published.map((r) => r.outboxId),
+      ]);
       await client.query('COMMIT');
       return published.length;
     } catch (err) {

@@ -46,9 +46,11 @@ export interface TaskMessage {
 /** Checks the arguments of `schedule()` before touching the database. */
 function checkInput(entity: EntityInput, task: TaskInput): void {
   if (typeof entity !== 'object' || entity === null) throw new TypeError('Expected `entity` to be an object');
-  if (typeof entity.id !== 'string' || entity.id === '') throw new TypeError('Expected `entity.id` to be a non-empty string');
+  if (typeof entity.id !== 'string' || entity.id === '')
+    throw new TypeError('Expected `entity.id` to be a non-empty string');
   if (typeof task !== 'object' || task === null) throw new TypeError('Expected `task` to be an object');
-  if (typeof task.name !== 'string' || task.name === '') throw new TypeError('Expected `task.name` to be a non-empty string');
+  if (typeof task.name !== 'string' || task.name === '')
+    throw new TypeError('Expected `task.name` to be a non-empty string');
 }
 
 /**
@@ -58,7 +60,12 @@ function checkInput(entity: EntityInput, task: TaskInput): void {
  * it rolls back. Bumps the entity's `scheduled` counter under its row lock,
  * so concurrent `schedule()` calls on one entity get consecutive numbers.
  */
-export async function scheduleTask(t: Tables, tx: Queryable, entity: EntityInput, task: TaskInput): Promise<ScheduledTask> {
+export async function scheduleTask(
+  t: Tables,
+  tx: Queryable,
+  entity: EntityInput,
+  task: TaskInput,
+): Promise<ScheduledTask> {
   checkInput(entity, task);
   const hasState = entity.state !== undefined;
   // One statement, so that even outside a transaction the counter never advances without its outbox row
@@ -71,7 +78,13 @@ export async function scheduleTask(t: Tables, tx: Queryable, entity: EntityInput
        RETURNING e.scheduled - 1 AS seq
      )
      INSERT INTO ${t.outbox} (entity_id, seq, name, payload) SELECT $1, e.seq, $4, $5::jsonb FROM e RETURNING id, seq`,
-    [entity.id, hasState ? JSON.stringify(entity.state) : null, hasState, task.name, JSON.stringify(task.payload ?? null)],
+    [
+      entity.id,
+      hasState ? JSON.stringify(entity.state) : null,
+      hasState,
+      task.name,
+      JSON.stringify(task.payload ?? null),
+    ],
   );
   const row = rows[0]!;
   return { entityId: entity.id, seq: Number(row.seq), outboxId: row.id };
@@ -92,7 +105,14 @@ export function decodeTask(content: Buffer): TaskMessage | undefined {
   }
   if (typeof body !== 'object' || body === null) return undefined;
   const b = body as Record<string, unknown>;
-  if (b['v'] !== 1 || typeof b['e'] !== 'string' || b['e'] === '' || !Number.isSafeInteger(b['s']) || (b['s'] as number) < 0 || typeof b['n'] !== 'string') {
+  if (
+    b['v'] !== 1 ||
+    typeof b['e'] !== 'string' ||
+    b['e'] === '' ||
+    !Number.isSafeInteger(b['s']) ||
+    (b['s'] as number) < 0 ||
+    typeof b['n'] !== 'string'
+  ) {
     return undefined;
   }
   return { entityId: b['e'], seq: b['s'] as number, name: b['n'], payload: (b['p'] ?? null) as Json };

@@ -20,7 +20,9 @@ const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
 export function checkSchemaName(schema: unknown): string {
   if (typeof schema !== 'string') throw new TypeError(`Expected \`schema\` to be a string, got ${typeof schema}`);
   if (!IDENTIFIER.test(schema)) {
-    throw new RangeError(`Expected \`schema\` to be a lower-case SQL identifier (a-z, 0-9, _; at most 63 characters), got ${JSON.stringify(schema)}`);
+    throw new RangeError(
+      `Expected \`schema\` to be a lower-case SQL identifier (a-z, 0-9, _; at most 63 characters), got ${JSON.stringify(schema)}`,
+    );
   }
   return schema;
 }
@@ -84,7 +86,9 @@ export async function migrate(pool: PoolLike, schema: string): Promise<void> {
     await client.query('BEGIN');
     await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`memlock_tasks:${schema}`]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
-    await client.query(`CREATE TABLE IF NOT EXISTS ${t.migrations} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS ${t.migrations} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
     const { rows } = await client.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${t.migrations}`);
     const done = rows[0]?.v ?? 0;
     for (let i = done; i < migrations.length; i++) {

@@ -65,9 +65,11 @@ export interface Consumer {
 }
 
 function checkNumber(name: string, value: unknown, min: number, max: number, integer = false): number {
-  if (typeof value !== 'number' || Number.isNaN(value)) throw new TypeError(`Expected \`${name}\` to be a number, got ${typeof value}`);
+  if (typeof value !== 'number' || Number.isNaN(value))
+    throw new TypeError(`Expected \`${name}\` to be a number, got ${typeof value}`);
   if (integer && !Number.isInteger(value)) throw new RangeError(`Expected \`${name}\` to be an integer, got ${value}`);
-  if (value < min || value > max) throw new RangeError(`Expected \`${name}\` to be between ${min} and ${max}, got ${value}`);
+  if (value < min || value > max)
+    throw new RangeError(`Expected \`${name}\` to be between ${min} and ${max}, got ${value}`);
   return value;
 }
 
@@ -82,17 +84,24 @@ export class Tasks {
   constructor(options: TasksOptions) {
     if (typeof options !== 'object' || options === null) throw new TypeError('Expected `options` to be an object');
     const { pool, memlock } = options;
-    if (typeof pool?.query !== 'function' || typeof pool.connect !== 'function') throw new TypeError('Expected `pool` to be a pg Pool');
-    if (memlock !== undefined && !(memlock instanceof Memlock)) throw new TypeError('Expected `memlock` to be a Memlock');
+    if (typeof pool?.query !== 'function' || typeof pool.connect !== 'function')
+      throw new TypeError('Expected `pool` to be a pg Pool');
+    if (memlock !== undefined && !(memlock instanceof Memlock))
+      throw new TypeError('Expected `memlock` to be a Memlock');
     this.tables = tables(checkSchemaName(options.schema ?? 'memlock_tasks'));
     const keyPrefix = options.keyPrefix ?? 'tasks:';
     if (typeof keyPrefix !== 'string') throw new TypeError('Expected `keyPrefix` to be a string');
     const lockOptions = options.lockOptions ?? {};
-    if ('wait' in lockOptions) throw new RangeError('`lockOptions.wait` is not supported: a refused copy is handed back, not waited for');
+    if ('wait' in lockOptions)
+      throw new RangeError('`lockOptions.wait` is not supported: a refused copy is handed back, not waited for');
     this.#pool = pool;
     this.#retryDelayMs = checkNumber('retryDelayMs', options.retryDelayMs ?? 500, 0, 3_600_000);
     this.#cfg = {
-      pool, memlock, t: this.tables, keyPrefix, lockOptions,
+      pool,
+      memlock,
+      t: this.tables,
+      keyPrefix,
+      lockOptions,
       leaseMs: checkNumber('leaseMs', options.leaseMs ?? 60_000, 100, 86_400_000, true),
       maxAttempts: checkNumber('maxAttempts', options.maxAttempts ?? 5, 1, 1000, true),
       holdAfterMs: checkNumber('holdAfterMs', options.holdAfterMs ?? 0, 0, 30 * 86_400_000),
@@ -124,7 +133,8 @@ export class Tasks {
    * in a transaction, or pass the pool for a single statement pair).
    */
   retryFailed(tx: Queryable, entityId: string): Promise<number> {
-    if (typeof entityId !== 'string' || entityId === '') throw new TypeError('Expected `entityId` to be a non-empty string');
+    if (typeof entityId !== 'string' || entityId === '')
+      throw new TypeError('Expected `entityId` to be a non-empty string');
     return retryFailedTasks(this.tables, tx, entityId);
   }
 
@@ -147,7 +157,12 @@ export class Tasks {
    * Consumes `queue` on `channel`: `handle()`s every delivery, acknowledges
    * applied and dropped ones, and requeues deferred ones after `retryDelayMs`.
    */
-  async consume<T>(channel: ChannelLike, queue: string, fn: TaskHandler<T>, options: ConsumeOptions<T> = {}): Promise<Consumer> {
+  async consume<T>(
+    channel: ChannelLike,
+    queue: string,
+    fn: TaskHandler<T>,
+    options: ConsumeOptions<T> = {},
+  ): Promise<Consumer> {
     if (typeof fn !== 'function') throw new TypeError('Expected `fn` to be a function');
     const prefetch = checkNumber('prefetch', options.prefetch ?? 16, 1, 65_535, true);
     const inFlight = new Set<Promise<void>>();

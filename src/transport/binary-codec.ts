@@ -19,7 +19,15 @@ export const STATUS_EXISTS = 0x02;
 export const STATUS_NOT_STORED = 0x05;
 export const STATUS_AUTH_ERROR = 0x20;
 
-function header(buf: Buffer, opcode: number, keyLength: number, extrasLength: number, bodyLength: number, seq: number, cas: bigint): void {
+function header(
+  buf: Buffer,
+  opcode: number,
+  keyLength: number,
+  extrasLength: number,
+  bodyLength: number,
+  seq: number,
+  cas: bigint,
+): void {
   buf[0] = MAGIC_REQUEST;
   buf[1] = opcode;
   buf.writeUInt16BE(keyLength, 2);
@@ -32,7 +40,14 @@ function header(buf: Buffer, opcode: number, keyLength: number, extrasLength: nu
 }
 
 /** SET/ADD request: extras are flags (0) and expiry in seconds. */
-export function storeRequest(opcode: number, key: string, value: Buffer, ttlSeconds: number, cas: bigint, seq: number): Buffer {
+export function storeRequest(
+  opcode: number,
+  key: string,
+  value: Buffer,
+  ttlSeconds: number,
+  cas: bigint,
+  seq: number,
+): Buffer {
   const keyLength = Buffer.byteLength(key);
   const buf = Buffer.allocUnsafe(24 + 8 + keyLength + value.length);
   header(buf, opcode, keyLength, 8, 8 + keyLength + value.length, seq, cas);
@@ -55,11 +70,15 @@ export function keyRequest(opcode: number, key: string, cas: bigint, seq: number
 /** Maps a binary status to the common reply status. */
 export function replyStatus(status: number): Reply['status'] {
   switch (status) {
-    case STATUS_OK: return 'ok';
-    case STATUS_NOT_FOUND: return 'not_found';
+    case STATUS_OK:
+      return 'ok';
+    case STATUS_NOT_FOUND:
+      return 'not_found';
     case STATUS_EXISTS:
-    case STATUS_NOT_STORED: return 'exists';
-    default: return 'error';
+    case STATUS_NOT_STORED:
+      return 'exists';
+    default:
+      return 'error';
   }
 }
 

@@ -58,18 +58,23 @@ export class MemcacheLockClient implements LockClient {
     this.#connections = specs.map((spec) => {
       const username = spec.username ?? options.username;
       if (username !== undefined && protocol === 'meta') {
-        throw new RangeError('Expected `protocol` to be \'binary\' with SASL credentials (memcached has SASL only on the binary protocol)');
+        throw new RangeError(
+          "Expected `protocol` to be 'binary' with SASL credentials (memcached has SASL only on the binary protocol)",
+        );
       }
-      return new Connection({
-        host: spec.host,
-        port: spec.port,
-        codec: this.#codec,
-        tls: tlsFor(spec.host, options.tls),
-        username,
-        password: spec.password ?? options.password,
-        connectTimeoutMs: options.timeoutMs,
-        ref: options.ref ?? true,
-      }, sink);
+      return new Connection(
+        {
+          host: spec.host,
+          port: spec.port,
+          codec: this.#codec,
+          tls: tlsFor(spec.host, options.tls),
+          username,
+          password: spec.password ?? options.password,
+          connectTimeoutMs: options.timeoutMs,
+          ref: options.ref ?? true,
+        },
+        sink,
+      );
     });
     this.#ring = new HashRing(this.#connections.map((c) => c.name));
   }
@@ -106,8 +111,15 @@ export class MemcacheLockClient implements LockClient {
     for (const pending of expired) {
       const connection = pending.owner as Connection;
       broken.add(connection);
-      pending.reject(unavailable(`memcache operation timed out after ${this.#deadlines.timeoutMs} ms`,
-        connection.name, connection.label, timedOut(), pending.sent));
+      pending.reject(
+        unavailable(
+          `memcache operation timed out after ${this.#deadlines.timeoutMs} ms`,
+          connection.name,
+          connection.label,
+          timedOut(),
+          pending.sent,
+        ),
+      );
     }
     for (const connection of broken) connection.drop(new Error('connection dropped after a request on it timed out'));
   }
@@ -121,7 +133,9 @@ export class MemcacheLockClient implements LockClient {
   }
 
   #closedError(connection: Connection): Promise<never> {
-    return Promise.reject(new MemcacheUnavailableError('memlock client is closed', { server: connection.name, mayHaveApplied: false }));
+    return Promise.reject(
+      new MemcacheUnavailableError('memlock client is closed', { server: connection.name, mayHaveApplied: false }),
+    );
   }
 
   // add, get, casSet and casDelete are not async: each is one request on the
@@ -161,7 +175,12 @@ export class MemcacheLockClient implements LockClient {
     const connection = this.#connection(key);
     if (this.#closed) return this.#closedError(connection);
     const seq = this.#nextSeq();
-    return this.#send(connection, 'set', seq, this.#codec.casSet(key, value, ttlSeconds, cas, seq)) as Promise<WriteResult>;
+    return this.#send(
+      connection,
+      'set',
+      seq,
+      this.#codec.casSet(key, value, ttlSeconds, cas, seq),
+    ) as Promise<WriteResult>;
   }
 
   casDelete(key: string, cas: bigint): Promise<WriteResult> {
@@ -185,7 +204,12 @@ export class MemcacheLockClient implements LockClient {
     this.#closed = true;
     await Promise.all(this.#connections.map((c) => c.close(new Error('memlock client closed'))));
     for (const pending of this.#deadlines.drain()) {
-      pending.reject(new MemcacheUnavailableError('memlock client closed', { server: (pending.owner as Connection).name, mayHaveApplied: pending.sent }));
+      pending.reject(
+        new MemcacheUnavailableError('memlock client closed', {
+          server: (pending.owner as Connection).name,
+          mayHaveApplied: pending.sent,
+        }),
+      );
     }
   }
 }

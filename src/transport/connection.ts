@@ -61,10 +61,14 @@ export class Connection {
   readonly #reply = emptyReply();
   readonly #auth: Buffer | undefined;
 
-  constructor(private readonly options: ConnectionOptions, private readonly sink: ConnectionSink) {
+  constructor(
+    private readonly options: ConnectionOptions,
+    private readonly sink: ConnectionSink,
+  ) {
     this.name = `${options.host}:${options.port}`;
     this.label = options.codec.name + (options.tls === undefined ? '' : '+tls');
-    this.#auth = options.username === undefined ? undefined : options.codec.saslPlain(options.username, options.password ?? '');
+    this.#auth =
+      options.username === undefined ? undefined : options.codec.saslPlain(options.username, options.password ?? '');
   }
 
   /** Requests written or waiting on this connection and not answered yet. */
@@ -127,7 +131,10 @@ export class Connection {
     this.#partial = undefined;
     this.#corked = false;
     this.#connectTimer = setTimeout(() => {
-      this.#fail(socket, Object.assign(new Error(`connect timed out after ${this.options.connectTimeoutMs} ms`), { code: 'ETIMEDOUT' }));
+      this.#fail(
+        socket,
+        Object.assign(new Error(`connect timed out after ${this.options.connectTimeoutMs} ms`), { code: 'ETIMEDOUT' }),
+      );
     }, this.options.connectTimeoutMs);
     this.#connectTimer.unref();
     socket.once(secure === undefined ? 'connect' : 'secureConnect', () => this.#connected(socket));
@@ -252,10 +259,15 @@ export class Connection {
     this.drop(cause);
     // A socket leaves the set on its 'close' event (not when `closed` flips,
     // which happens before the handle is released).
-    await Promise.all([...this.#sockets].map((socket) => new Promise<void>((resolve) => {
-      socket.once('close', () => resolve());
-      socket.destroy();
-    })));
+    await Promise.all(
+      [...this.#sockets].map(
+        (socket) =>
+          new Promise<void>((resolve) => {
+            socket.once('close', () => resolve());
+            socket.destroy();
+          }),
+      ),
+    );
   }
 }
 

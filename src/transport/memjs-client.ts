@@ -91,7 +91,9 @@ export class MemjsClientAdapter implements LockClient {
         const node = pending.owner as Node;
         // Only this request fails. The caller's connection is left alone:
         // memjs's own timeout decides about it, as for the caller's requests.
-        pending.reject(unavailable(`memcache operation timed out after ${options.timeoutMs} ms`, node.name, LABEL, timedOut(), true));
+        pending.reject(
+          unavailable(`memcache operation timed out after ${options.timeoutMs} ms`, node.name, LABEL, timedOut(), true),
+        );
       }
     });
   }
@@ -110,7 +112,9 @@ export class MemjsClientAdapter implements LockClient {
   #send(key: string, op: Op, build: (seq: number) => Buffer): Promise<WriteResult | Entry | null> {
     const node = this.#node(key);
     if (this.#closed) {
-      return Promise.reject(new MemcacheUnavailableError('memlock client is closed', { server: node.name, mayHaveApplied: false }));
+      return Promise.reject(
+        new MemcacheUnavailableError('memlock client is closed', { server: node.name, mayHaveApplied: false }),
+      );
     }
     const seq = this.#nextSeq();
     const buf = build(seq);
@@ -137,14 +141,17 @@ export class MemjsClientAdapter implements LockClient {
     reply.status = replyStatus(status);
     reply.cas = response.header.cas?.readBigUInt64BE(0) ?? 0n;
     reply.code = reply.status === 'error' ? status : 0;
-    reply.message = reply.status === 'error' ? (response.val.toString('utf8', 0, 200) || `status 0x${status.toString(16)}`) : '';
+    reply.message =
+      reply.status === 'error' ? response.val.toString('utf8', 0, 200) || `status 0x${status.toString(16)}` : '';
     // memjs hands out a slice of its receive buffer: copy what is kept.
     reply.value = reply.status === 'ok' && response.val.length > 0 ? Buffer.from(response.val) : reply.value;
     settle(pending, reply, node.gen, () => ({ server: node.name, label: LABEL }));
   }
 
   add(key: string, value: Buffer, ttlSeconds: number): Promise<WriteResult> {
-    return this.#send(key, 'add', (seq) => storeRequest(OP_ADD, key, value, ttlSeconds, 0n, seq)) as Promise<WriteResult>;
+    return this.#send(key, 'add', (seq) =>
+      storeRequest(OP_ADD, key, value, ttlSeconds, 0n, seq),
+    ) as Promise<WriteResult>;
   }
 
   async addThenGet(key: string, value: Buffer, ttlSeconds: number): Promise<{ add: WriteResult; entry: Entry | null }> {
@@ -161,7 +168,9 @@ export class MemjsClientAdapter implements LockClient {
   }
 
   casSet(key: string, value: Buffer, ttlSeconds: number, cas: bigint): Promise<WriteResult> {
-    return this.#send(key, 'set', (seq) => storeRequest(OP_SET, key, value, ttlSeconds, cas, seq)) as Promise<WriteResult>;
+    return this.#send(key, 'set', (seq) =>
+      storeRequest(OP_SET, key, value, ttlSeconds, cas, seq),
+    ) as Promise<WriteResult>;
   }
 
   casDelete(key: string, cas: bigint): Promise<WriteResult> {
@@ -182,7 +191,12 @@ export class MemjsClientAdapter implements LockClient {
     this.#closed = true;
     for (const node of this.#nodes) node.server.removeListener('authenticated', node.onConnect);
     for (const pending of this.#deadlines.drain()) {
-      pending.reject(new MemcacheUnavailableError('memlock client closed', { server: (pending.owner as Node).name, mayHaveApplied: true }));
+      pending.reject(
+        new MemcacheUnavailableError('memlock client closed', {
+          server: (pending.owner as Node).name,
+          mayHaveApplied: true,
+        }),
+      );
     }
     return Promise.resolve();
   }

@@ -110,11 +110,13 @@ export class MetaCodec implements Codec {
       case 'VA': {
         const sizeEnd = line.indexOf(' ', 3);
         const size = Number(line.slice(3, sizeEnd === -1 ? undefined : sizeEnd));
-        if (!Number.isInteger(size) || size < 0) throw new ProtocolError(`malformed meta-protocol reply: ${line.slice(0, 80)}`);
+        if (!Number.isInteger(size) || size < 0)
+          throw new ProtocolError(`malformed meta-protocol reply: ${line.slice(0, 80)}`);
         const dataAt = nl + 1;
         const end = dataAt + size + 2;
         if (end > buf.length) return -1;
-        if (buf[end - 2] !== 13 || buf[end - 1] !== 10) throw new ProtocolError('meta-protocol value not terminated by CRLF');
+        if (buf[end - 2] !== 13 || buf[end - 1] !== 10)
+          throw new ProtocolError('meta-protocol value not terminated by CRLF');
         reply.status = 'ok';
         reply.cas = casOf(line);
         // Copied: a value must not pin the socket's whole chunk.

@@ -38,13 +38,25 @@ export class Deadlines {
   #timer: NodeJS.Timeout | undefined;
 
   /** `onExpire` gets the requests whose deadline passed, already unlinked and marked done. */
-  constructor(readonly timeoutMs: number, private readonly onExpire: (expired: Pending[]) => void) {}
+  constructor(
+    readonly timeoutMs: number,
+    private readonly onExpire: (expired: Pending[]) => void,
+  ) {}
 
   /** A new pending request, linked in with its deadline. */
   create(op: Op, seq: number, owner: unknown, resolve: Pending['resolve'], reject: Pending['reject']): Pending {
     const pending: Pending = {
-      op, seq, deadline: performance.now() + this.timeoutMs, resolve, reject, owner,
-      buf: undefined, sent: false, done: false, prev: this.#tail, next: undefined,
+      op,
+      seq,
+      deadline: performance.now() + this.timeoutMs,
+      resolve,
+      reject,
+      owner,
+      buf: undefined,
+      sent: false,
+      done: false,
+      prev: this.#tail,
+      next: undefined,
     };
     if (this.#tail) this.#tail.next = pending;
     else this.#head = pending;
@@ -110,7 +122,12 @@ const NOT_FOUND: WriteResult = Object.freeze({ status: 'not_found' });
  * Settles a request with its reply, mapped to what the operation returns.
  * `describe` names the server (and protocol) for an error status.
  */
-export function settle(pending: Pending, reply: Reply, conn: number, describe: () => { server: string; label: string }): void {
+export function settle(
+  pending: Pending,
+  reply: Reply,
+  conn: number,
+  describe: () => { server: string; label: string },
+): void {
   if (pending.op === 'get') {
     if (reply.status === 'not_found') pending.resolve(null);
     else if (reply.status === 'ok') pending.resolve({ value: reply.value, cas: reply.cas, conn });
@@ -118,26 +135,47 @@ export function settle(pending: Pending, reply: Reply, conn: number, describe: (
     return;
   }
   switch (reply.status) {
-    case 'ok': pending.resolve({ status: 'ok', cas: reply.cas, conn }); break;
-    case 'exists': pending.resolve(EXISTS); break;
-    case 'not_found': pending.resolve(NOT_FOUND); break;
-    default: pending.reject(badStatus(pending.op, reply, describe()));
+    case 'ok':
+      pending.resolve({ status: 'ok', cas: reply.cas, conn });
+      break;
+    case 'exists':
+      pending.resolve(EXISTS);
+      break;
+    case 'not_found':
+      pending.resolve(NOT_FOUND);
+      break;
+    default:
+      pending.reject(badStatus(pending.op, reply, describe()));
   }
 }
 
 /** The server answered with an error: nothing was applied. */
 function badStatus(op: Op, reply: Reply, where: { server: string; label: string }): MemcacheUnavailableError {
-  const cause = Object.assign(new Error(reply.message || 'server error'), { status: reply.code === 0 ? reply.message : reply.code });
+  const cause = Object.assign(new Error(reply.message || 'server error'), {
+    status: reply.code === 0 ? reply.message : reply.code,
+  });
   return new MemcacheUnavailableError(`memcache ${op} failed (${where.server}, ${where.label}): ${cause.message}`, {
-    cause, server: where.server, mayHaveApplied: false,
+    cause,
+    server: where.server,
+    mayHaveApplied: false,
   });
 }
 
 /** A transport failure as a `MemcacheUnavailableError` naming server and protocol. */
-export function unavailable(message: string, server: string, label: string, cause: unknown, mayHaveApplied: boolean): MemcacheUnavailableError {
+export function unavailable(
+  message: string,
+  server: string,
+  label: string,
+  cause: unknown,
+  mayHaveApplied: boolean,
+): MemcacheUnavailableError {
   // memjs reports SASL failures as a bare string.
   const error = cause instanceof Error ? cause : new Error(String(cause));
-  return new MemcacheUnavailableError(`${message} (${server}, ${label}): ${error.message}`, { cause: error, server, mayHaveApplied });
+  return new MemcacheUnavailableError(`${message} (${server}, ${label}): ${error.message}`, {
+    cause: error,
+    server,
+    mayHaveApplied,
+  });
 }
 
 /** The cause of a request that got no reply in time. */

@@ -25,7 +25,9 @@ export function parseServer(spec: string): { host: string; port: number; usernam
   }
   if (auth === undefined) return { host, port };
   const colon = auth.indexOf(':');
-  return colon === -1 ? { host, port, username: auth } : { host, port, username: auth.slice(0, colon), password: auth.slice(colon + 1) };
+  return colon === -1
+    ? { host, port, username: auth }
+    : { host, port, username: auth.slice(0, colon), password: auth.slice(colon + 1) };
 }
 
 /**
@@ -35,7 +37,10 @@ export function parseServer(spec: string): { host: string; port: number; usernam
  * No SNI for an IP address (RFC 6066); the certificate is then checked
  * against the IP.
  */
-export function tlsFor(host: string, option: boolean | TlsConnectionOptions | undefined): TlsConnectionOptions | undefined {
+export function tlsFor(
+  host: string,
+  option: boolean | TlsConnectionOptions | undefined,
+): TlsConnectionOptions | undefined {
   if (option === undefined || option === false) return undefined;
   const base: TlsConnectionOptions = option === true ? {} : option;
   if (base.servername !== undefined || isIP(host) !== 0) return base;

@@ -57,7 +57,12 @@ test('one of three servers down: its keys fail with MemcacheUnavailableError, th
 
   let called = 0;
   for (const k of victimKeys) {
-    const error = await t.throwsAsync(m.tryWithLock(k, 'during', () => { called++; }), { instanceOf: MemcacheUnavailableError });
+    const error = await t.throwsAsync(
+      m.tryWithLock(k, 'during', () => {
+        called++;
+      }),
+      { instanceOf: MemcacheUnavailableError },
+    );
     t.is(error?.server, victim.address, 'the error names the dead server');
     t.truthy(error?.cause);
   }
@@ -65,7 +70,8 @@ test('one of three servers down: its keys fail with MemcacheUnavailableError, th
   for (const k of otherKeys.slice(1)) t.is(await m.tryWithLock(k, 'during', () => k), k);
   // No key moved: the live servers got no entry for the dead server's keys.
   for (const k of victimKeys) {
-    for (const s of servers) if (s !== victim) t.is(await s.rawGet(prefix + k), null, `${k} did not move to ${s.address}`);
+    for (const s of servers)
+      if (s !== victim) t.is(await s.rawGet(prefix + k), null, `${k} did not move to ${s.address}`);
   }
   await waitFor(() => doomed.signal.aborted, 3000, 10, 'the holder on the dead server is told');
   t.is((doomed.signal.reason as LockLostError).kind, 'unreachable');
@@ -75,7 +81,12 @@ test('one of three servers down: its keys fail with MemcacheUnavailableError, th
 
   // Back up (empty): its keys work again, on it.
   await victim.restart();
-  await waitFor(async () => m.tryWithLock(victimKeys[0]!, 'after', () => true).catch(() => false), 3000, 50, 'victim usable again');
+  await waitFor(
+    async () => m.tryWithLock(victimKeys[0]!, 'after', () => true).catch(() => false),
+    3000,
+    50,
+    'victim usable again',
+  );
   for (const k of victimKeys) {
     const lock = await m.acquire(k, 'after');
     t.truthy(await byAddress.get(victim.address)!.rawGet(prefix + k));
@@ -99,7 +110,9 @@ test('adding a fourth server moves about a quarter of the keys, only to the new 
     if (after.get(k) !== four[3]) movedElsewhere++;
   }
   const share = moved / sample.length;
-  t.log(`adding a 4th server moved ${moved}/${sample.length} keys (${(share * 100).toFixed(1)} %; ideal 25 %); moved between old servers: ${movedElsewhere}`);
+  t.log(
+    `adding a 4th server moved ${moved}/${sample.length} keys (${(share * 100).toFixed(1)} %; ideal 25 %); moved between old servers: ${movedElsewhere}`,
+  );
   t.true(share > 0.18 && share < 0.32, `moved ${(share * 100).toFixed(1)} %`);
   t.is(movedElsewhere, 0);
 

@@ -19,10 +19,21 @@ test('LRU eviction of held entries: every lost lock is signalled with kind gone,
   t.teardown(() => mc.stop());
   // About 1.5 times the server's capacity, written at about three capacities per
   // heartbeat: holders lose their entries one after another, not all at once.
-  const f = await runEvictionRound(mc, { locks: 200, heartbeatMs: 500, leaseMs: 4000, timeoutMs: 500, churnEntries: 21_000, churnPerSecond: 60_000 });
+  const f = await runEvictionRound(mc, {
+    locks: 200,
+    heartbeatMs: 500,
+    leaseMs: 4000,
+    timeoutMs: 500,
+    churnEntries: 21_000,
+    churnPerSecond: 60_000,
+  });
   const lost = Object.values(f.lost).reduce((a, b) => a + b, 0);
-  t.log(`churned ${f.churned} entries in ${f.churnMs.toFixed(0)} ms, memcached evicted ${f.evictions}; `
-    + `locks lost ${lost}/${f.locks} (${Object.entries(f.lost).map(([k, n]) => `${k} ${n}`).join(', ')}), silent ${f.silent}`);
+  t.log(
+    `churned ${f.churned} entries in ${f.churnMs.toFixed(0)} ms, memcached evicted ${f.evictions}; ` +
+      `locks lost ${lost}/${f.locks} (${Object.entries(f.lost)
+        .map(([k, n]) => `${k} ${n}`)
+        .join(', ')}), silent ${f.silent}`,
+  );
   t.true(f.evictions > 0, 'memcached evicted entries');
   t.true(lost > 0, 'some held entries were evicted');
   t.deepEqual(Object.keys(f.lost), ['gone'], 'every loss is reported as gone');
@@ -34,7 +45,13 @@ test('LRU eviction of held entries: every lost lock is signalled with kind gone,
 test('out of memory without eviction (-M): acquire fails with MemcacheUnavailableError carrying the status; a holder whose renewal fails is signalled', async (t) => {
   const mc = await startMemcached({ memoryMb: 2, extraArgs: ['-M'] });
   t.teardown(() => mc.stop());
-  const m = new Memlock({ servers: mc.address, protocol: testProtocol, prefix: 'oom:', leaseMs: 3000, heartbeatMs: 500 });
+  const m = new Memlock({
+    servers: mc.address,
+    protocol: testProtocol,
+    prefix: 'oom:',
+    leaseMs: 3000,
+    heartbeatMs: 500,
+  });
   t.teardown(() => m.close());
   const held = await m.acquire('held-0000', 'client-0');
   const sample = (await mc.rawGet('oom:held-0000'))!;
@@ -42,11 +59,19 @@ test('out of memory without eviction (-M): acquire fails with MemcacheUnavailabl
   await waitFor(() => churn.written > 100_000, 5000, 10); // several times the 2 MB
   await churn.stop();
   let called = false;
-  const error = await t.throwsAsync(m.tryWithLock('fresh-0000', 'client-1', () => { called = true; }), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(
+    m.tryWithLock('fresh-0000', 'client-1', () => {
+      called = true;
+    }),
+    { instanceOf: MemcacheUnavailableError },
+  );
   t.false(called);
   t.regex(error!.message, /0x82|memory/i);
   // The binary protocol's status code, or the meta protocol's error line.
-  t.is((error!.cause as { status?: unknown }).status, testProtocol === 'meta' ? 'SERVER_ERROR out of memory storing object' : 0x82);
+  t.is(
+    (error!.cause as { status?: unknown }).status,
+    testProtocol === 'meta' ? 'SERVER_ERROR out of memory storing object' : 0x82,
+  );
   // memcached unlinks an entry whose SET failed for lack of memory, so the
   // renewal's failure is followed by "gone"; either way the holder is told
   // before the lease could end.

@@ -32,17 +32,31 @@ interface Done {
 test('several processes contending for one key each get a fair share, without wait timeouts', async (t) => {
   const processes = 4;
   const prefix = 'fair:';
-  const runs = Array.from({ length: processes }, () => startFixture('fair-waiter.mts', {
-    SERVERS: mc.address, PREFIX: prefix, KEY: 'hot', WORKERS: '4', HOLD_MS: '2', DURATION_MS: '4000',
-  }));
+  const runs = Array.from({ length: processes }, () =>
+    startFixture('fair-waiter.mts', {
+      SERVERS: mc.address,
+      PREFIX: prefix,
+      KEY: 'hot',
+      WORKERS: '4',
+      HOLD_MS: '2',
+      DURATION_MS: '4000',
+    }),
+  );
   fixtures.push(...runs);
   await Promise.all(runs.map((f) => f.next('ready', 60_000)));
   for (const f of runs) f.send('go');
   const results = await Promise.all(runs.map(async (f) => (await f.next('done', 60_000)) as unknown as Done));
   const commits = results.map((r) => r.commits);
   t.log(`commits per process: ${commits.join(', ')}`);
-  t.deepEqual(results.map((r) => r.errors), [0, 0, 0, 0]);
-  t.deepEqual(results.map((r) => r.timeouts), [0, 0, 0, 0], 'no waiter ran out its 10 s');
+  t.deepEqual(
+    results.map((r) => r.errors),
+    [0, 0, 0, 0],
+  );
+  t.deepEqual(
+    results.map((r) => r.timeouts),
+    [0, 0, 0, 0],
+    'no waiter ran out its 10 s',
+  );
   t.true(Math.min(...commits) > 0, 'a process starved');
   // Before the waiter queue, a releasing process re-took the key ahead of
   // remote waiters: the least served process got ~0.5% of the busiest one.
@@ -56,7 +70,13 @@ test('a waiter killed while queued delays the key by at most the reservation and
   instances.push(holder, survivor);
   const lock = await holder.acquire('k', 'holder', { wait: true });
   const doomed = startFixture('fair-waiter.mts', {
-    SERVERS: mc.address, PREFIX: prefix, KEY: 'k', WORKERS: '1', HOLD_MS: '0', DURATION_MS: '0', JUST_WAIT: '1',
+    SERVERS: mc.address,
+    PREFIX: prefix,
+    KEY: 'k',
+    WORKERS: '1',
+    HOLD_MS: '0',
+    DURATION_MS: '0',
+    JUST_WAIT: '1',
   });
   fixtures.push(doomed);
   await doomed.next('waiting', 30_000);

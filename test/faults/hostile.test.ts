@@ -11,7 +11,14 @@ import fc from 'fast-check';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortController as PolyfillController } from 'abort-controller';
-import { Memlock, MemcacheLockClient, MemlockError, type Lock, type LockOptions, type WrapOptions } from '../../src/index.js';
+import {
+  Memlock,
+  MemcacheLockClient,
+  MemlockError,
+  type Lock,
+  type LockOptions,
+  type WrapOptions,
+} from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { RecordingClient } from './lib/recording.js';
 import { trackUnhandled } from '../helpers/unhandled.js';
@@ -29,7 +36,11 @@ test.before(async () => {
   mc = await startMemcached();
   m = new Memlock({ servers: mc.address, prefix, leaseMs: 3000, heartbeatMs: 500, timeoutMs: 500 });
   other = new Memlock({ servers: mc.address, prefix, leaseMs: 3000, heartbeatMs: 500 });
-  for (const [instance, i] of [[m, 0], [other, 1], [other, 2]] as const) {
+  for (const [instance, i] of [
+    [m, 0],
+    [other, 1],
+    [other, 2],
+  ] as const) {
     const key = `sentinel-${randomUUID()}`;
     const lock = await instance.acquire(key, `sentinel-holder-${randomUUID()}`);
     const entry = await mc.rawGet(prefix + key);
@@ -45,15 +56,51 @@ test.after.always(async () => {
 
 // --- arbitraries -----------------------------------------------------------
 
-const loneSurrogates = fc.string({ unit: fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c)), minLength: 1, maxLength: 4 });
+const loneSurrogates = fc.string({
+  unit: fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c)),
+  minLength: 1,
+  maxLength: 4,
+});
 const text = fc.oneof(
   { weight: 6, arbitrary: fc.string({ unit: 'grapheme', maxLength: 30 }) },
   { weight: 3, arbitrary: fc.string({ unit: 'binary', maxLength: 30 }) },
   { weight: 2, arbitrary: fc.string({ unit: 'binary', minLength: 200, maxLength: 400 }) },
   { weight: 1, arbitrary: loneSurrogates },
-  { weight: 2, arbitrary: fc.constantFrom('', ' ', 'a b', '\t', '\n', '\r\n', '\u0000', '\u0085', '\u00a0', '\u2028', '\ufeff', 'é'.repeat(125), 'x'.repeat(251), 'memlock:', 'sha256:', ':', '::', 'ml1:1:2:3') },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      '',
+      ' ',
+      'a b',
+      '\t',
+      '\n',
+      '\r\n',
+      '\u0000',
+      '\u0085',
+      '\u00a0',
+      '\u2028',
+      '\ufeff',
+      'é'.repeat(125),
+      'x'.repeat(251),
+      'memlock:',
+      'sha256:',
+      ':',
+      '::',
+      'ml1:1:2:3',
+    ),
+  },
 );
-const notAString = fc.oneof(fc.constant(undefined), fc.constant(null), fc.integer(), fc.double(), fc.boolean(), fc.bigInt(), fc.object(), fc.array(fc.string()), fc.constant(Symbol('s')));
+const notAString = fc.oneof(
+  fc.constant(undefined),
+  fc.constant(null),
+  fc.integer(),
+  fc.double(),
+  fc.boolean(),
+  fc.bigInt(),
+  fc.object(),
+  fc.array(fc.string()),
+  fc.constant(Symbol('s')),
+);
 const keyArb = fc.oneof({ weight: 8, arbitrary: text }, { weight: 1, arbitrary: notAString });
 const clientIdArb = fc.oneof(
   { weight: 8, arbitrary: text },
@@ -64,7 +111,24 @@ const clientIdArb = fc.oneof(
 const numberish = fc.oneof(
   fc.integer({ min: -10_000, max: 100_000 }),
   fc.double(),
-  fc.constantFrom(0, -1, 1, 1999, 2000, 2001, 2500, 4000, 30 * 86_400_000, 30 * 86_400_000 + 1, Number.NaN, Infinity, -Infinity, 1e-9, Number.MAX_VALUE, Number.MIN_VALUE),
+  fc.constantFrom(
+    0,
+    -1,
+    1,
+    1999,
+    2000,
+    2001,
+    2500,
+    4000,
+    30 * 86_400_000,
+    30 * 86_400_000 + 1,
+    Number.NaN,
+    Infinity,
+    -Infinity,
+    1e-9,
+    Number.MAX_VALUE,
+    Number.MIN_VALUE,
+  ),
   fc.constantFrom('5000', null, true, {}, [] as unknown),
 );
 const waitArb = fc.oneof(
@@ -80,28 +144,64 @@ type SignalSpec =
   | { kind: 'garbage'; value: unknown };
 const signalArb: fc.Arbitrary<SignalSpec> = fc.oneof(
   { weight: 6, arbitrary: fc.constant({ kind: 'none' as const }) },
-  { weight: 3, arbitrary: fc.record({ kind: fc.constantFrom('aborted' as const, 'during' as const, 'soon' as const), reason: fc.anything(), withReason: fc.boolean() }) },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom('polyfill-aborted' as const, 'polyfill-during' as const) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('garbage' as const), value: fc.oneof(fc.object(), fc.integer(), fc.string(), fc.constant({ aborted: false })) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constantFrom('aborted' as const, 'during' as const, 'soon' as const),
+      reason: fc.anything(),
+      withReason: fc.boolean(),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({ kind: fc.constantFrom('polyfill-aborted' as const, 'polyfill-during' as const) }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('garbage' as const),
+      value: fc.oneof(fc.object(), fc.integer(), fc.string(), fc.constant({ aborted: false })),
+    }),
+  },
 );
-type FnSpec = { kind: 'value' | 'async' | 'throws' | 'rejects'; value: unknown } | { kind: 'not-a-function'; value: unknown };
+type FnSpec =
+  { kind: 'value' | 'async' | 'throws' | 'rejects'; value: unknown } | { kind: 'not-a-function'; value: unknown };
 const fnArb: fc.Arbitrary<FnSpec> = fc.oneof(
-  { weight: 8, arbitrary: fc.record({ kind: fc.constantFrom('value' as const, 'async' as const, 'throws' as const, 'rejects' as const), value: fc.anything() }) },
+  {
+    weight: 8,
+    arbitrary: fc.record({
+      kind: fc.constantFrom('value' as const, 'async' as const, 'throws' as const, 'rejects' as const),
+      value: fc.anything(),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('not-a-function' as const), value: fc.anything() }) },
 );
 /** Mostly plausible values, sometimes anything: both paths get exercised. */
-const mostly = <T>(plausible: fc.Arbitrary<T>): fc.Arbitrary<unknown> => fc.oneof({ weight: 4, arbitrary: plausible }, { weight: 1, arbitrary: numberish });
+const mostly = <T>(plausible: fc.Arbitrary<T>): fc.Arbitrary<unknown> =>
+  fc.oneof({ weight: 4, arbitrary: plausible }, { weight: 1, arbitrary: numberish });
 const optionsArb = fc.oneof(
   { weight: 1, arbitrary: fc.constant(undefined) },
   { weight: 1, arbitrary: notAString },
   {
     weight: 8,
-    arbitrary: fc.record({
-      leaseMs: mostly(fc.integer({ min: 2000, max: 60_000 })),
-      heartbeatMs: mostly(fc.integer({ min: 1, max: 1000 })),
-      stealAfterMs: mostly(fc.integer({ min: 0, max: 100_000 })),
-      wait: fc.oneof({ weight: 3, arbitrary: fc.record({ timeoutMs: fc.integer({ min: 0, max: 200 }), minDelayMs: fc.integer({ min: 0, max: 20 }) }, { requiredKeys: [] }) }, { weight: 2, arbitrary: waitArb }),
-    }, { requiredKeys: [] }),
+    arbitrary: fc.record(
+      {
+        leaseMs: mostly(fc.integer({ min: 2000, max: 60_000 })),
+        heartbeatMs: mostly(fc.integer({ min: 1, max: 1000 })),
+        stealAfterMs: mostly(fc.integer({ min: 0, max: 100_000 })),
+        wait: fc.oneof(
+          {
+            weight: 3,
+            arbitrary: fc.record(
+              { timeoutMs: fc.integer({ min: 0, max: 200 }), minDelayMs: fc.integer({ min: 0, max: 20 }) },
+              { requiredKeys: [] },
+            ),
+          },
+          { weight: 2, arbitrary: waitArb },
+        ),
+      },
+      { requiredKeys: [] },
+    ),
   },
 );
 
@@ -187,10 +287,17 @@ function build(fnSpec: FnSpec, signalSpec: SignalSpec, options: unknown): Built 
       fn = fnSpec.value;
       break;
   }
-  const withSignal = signalSpec.kind === 'none' ? options
-    : options !== null && typeof options === 'object' && !Array.isArray(options) ? { ...options, signal } : options;
+  const withSignal =
+    signalSpec.kind === 'none'
+      ? options
+      : options !== null && typeof options === 'object' && !Array.isArray(options)
+        ? { ...options, signal }
+        : options;
   return {
-    fn, options: withSignal, own, expectAbortError,
+    fn,
+    options: withSignal,
+    own,
+    expectAbortError,
     fnValue: fnSpec.kind === 'value' || fnSpec.kind === 'async' ? fnSpec.value : undefined,
     cleanup: () => timers.forEach((timer) => clearTimeout(timer)),
   };
@@ -232,41 +339,60 @@ function describe(value: unknown): string {
 
 // Positive control for the property tests below, whose pass condition is an
 // empty failure list: the oracle rejects what a broken library would produce.
-test.serial('positive control: the oracle flags an untyped rejection, a stray AbortError and a wrong value', async (t) => {
-  const built = build({ kind: 'value', value: 7 }, { kind: 'none' }, undefined);
-  t.false(acceptable(new Error('plain'), built), 'an untyped error is a failure');
-  t.false(acceptable('a string', built));
-  t.false(acceptable(new DOMException('x', 'AbortError'), built), 'an AbortError nobody asked for is a failure');
-  t.true(acceptable(new TypeError('x'), built));
-  t.true(acceptable(new MemlockError('x', 'ERR_MEMLOCK_CLOSED'), built));
-  const throwing = build({ kind: 'throws', value: 'mine' }, { kind: 'none' }, undefined);
-  t.true(acceptable('mine', throwing), "fn's own throw is acceptable");
-  t.false(acceptable('mine', built));
-  // The count of the held sentinel: a lock left behind is seen.
-  const extra = await m.acquire('positive-control', 'X');
-  t.is(m.heldCount, 2);
-  await extra.release();
-  t.is(m.heldCount, 1);
-  built.cleanup();
-  throwing.cleanup();
-});
+test.serial(
+  'positive control: the oracle flags an untyped rejection, a stray AbortError and a wrong value',
+  async (t) => {
+    const built = build({ kind: 'value', value: 7 }, { kind: 'none' }, undefined);
+    t.false(acceptable(new Error('plain'), built), 'an untyped error is a failure');
+    t.false(acceptable('a string', built));
+    t.false(acceptable(new DOMException('x', 'AbortError'), built), 'an AbortError nobody asked for is a failure');
+    t.true(acceptable(new TypeError('x'), built));
+    t.true(acceptable(new MemlockError('x', 'ERR_MEMLOCK_CLOSED'), built));
+    const throwing = build({ kind: 'throws', value: 'mine' }, { kind: 'none' }, undefined);
+    t.true(acceptable('mine', throwing), "fn's own throw is acceptable");
+    t.false(acceptable('mine', built));
+    // The count of the held sentinel: a lock left behind is seen.
+    const extra = await m.acquire('positive-control', 'X');
+    t.is(m.heldCount, 2);
+    await extra.release();
+    t.is(m.heldCount, 1);
+    built.cleanup();
+    throwing.cleanup();
+  },
+);
 
 test.serial('tryWithLock: success or a typed error (or what fn/caller supplied), never anything else', async (t) => {
-  await fc.assert(fc.asyncProperty(keyArb, clientIdArb, fnArb, signalArb, optionsArb, async (key, clientId, fnSpec, signalSpec, options) => {
-    const built = build(fnSpec, signalSpec, options);
-    try {
-      const result = await m.tryWithLock(key as string, clientId as string, built.fn as () => unknown, built.options as LockOptions);
-      count('resolved');
-      if (!Object.is(result, built.fnValue)) failures.push(`resolved with ${describe(result)} instead of fn's value`);
-    } catch (error) {
-      count(typed(error) ? (error as Error).constructor.name : 'own');
-      if (!acceptable(error, built)) failures.push(`rejected with ${describe(error)}`);
-    } finally {
-      built.cleanup();
-    }
-    // The one left is this instance's sentinel.
-    if (m.heldCount !== 1) failures.push(`heldCount ${m.heldCount} after the call settled`);
-  }), { numRuns: 400, seed: Number(process.env.FC_SEED ?? 20_240_604) });
+  await fc.assert(
+    fc.asyncProperty(
+      keyArb,
+      clientIdArb,
+      fnArb,
+      signalArb,
+      optionsArb,
+      async (key, clientId, fnSpec, signalSpec, options) => {
+        const built = build(fnSpec, signalSpec, options);
+        try {
+          const result = await m.tryWithLock(
+            key as string,
+            clientId as string,
+            built.fn as () => unknown,
+            built.options as LockOptions,
+          );
+          count('resolved');
+          if (!Object.is(result, built.fnValue))
+            failures.push(`resolved with ${describe(result)} instead of fn's value`);
+        } catch (error) {
+          count(typed(error) ? (error as Error).constructor.name : 'own');
+          if (!acceptable(error, built)) failures.push(`rejected with ${describe(error)}`);
+        } finally {
+          built.cleanup();
+        }
+        // The one left is this instance's sentinel.
+        if (m.heldCount !== 1) failures.push(`heldCount ${m.heldCount} after the call settled`);
+      },
+    ),
+    { numRuns: 400, seed: Number(process.env.FC_SEED ?? 20_240_604) },
+  );
   await sleep(50);
   t.log(`outcomes: ${[...outcomes].map(([k, v]) => `${k} ${v}`).join(', ')}`);
   t.deepEqual(failures, []);
@@ -276,37 +402,44 @@ test.serial('tryWithLock: success or a typed error (or what fn/caller supplied),
 
 test.serial('acquire/release, inspect and wrap: typed outcomes only; releases never reject', async (t) => {
   const local: string[] = [];
-  await fc.assert(fc.asyncProperty(keyArb, clientIdArb, signalArb, optionsArb, async (key, clientId, signalSpec, options) => {
-    const built = build({ kind: 'value', value: 1 }, signalSpec, options);
-    try {
-      const lock = await m.acquire(key as string, clientId as string, built.options as LockOptions);
-      const first = lock.release();
-      if (lock.release() !== first) local.push('release() not idempotent');
-      await first.then(() => undefined, (e: unknown) => local.push(`release rejected: ${describe(e)}`));
-    } catch (error) {
-      if (!acceptable(error, built)) local.push(`acquire rejected with ${describe(error)}`);
-    } finally {
-      built.cleanup();
-    }
-    try {
-      const info = await m.inspect(key as string);
-      if (info !== null && (typeof info.clientId !== 'string' || !(info.acquiredAt instanceof Date))) local.push('inspect returned junk');
-    } catch (error) {
-      if (!typed(error)) local.push(`inspect rejected with ${describe(error)}`);
-    }
-    try {
-      const wrapOptions = {
-        ...(typeof options === 'object' && options !== null && !Array.isArray(options) ? options : {}),
-        key: () => key as string,
-        clientId: clientId as string,
-      } as WrapOptions<[], number>;
-      const wrapped = m.wrap((...args: unknown[]) => args.length, wrapOptions);
-      const value = await wrapped();
-      if (value !== 1) local.push(`wrapped fn got ${value} args`);
-    } catch (error) {
-      if (!typed(error)) local.push(`wrap threw ${describe(error)}`);
-    }
-  }), { numRuns: 250, seed: Number(process.env.FC_SEED ?? 20_240_604) });
+  await fc.assert(
+    fc.asyncProperty(keyArb, clientIdArb, signalArb, optionsArb, async (key, clientId, signalSpec, options) => {
+      const built = build({ kind: 'value', value: 1 }, signalSpec, options);
+      try {
+        const lock = await m.acquire(key as string, clientId as string, built.options as LockOptions);
+        const first = lock.release();
+        if (lock.release() !== first) local.push('release() not idempotent');
+        await first.then(
+          () => undefined,
+          (e: unknown) => local.push(`release rejected: ${describe(e)}`),
+        );
+      } catch (error) {
+        if (!acceptable(error, built)) local.push(`acquire rejected with ${describe(error)}`);
+      } finally {
+        built.cleanup();
+      }
+      try {
+        const info = await m.inspect(key as string);
+        if (info !== null && (typeof info.clientId !== 'string' || !(info.acquiredAt instanceof Date)))
+          local.push('inspect returned junk');
+      } catch (error) {
+        if (!typed(error)) local.push(`inspect rejected with ${describe(error)}`);
+      }
+      try {
+        const wrapOptions = {
+          ...(typeof options === 'object' && options !== null && !Array.isArray(options) ? options : {}),
+          key: () => key as string,
+          clientId: clientId as string,
+        } as WrapOptions<[], number>;
+        const wrapped = m.wrap((...args: unknown[]) => args.length, wrapOptions);
+        const value = await wrapped();
+        if (value !== 1) local.push(`wrapped fn got ${value} args`);
+      } catch (error) {
+        if (!typed(error)) local.push(`wrap threw ${describe(error)}`);
+      }
+    }),
+    { numRuns: 250, seed: Number(process.env.FC_SEED ?? 20_240_604) },
+  );
   await sleep(50);
   t.deepEqual(local, []);
   t.is(m.heldCount, 1, 'only the sentinel lock of this instance is left');
@@ -314,33 +447,62 @@ test.serial('acquire/release, inspect and wrap: typed outcomes only; releases ne
   t.true(await sentinelsIntact());
 });
 
-test.serial('new Memlock(options): constructs or throws TypeError/RangeError synchronously, opens nothing', async (t) => {
-  const serverish = fc.oneof(fc.string(), fc.constantFrom('127.0.0.1:1', '127.0.0.1:0', '127.0.0.1:65536', '[::1]:11211', 'u:p@127.0.0.1:11211', ',', ' , ', 'host:port'), notAString);
-  const local: string[] = [];
-  await fc.assert(fc.asyncProperty(fc.oneof(
-    fc.record({
-      servers: fc.oneof(serverish, fc.array(serverish, { maxLength: 4 })),
-      prefix: fc.oneof(text, notAString),
-      leaseMs: numberish, heartbeatMs: numberish, timeoutMs: numberish,
-      username: fc.oneof(fc.string(), notAString), password: fc.oneof(fc.string(), notAString),
-      ref: fc.oneof(fc.boolean(), notAString),
-      client: fc.oneof(fc.constant(undefined), fc.object(), fc.record({ servers: fc.constant('nope') })),
-    }, { requiredKeys: [] }),
-    notAString,
-  ), async (options) => {
-    let instance: Memlock | undefined;
-    try {
-      instance = new Memlock(options as ConstructorParameters<typeof Memlock>[0]);
-    } catch (error) {
-      if (!(error instanceof TypeError || error instanceof RangeError)) local.push(`constructor threw ${describe(error)}`);
-      return;
-    }
-    // Nothing was opened: close() resolves at once (no call is made, so no traffic leaves 127.0.0.1).
-    await instance.close();
-  }), { numRuns: 300, seed: Number(process.env.FC_SEED ?? 20_240_604) });
-  t.deepEqual(local, []);
-  t.deepEqual(unhandled, []);
-});
+test.serial(
+  'new Memlock(options): constructs or throws TypeError/RangeError synchronously, opens nothing',
+  async (t) => {
+    const serverish = fc.oneof(
+      fc.string(),
+      fc.constantFrom(
+        '127.0.0.1:1',
+        '127.0.0.1:0',
+        '127.0.0.1:65536',
+        '[::1]:11211',
+        'u:p@127.0.0.1:11211',
+        ',',
+        ' , ',
+        'host:port',
+      ),
+      notAString,
+    );
+    const local: string[] = [];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          fc.record(
+            {
+              servers: fc.oneof(serverish, fc.array(serverish, { maxLength: 4 })),
+              prefix: fc.oneof(text, notAString),
+              leaseMs: numberish,
+              heartbeatMs: numberish,
+              timeoutMs: numberish,
+              username: fc.oneof(fc.string(), notAString),
+              password: fc.oneof(fc.string(), notAString),
+              ref: fc.oneof(fc.boolean(), notAString),
+              client: fc.oneof(fc.constant(undefined), fc.object(), fc.record({ servers: fc.constant('nope') })),
+            },
+            { requiredKeys: [] },
+          ),
+          notAString,
+        ),
+        async (options) => {
+          let instance: Memlock | undefined;
+          try {
+            instance = new Memlock(options as ConstructorParameters<typeof Memlock>[0]);
+          } catch (error) {
+            if (!(error instanceof TypeError || error instanceof RangeError))
+              local.push(`constructor threw ${describe(error)}`);
+            return;
+          }
+          // Nothing was opened: close() resolves at once (no call is made, so no traffic leaves 127.0.0.1).
+          await instance.close();
+        },
+      ),
+      { numRuns: 300, seed: Number(process.env.FC_SEED ?? 20_240_604) },
+    );
+    t.deepEqual(local, []);
+    t.deepEqual(unhandled, []);
+  },
+);
 
 // --- found by the properties above (each was a library bug, now fixed) -----
 
@@ -358,7 +520,10 @@ test.serial('a clientId too large for memcached is a RangeError naming clientId,
 });
 
 /** A Memlock whose every request is counted (the shared server also carries the sentinels' renewals). */
-function recorded(t: { teardown: (fn: () => Promise<void>) => void }): { memlock: Memlock; sent: () => RecordingClient['sent'] } {
+function recorded(t: { teardown: (fn: () => Promise<void>) => void }): {
+  memlock: Memlock;
+  sent: () => RecordingClient['sent'];
+} {
   const recorder = new RecordingClient(new MemcacheLockClient({ servers: [mc.address], timeoutMs: 500 }));
   const memlock = new Memlock({ lockClient: recorder, prefix });
   t.teardown(async () => {
@@ -400,8 +565,12 @@ test.serial('close() rejects a waiting call at once with ERR_MEMLOCK_CLOSED', as
   t.teardown(() => holder.close());
   const held = await holder.acquire('k', 'holder');
   t.teardown(() => held.release());
-  const waiting = waiter.acquire('k', 'waiter', { wait: { timeoutMs: 60_000, minDelayMs: 1000, maxDelayMs: 1000 } })
-    .then(() => undefined, (error: unknown) => error);
+  const waiting = waiter
+    .acquire('k', 'waiter', { wait: { timeoutMs: 60_000, minDelayMs: 1000, maxDelayMs: 1000 } })
+    .then(
+      () => undefined,
+      (error: unknown) => error,
+    );
   await sleep(100); // refused once, now backing off
   const start = performance.now();
   await waiter.close();

@@ -22,11 +22,13 @@ const figures = new Map<PartitionMode, PartitionFigures>();
 const servers: MemcachedProcess[] = [];
 
 test.before(async () => {
-  await Promise.all(modes.map(async (mode) => {
-    const mc = await startMemcached();
-    servers.push(mc);
-    figures.set(mode, await runPartition(mc, { mode, leaseMs, heartbeatMs, timeoutMs }));
-  }));
+  await Promise.all(
+    modes.map(async (mode) => {
+      const mc = await startMemcached();
+      servers.push(mc);
+      figures.set(mode, await runPartition(mc, { mode, leaseMs, heartbeatMs, timeoutMs }));
+    }),
+  );
 });
 test.after.always(async () => {
   await Promise.all(servers.map((mc) => mc.stop()));
@@ -35,9 +37,11 @@ test.after.always(async () => {
 for (const mode of modes) {
   test(`partition while held (${mode}): the holder aborts before the other client can take over, the healed holder leaves the new holder alone`, (t) => {
     const f = figures.get(mode)!;
-    t.log(`${mode}: aborted ${f.abortAfterMs.toFixed(0)} ms after the partition (${f.kind}), margin to the lease deadline ${f.marginMs.toFixed(1)} ms (strict ${f.strictMarginMs.toFixed(2)} ms); `
-      + `B took over ${f.takeoverAfterMs.toFixed(0)} ms after the partition, ${f.gapMs.toFixed(0)} ms after A's abort; `
-      + `A after the loss: ${f.renewalsAfterLoss} renewals, ${f.deletesAfterLoss} deletes, ${f.appliedAfterLoss} applied`);
+    t.log(
+      `${mode}: aborted ${f.abortAfterMs.toFixed(0)} ms after the partition (${f.kind}), margin to the lease deadline ${f.marginMs.toFixed(1)} ms (strict ${f.strictMarginMs.toFixed(2)} ms); ` +
+        `B took over ${f.takeoverAfterMs.toFixed(0)} ms after the partition, ${f.gapMs.toFixed(0)} ms after A's abort; ` +
+        `A after the loss: ${f.renewalsAfterLoss} renewals, ${f.deletesAfterLoss} deletes, ${f.appliedAfterLoss} applied`,
+    );
     t.true(f.kind === 'unreachable' || f.kind === 'deadline', `kind ${f.kind}`);
     if (f.kind === 'unreachable') t.true(f.causeIsUnavailable, 'cause is the MemcacheUnavailableError');
     t.true(f.abortAfterMs >= 0, 'not before the partition');
@@ -45,7 +49,10 @@ for (const mode of modes) {
     t.true(f.marginMs >= -TIMER_SLACK_MS, `aborted ${(-f.marginMs).toFixed(1)} ms after the lease deadline`);
     // The other client gets the key once the entry expired (about one TTL after A's last write), never before A knew.
     t.true(f.gapMs >= 0, 'B acquired only after A had been told');
-    t.true(f.takeoverAfterMs <= Math.ceil(leaseMs / 1000) * 1000 + heartbeatMs + 1500, `B waited ${f.takeoverAfterMs.toFixed(0)} ms`);
+    t.true(
+      f.takeoverAfterMs <= Math.ceil(leaseMs / 1000) * 1000 + heartbeatMs + 1500,
+      `B waited ${f.takeoverAfterMs.toFixed(0)} ms`,
+    );
     // After healing: no renewal, nothing applied, B's entry untouched.
     t.is(f.renewalsAfterLoss, 0, 'the heartbeat stopped at the loss');
     t.is(f.appliedAfterLoss, 0, 'no write or delete of the old holder was applied');

@@ -12,7 +12,11 @@ import { startMemcached } from '../helpers/memcached.js';
 import { waitFor } from '../helpers/resources.js';
 import { signalAndWait, startFixture } from './lib/child.js';
 
-interface OpSeen { op: string; outcome: string; sentAt: number }
+interface OpSeen {
+  op: string;
+  outcome: string;
+  sentAt: number;
+}
 
 test('holder process paused (SIGSTOP) past its lease: on SIGCONT its signal aborts first thing and it leaves the new holder alone', async (t) => {
   const mc = await startMemcached();
@@ -21,8 +25,12 @@ test('holder process paused (SIGSTOP) past its lease: on SIGCONT its signal abor
   const heartbeatMs = 500;
   const prefix = 'pp:';
   const holder = startFixture('paused-holder.mts', {
-    MEMCACHE_SERVERS: mc.address, HOLDER_KEY: 'job', PREFIX: prefix,
-    LEASE_MS: String(leaseMs), HEARTBEAT_MS: String(heartbeatMs), TIMEOUT_MS: '300',
+    MEMCACHE_SERVERS: mc.address,
+    HOLDER_KEY: 'job',
+    PREFIX: prefix,
+    LEASE_MS: String(leaseMs),
+    HEARTBEAT_MS: String(heartbeatMs),
+    TIMEOUT_MS: '300',
   });
   t.teardown(() => holder.kill());
   await holder.next('acquired', 15_000);
@@ -48,14 +56,25 @@ test('holder process paused (SIGSTOP) past its lease: on SIGCONT its signal abor
   const released = await holder.next('released', 10_000);
   const resumed = holder.messages.find((m) => m.event === 'resumed');
   const ops = released.opsAfterPause as OpSeen[];
-  t.log(`paused ${pausedMs.toFixed(0)} ms; on resume: lost (${String(aborted.kind)}), `
-    + `ops sent after the pause: ${ops.map((o) => `${o.op}=${o.outcome}`).join(', ') || 'none'}; release -> ${String(released.released)}`);
+  t.log(
+    `paused ${pausedMs.toFixed(0)} ms; on resume: lost (${String(aborted.kind)}), ` +
+      `ops sent after the pause: ${ops.map((o) => `${o.op}=${o.outcome}`).join(', ') || 'none'}; release -> ${String(released.released)}`,
+  );
   t.truthy(resumed, 'the child noticed its pause');
   t.true(aborted.kind === 'deadline' || aborted.kind === 'unreachable', `kind ${String(aborted.kind)}`);
   // The abort is the first thing after the resume: no renewal was sent before it.
-  t.false(ops.some((o) => o.op === 'casSet' && o.sentAt < (aborted.at as number)), 'no renewal before the abort');
-  t.false(ops.some((o) => o.op === 'casSet'), 'no renewal at all after the pause');
-  t.false(ops.some((o) => (o.op === 'casSet' || o.op === 'casDelete') && o.outcome === 'ok'), 'nothing of the old holder applied');
+  t.false(
+    ops.some((o) => o.op === 'casSet' && o.sentAt < (aborted.at as number)),
+    'no renewal before the abort',
+  );
+  t.false(
+    ops.some((o) => o.op === 'casSet'),
+    'no renewal at all after the pause',
+  );
+  t.false(
+    ops.some((o) => (o.op === 'casSet' || o.op === 'casDelete') && o.outcome === 'ok'),
+    'nothing of the old holder applied',
+  );
   t.false(released.released as boolean, 'its release deleted nothing');
   const after = (await mc.rawGet(`${prefix}job`))!;
   t.is(after.cas, bEntry.cas, "B's CAS unchanged");

@@ -7,7 +7,11 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  Memlock, MemcacheLockClient, LockNotAcquiredError, MemcacheUnavailableError, LockLostError,
+  Memlock,
+  MemcacheLockClient,
+  LockNotAcquiredError,
+  MemcacheUnavailableError,
+  LockLostError,
 } from '../../src/index.js';
 import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached } from '../helpers/memcached.js';
@@ -22,7 +26,9 @@ test('restart with acquisitions in flight: they fail with MemcacheUnavailableErr
   const mc = await startMemcached();
   t.teardown(() => mc.stop());
   const timeoutMs = 3000; // long: the requests must still be waiting when the server dies
-  const recorder = new RecordingClient(new MemcacheLockClient({ servers: [mc.address], timeoutMs, protocol: testProtocol }));
+  const recorder = new RecordingClient(
+    new MemcacheLockClient({ servers: [mc.address], timeoutMs, protocol: testProtocol }),
+  );
   const m = new Memlock({ lockClient: recorder, prefix: 'ra:', leaseMs: 4000, heartbeatMs: 500, timeoutMs });
   t.teardown(async () => {
     await m.close();
@@ -38,17 +44,31 @@ test('restart with acquisitions in flight: they fail with MemcacheUnavailableErr
     ...[0, 1, 2, 3, 4].map((i) => ({ key: `free${i}`, id: `c${i}` })),
     ...[0, 1, 2].map((i) => ({ key: 'contended', id: `x${i}` })),
     { key: 'taken-over', id: 'T' },
-  ].map(({ key, id }) => m.tryWithLock(key, id, () => { called++; }).then(() => 'acquired', (e: unknown) => e));
+  ].map(({ key, id }) =>
+    m
+      .tryWithLock(key, id, () => {
+        called++;
+      })
+      .then(
+        () => 'acquired',
+        (e: unknown) => e,
+      ),
+  );
   await sleep(100); // all written
   const start = performance.now();
   await mc.restart(); // SIGKILL + start: replies never come, CAS restarts at 1
   const outcomes = await Promise.all(calls);
   const settledMs = performance.now() - start;
   const fresh = await mc.stats();
-  t.log(`in flight: ${calls.length}; settled ${settledMs.toFixed(0)} ms after the restart began; `
-    + `fresh server saw ${fresh.cmd_set} writes, ${fresh.cmd_get} reads; holder's signal: ${(held.signal.reason as LockLostError | undefined)?.kind ?? 'not aborted'}`);
+  t.log(
+    `in flight: ${calls.length}; settled ${settledMs.toFixed(0)} ms after the restart began; ` +
+      `fresh server saw ${fresh.cmd_set} writes, ${fresh.cmd_get} reads; holder's signal: ${(held.signal.reason as LockLostError | undefined)?.kind ?? 'not aborted'}`,
+  );
   for (const outcome of outcomes) {
-    t.true(outcome instanceof MemcacheUnavailableError, `in-flight acquire rejects with MemcacheUnavailableError, got ${String(outcome)}`);
+    t.true(
+      outcome instanceof MemcacheUnavailableError,
+      `in-flight acquire rejects with MemcacheUnavailableError, got ${String(outcome)}`,
+    );
   }
   t.is(called, 0, 'fn never ran');
   t.true(settledMs <= timeoutMs + 2000, 'settled within about one operation deadline');
@@ -73,34 +93,38 @@ test('restart under continuous load: calls settle with typed outcomes, an overla
   const leaseMs = 3000;
   const heartbeatMs = 250;
   const timeoutMs = 250;
-  const instances = [0, 1].map(() => new Memlock({ servers: mc.address, protocol: testProtocol, prefix: 'rl:', leaseMs, heartbeatMs, timeoutMs }));
+  const instances = [0, 1].map(
+    () => new Memlock({ servers: mc.address, protocol: testProtocol, prefix: 'rl:', leaseMs, heartbeatMs, timeoutMs }),
+  );
   t.teardown(() => Promise.all(instances.map((m) => m.close())));
   const monitor = new SectionMonitor();
   const outcomes = { ok: 0, okAfterRestart: 0, refused: 0, unavailable: 0, other: [] as string[] };
   let restartedAt = Infinity;
   const until = performance.now() + 3000;
-  const workers = Promise.all(Array.from({ length: 8 }, async (_, w) => {
-    const m = instances[w % 2]!;
-    while (performance.now() < until) {
-      const key = `k${w % 4}`;
-      try {
-        // acquire/release by hand: a section shorter than a heartbeat learns of a lost
-        // entry only from its release (which then deletes nothing).
-        const lock = await m.acquire(key, `w${w}`);
-        const section = monitor.enter(key, `w${w}`, lock.signal);
-        await sleep(10 + Math.random() * 40, undefined, { signal: lock.signal }).catch(() => undefined);
-        monitor.exit(section);
-        monitor.released(section, await lock.release());
-        outcomes.ok++;
-        if (performance.now() > restartedAt) outcomes.okAfterRestart++;
-      } catch (error) {
-        if (error instanceof LockNotAcquiredError) outcomes.refused++;
-        else if (error instanceof MemcacheUnavailableError) outcomes.unavailable++;
-        else outcomes.other.push(String(error));
-        await sleep(5);
+  const workers = Promise.all(
+    Array.from({ length: 8 }, async (_, w) => {
+      const m = instances[w % 2]!;
+      while (performance.now() < until) {
+        const key = `k${w % 4}`;
+        try {
+          // acquire/release by hand: a section shorter than a heartbeat learns of a lost
+          // entry only from its release (which then deletes nothing).
+          const lock = await m.acquire(key, `w${w}`);
+          const section = monitor.enter(key, `w${w}`, lock.signal);
+          await sleep(10 + Math.random() * 40, undefined, { signal: lock.signal }).catch(() => undefined);
+          monitor.exit(section);
+          monitor.released(section, await lock.release());
+          outcomes.ok++;
+          if (performance.now() > restartedAt) outcomes.okAfterRestart++;
+        } catch (error) {
+          if (error instanceof LockNotAcquiredError) outcomes.refused++;
+          else if (error instanceof MemcacheUnavailableError) outcomes.unavailable++;
+          else outcomes.other.push(String(error));
+          await sleep(5);
+        }
       }
-    }
-  }));
+    }),
+  );
   // Positive control: on key 'control' a worker that takes no lock runs beside
   // a locked one, so under this very load the monitor must report overlaps
   // nobody was told about; an empty "silent" list below is then not vacuous.
@@ -111,17 +135,32 @@ test('restart under continuous load: calls settle with typed outcomes, an overla
   await workers;
   await control;
   const lost = monitor.sections.filter((s) => s.lostKind !== undefined);
-  t.log(`sections ${outcomes.ok} (${outcomes.okAfterRestart} after the restart), refused ${outcomes.refused}, unavailable ${outcomes.unavailable}; `
-    + `lost while held ${lost.length} (${[...new Set(lost.map((s) => s.lostKind))].join(', ')}); overlaps ${monitor.overlaps.length} `
-    + `(told by signal ${monitor.overlaps.filter((o) => !Number.isNaN(o.earlier.lostAt)).length}, by release ${monitor.overlaps.filter((o) => Number.isNaN(o.earlier.lostAt) && !Number.isNaN(o.earlier.releaseFailedAt)).length}), `
-    + `signalled before ${monitor.overlaps.filter((o) => o.signalledBefore).length}, max lag ${monitor.maxLagMs('control').toFixed(0)} ms`);
+  t.log(
+    `sections ${outcomes.ok} (${outcomes.okAfterRestart} after the restart), refused ${outcomes.refused}, unavailable ${outcomes.unavailable}; ` +
+      `lost while held ${lost.length} (${[...new Set(lost.map((s) => s.lostKind))].join(', ')}); overlaps ${monitor.overlaps.length} ` +
+      `(told by signal ${monitor.overlaps.filter((o) => !Number.isNaN(o.earlier.lostAt)).length}, by release ${monitor.overlaps.filter((o) => Number.isNaN(o.earlier.lostAt) && !Number.isNaN(o.earlier.releaseFailedAt)).length}), ` +
+      `signalled before ${monitor.overlaps.filter((o) => o.signalledBefore).length}, max lag ${monitor.maxLagMs('control').toFixed(0)} ms`,
+  );
   t.deepEqual(outcomes.other, [], 'only typed errors');
   t.true(outcomes.okAfterRestart > 0, 'locks work again after the restart');
   // The restart dropped held entries: someone may get the key before the holder's next
   // renewal finds out (README: restarts can grant a lock twice), but never silently:
   // the holder's signal aborts, or (a section shorter than a heartbeat) its release
   // reports that the entry was no longer ours.
-  t.true(monitor.silent().some((o) => o.key === 'control'), 'positive control: an unlocked worker\'s overlaps are reported');
-  t.deepEqual(monitor.silent().map((o) => o.key).filter((k) => k !== 'control'), [], 'every overlap had its earlier holder told');
-  t.true(monitor.maxLagMs('control') <= heartbeatMs + timeoutMs * 2 + 500, `told ${monitor.maxLagMs().toFixed(0)} ms after the overlap began`);
+  t.true(
+    monitor.silent().some((o) => o.key === 'control'),
+    "positive control: an unlocked worker's overlaps are reported",
+  );
+  t.deepEqual(
+    monitor
+      .silent()
+      .map((o) => o.key)
+      .filter((k) => k !== 'control'),
+    [],
+    'every overlap had its earlier holder told',
+  );
+  t.true(
+    monitor.maxLagMs('control') <= heartbeatMs + timeoutMs * 2 + 500,
+    `told ${monitor.maxLagMs().toFixed(0)} ms after the overlap began`,
+  );
 });

@@ -34,7 +34,10 @@ test.serial('right credentials: locks work and the entry is on the server', asyn
   const other = new Memlock({ servers: `${username}:${password}@${mc.address}`, prefix: 'sasl:' });
   t.teardown(() => other.close());
   const held = await m.acquire('k', 'A');
-  await t.throwsAsync(other.tryWithLock('k', 'B', () => 1), { instanceOf: LockNotAcquiredError });
+  await t.throwsAsync(
+    other.tryWithLock('k', 'B', () => 1),
+    { instanceOf: LockNotAcquiredError },
+  );
   await held.release();
   t.is(await other.tryWithLock('k', 'B', () => 'via user:pass@host'), 'via user:pass@host');
 });
@@ -60,24 +63,38 @@ const wrong: Array<[string, { username?: string; password?: string }]> = [
   ['no credentials', {}],
 ];
 for (const [title, creds] of wrong) {
-  test.serial(`${title}: MemcacheUnavailableError with the cause, in bounded time, never LockNotAcquiredError`, async (t) => {
-    const timeoutMs = 500;
-    const m = new Memlock({ servers: mc.address, prefix: 'sasl-bad:', timeoutMs, ...creds });
-    t.teardown(() => m.close());
-    let called = false;
-    for (const options of [undefined, { wait: { timeoutMs: 2000 } }]) {
-      const start = performance.now();
-      const error = await t.throwsAsync(m.tryWithLock('k', 'A', () => { called = true; }, options));
-      const ms = performance.now() - start;
-      t.log(`${title}${options ? ' (wait)' : ''}: ${error?.constructor.name}: ${error?.message} <- cause: ${String((error?.cause as Error | undefined)?.message)} (${ms.toFixed(0)} ms)`);
-      t.true(error instanceof MemcacheUnavailableError, `got ${error?.constructor.name}`);
-      t.false(error instanceof LockNotAcquiredError);
-      t.truthy(error?.cause, 'cause set');
-      t.is((error as MemcacheUnavailableError).server, mc.address);
-      t.true(ms < timeoutMs * 4 + 1000, 'not a hang');
-    }
-    await t.throwsAsync(m.inspect('k'), { instanceOf: MemcacheUnavailableError });
-    t.false(called, 'fn never ran');
-    t.is(await mc.rawGet('sasl-bad:k'), null, 'nothing written');
-  });
+  test.serial(
+    `${title}: MemcacheUnavailableError with the cause, in bounded time, never LockNotAcquiredError`,
+    async (t) => {
+      const timeoutMs = 500;
+      const m = new Memlock({ servers: mc.address, prefix: 'sasl-bad:', timeoutMs, ...creds });
+      t.teardown(() => m.close());
+      let called = false;
+      for (const options of [undefined, { wait: { timeoutMs: 2000 } }]) {
+        const start = performance.now();
+        const error = await t.throwsAsync(
+          m.tryWithLock(
+            'k',
+            'A',
+            () => {
+              called = true;
+            },
+            options,
+          ),
+        );
+        const ms = performance.now() - start;
+        t.log(
+          `${title}${options ? ' (wait)' : ''}: ${error?.constructor.name}: ${error?.message} <- cause: ${String((error?.cause as Error | undefined)?.message)} (${ms.toFixed(0)} ms)`,
+        );
+        t.true(error instanceof MemcacheUnavailableError, `got ${error?.constructor.name}`);
+        t.false(error instanceof LockNotAcquiredError);
+        t.truthy(error?.cause, 'cause set');
+        t.is((error as MemcacheUnavailableError).server, mc.address);
+        t.true(ms < timeoutMs * 4 + 1000, 'not a hang');
+      }
+      await t.throwsAsync(m.inspect('k'), { instanceOf: MemcacheUnavailableError });
+      t.false(called, 'fn never ran');
+      t.is(await mc.rawGet('sasl-bad:k'), null, 'nothing written');
+    },
+  );
 }

@@ -7,7 +7,11 @@
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  Memlock, MemcacheLockClient, LockNotAcquiredError, MemcacheUnavailableError, LockLostError,
+  Memlock,
+  MemcacheLockClient,
+  LockNotAcquiredError,
+  MemcacheUnavailableError,
+  LockLostError,
 } from '../../src/index.js';
 import { testProtocol } from '../helpers/protocol.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
@@ -18,7 +22,11 @@ import { failOnUnhandled } from '../helpers/unhandled.js';
 
 failOnUnhandled(test);
 
-interface Counters { set: number; get: number; del: number }
+interface Counters {
+  set: number;
+  get: number;
+  del: number;
+}
 async function counters(mc: MemcachedProcess): Promise<Counters> {
   const s = await mc.stats();
   return { set: Number(s.cmd_set), get: Number(s.cmd_get), del: Number(s.delete_hits) + Number(s.delete_misses) };
@@ -38,7 +46,9 @@ test('latency above timeoutMs: every acquire fails with MemcacheUnavailableError
   const { mc, proxy } = await setup(t);
   const timeoutMs = 200;
   const leaseMs = 3000;
-  const recorders = [0, 1].map(() => new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol })));
+  const recorders = [0, 1].map(
+    () => new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol })),
+  );
   const instances = recorders.map((lockClient) => new Memlock({ lockClient, prefix: 's:', leaseMs, timeoutMs }));
   t.teardown(async () => {
     await Promise.all(instances.map((m) => m.close()));
@@ -58,11 +68,20 @@ test('latency above timeoutMs: every acquire fails with MemcacheUnavailableError
     ...[0, 1, 2, 3].map((i) => ({ m: instances[i % 2]!, key: `own${i}`, id: `d${i}` })),
   ];
   for (let round = 0; round < 2; round++) {
-    const results = await Promise.all(attempts.map(async ({ m, key, id }) => {
-      const start = performance.now();
-      const error = await m.tryWithLock(key, id, () => { called++; }).then(() => undefined, (e: unknown) => e);
-      return { error, ms: performance.now() - start };
-    }));
+    const results = await Promise.all(
+      attempts.map(async ({ m, key, id }) => {
+        const start = performance.now();
+        const error = await m
+          .tryWithLock(key, id, () => {
+            called++;
+          })
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+        return { error, ms: performance.now() - start };
+      }),
+    );
     for (const { error, ms } of results) {
       t.true(error instanceof MemcacheUnavailableError, `rejects with MemcacheUnavailableError, got ${String(error)}`);
       t.truthy((error as MemcacheUnavailableError).cause);
@@ -75,14 +94,18 @@ test('latency above timeoutMs: every acquire fails with MemcacheUnavailableError
   await sleep(timeoutMs * 2); // let delayed bytes drain
   const after = await counters(mc);
   const sent = recorders.map((r, i) => ({
-    add: r.sent.add - sentBefore[i]!.add, get: r.sent.get - sentBefore[i]!.get,
-    casSet: r.sent.casSet - sentBefore[i]!.casSet, casDelete: r.sent.casDelete - sentBefore[i]!.casDelete,
+    add: r.sent.add - sentBefore[i]!.add,
+    get: r.sent.get - sentBefore[i]!.get,
+    casSet: r.sent.casSet - sentBefore[i]!.casSet,
+    casDelete: r.sent.casDelete - sentBefore[i]!.casDelete,
   }));
   const sentWrites = sent.reduce((n, s) => n + s.add + s.casSet, 0);
   const sentReads = sent.reduce((n, s) => n + s.get, 0);
   const sentDeletes = sent.reduce((n, s) => n + s.casDelete, 0);
-  t.log(`attempts ${attempts.length * 2}; sent ${sentWrites} writes, ${sentReads} reads, ${sentDeletes} deletes; `
-    + `memcached applied ${after.set - before.set} writes, ${after.get - before.get} reads, ${after.del - before.del} deletes`);
+  t.log(
+    `attempts ${attempts.length * 2}; sent ${sentWrites} writes, ${sentReads} reads, ${sentDeletes} deletes; ` +
+      `memcached applied ${after.set - before.set} writes, ${after.get - before.get} reads, ${after.del - before.del} deletes`,
+  );
   // Every storage command memcached saw was sent once by the library: no transport retry.
   t.true(after.set - before.set <= sentWrites, 'memcached saw no more writes than were sent');
   t.true(after.get - before.get <= sentReads, 'memcached saw no more reads than were sent');
@@ -93,7 +116,12 @@ test('latency above timeoutMs: every acquire fails with MemcacheUnavailableError
   // Such an orphan blocks the key until its lease runs out, then the key is free again.
   const m = instances[0]!;
   const start = performance.now();
-  t.is(await m.tryWithLock('same', 'later', () => 'ok', { wait: { timeoutMs: leaseMs + 3000, minDelayMs: 20, maxDelayMs: 200 } }), 'ok');
+  t.is(
+    await m.tryWithLock('same', 'later', () => 'ok', {
+      wait: { timeoutMs: leaseMs + 3000, minDelayMs: 20, maxDelayMs: 200 },
+    }),
+    'ok',
+  );
   t.true(performance.now() - start <= leaseMs + 2000);
 });
 
@@ -102,9 +130,15 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
   const timeoutMs = 300;
   const leaseMs = 2000;
   const heartbeatMs = 250;
-  const recorders = [0, 1].map(() => new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol })));
-  const direct = new RecordingClient(new MemcacheLockClient({ servers: [mc.address], timeoutMs, protocol: testProtocol }));
-  const instances = [...recorders, direct].map((lockClient) => new Memlock({ lockClient, prefix: 'f:', leaseMs, heartbeatMs, timeoutMs }));
+  const recorders = [0, 1].map(
+    () => new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol })),
+  );
+  const direct = new RecordingClient(
+    new MemcacheLockClient({ servers: [mc.address], timeoutMs, protocol: testProtocol }),
+  );
+  const instances = [...recorders, direct].map(
+    (lockClient) => new Memlock({ lockClient, prefix: 'f:', leaseMs, heartbeatMs, timeoutMs }),
+  );
   t.teardown(async () => {
     await Promise.all(instances.map((m) => m.close()));
     await Promise.all([...recorders, direct].map((r) => r.close()));
@@ -125,29 +159,31 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
   // Positive control: an unlocked worker beside a locked one on key 'control'
   // (see runControl): the monitor must report its overlaps as silent.
   const control = runControl(monitor, instances[0]!, until);
-  await Promise.all(Array.from({ length: 12 }, async (_, w) => {
-    const m = instances[w % 3]!;
-    while (performance.now() < until) {
-      const key = `k${w % 2}`;
-      try {
-        await m.tryWithLock(key, `w${w}`, async (signal) => {
-          const section = monitor.enter(key, `w${w}`, signal);
-          try {
-            await sleep(20 + Math.random() * 60); // ignores the signal on purpose: overlaps must still be signalled first
-          } finally {
-            monitor.exit(section);
-            if (signal.reason instanceof LockLostError) outcomes.lost++;
-          }
-        });
-        outcomes.ok++;
-      } catch (error) {
-        if (error instanceof LockNotAcquiredError) outcomes.refused++;
-        else if (error instanceof MemcacheUnavailableError) outcomes.unavailable++;
-        else outcomes.other.push(String(error));
-        await sleep(5);
+  await Promise.all(
+    Array.from({ length: 12 }, async (_, w) => {
+      const m = instances[w % 3]!;
+      while (performance.now() < until) {
+        const key = `k${w % 2}`;
+        try {
+          await m.tryWithLock(key, `w${w}`, async (signal) => {
+            const section = monitor.enter(key, `w${w}`, signal);
+            try {
+              await sleep(20 + Math.random() * 60); // ignores the signal on purpose: overlaps must still be signalled first
+            } finally {
+              monitor.exit(section);
+              if (signal.reason instanceof LockLostError) outcomes.lost++;
+            }
+          });
+          outcomes.ok++;
+        } catch (error) {
+          if (error instanceof LockNotAcquiredError) outcomes.refused++;
+          else if (error instanceof MemcacheUnavailableError) outcomes.unavailable++;
+          else outcomes.other.push(String(error));
+          await sleep(5);
+        }
       }
-    }
-  }));
+    }),
+  );
   await control;
   flapping = false;
   await flap;
@@ -157,14 +193,33 @@ test('flapping latency around timeoutMs: contenders through the slow path and a 
   const sentWrites = all.reduce((n, r) => n + r.sent.add + r.sent.casSet, 0);
   const sentReads = all.reduce((n, r) => n + r.sent.get, 0);
   const sentDeletes = all.reduce((n, r) => n + r.sent.casDelete, 0);
-  t.log(`sections ${outcomes.ok}, refused ${outcomes.refused}, unavailable ${outcomes.unavailable}, lost while held ${outcomes.lost}; `
-    + `overlaps ${monitor.overlaps.length} (control ${monitor.overlaps.filter((o) => o.key === 'control').length}); `
-    + `sent ${sentWrites} writes / ${sentReads} reads / ${sentDeletes} deletes, memcached saw ${after.set - before.set} / ${after.get - before.get} / ${after.del - before.del}`);
+  t.log(
+    `sections ${outcomes.ok}, refused ${outcomes.refused}, unavailable ${outcomes.unavailable}, lost while held ${outcomes.lost}; ` +
+      `overlaps ${monitor.overlaps.length} (control ${monitor.overlaps.filter((o) => o.key === 'control').length}); ` +
+      `sent ${sentWrites} writes / ${sentReads} reads / ${sentDeletes} deletes, memcached saw ${after.set - before.set} / ${after.get - before.get} / ${after.del - before.del}`,
+  );
   t.deepEqual(outcomes.other, [], 'only typed errors');
   t.true(outcomes.ok > 10, 'the lock kept working');
-  t.true(monitor.silent().some((o) => o.key === 'control'), 'positive control: an unlocked worker\'s overlaps are reported');
-  t.deepEqual(monitor.silent().map((o) => o.key).filter((k) => k !== 'control'), [], 'no overlap without a loss signal');
-  t.deepEqual(monitor.late().map((o) => o.key).filter((k) => k !== 'control'), [], 'every overlap came after the earlier holder was told');
+  t.true(
+    monitor.silent().some((o) => o.key === 'control'),
+    "positive control: an unlocked worker's overlaps are reported",
+  );
+  t.deepEqual(
+    monitor
+      .silent()
+      .map((o) => o.key)
+      .filter((k) => k !== 'control'),
+    [],
+    'no overlap without a loss signal',
+  );
+  t.deepEqual(
+    monitor
+      .late()
+      .map((o) => o.key)
+      .filter((k) => k !== 'control'),
+    [],
+    'every overlap came after the earlier holder was told',
+  );
   t.true(after.set - before.set <= sentWrites, 'no write applied more often than sent');
   t.true(after.get - before.get <= sentReads, 'no read more often than sent');
   t.true(after.del - before.del <= sentDeletes, 'no delete more often than sent');

@@ -8,7 +8,12 @@
 import type { TestFn } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  Memlock, EmptyClientIdError, LockLostError, LockNotAcquiredError, MemcacheUnavailableError, type MemlockOptions,
+  Memlock,
+  EmptyClientIdError,
+  LockLostError,
+  LockNotAcquiredError,
+  MemcacheUnavailableError,
+  type MemlockOptions,
 } from '../../src/index.js';
 import { waitFor } from './resources.js';
 
@@ -61,11 +66,21 @@ export function coreSemantics(test: TestFn, open: () => Promise<CoreBackend>): v
     const lock = await a.acquire('k', 'A');
     const before = await b.peek('core:k');
     let called = false;
-    const error = await t.throwsAsync(other.tryWithLock('k', 'B', () => { called = true; }), { instanceOf: LockNotAcquiredError });
+    const error = await t.throwsAsync(
+      other.tryWithLock('k', 'B', () => {
+        called = true;
+      }),
+      { instanceOf: LockNotAcquiredError },
+    );
     t.is(error?.holder, 'A');
     t.is(error?.code, 'ERR_MEMLOCK_NOT_ACQUIRED');
     // Refused again: the second attempt reads first (a contested key).
-    await t.throwsAsync(other.tryWithLock('k', 'B', () => { called = true; }), { instanceOf: LockNotAcquiredError });
+    await t.throwsAsync(
+      other.tryWithLock('k', 'B', () => {
+        called = true;
+      }),
+      { instanceOf: LockNotAcquiredError },
+    );
     t.false(called);
     const after = await b.peek('core:k');
     t.is(after?.cas, before?.cas, 'a refusal writes nothing');
@@ -77,7 +92,12 @@ export function coreSemantics(test: TestFn, open: () => Promise<CoreBackend>): v
     const b = await setup(t);
     const m = b.memlock({ prefix: 'core:' });
     let called = false;
-    await t.throwsAsync(m.tryWithLock('k', '', () => { called = true; }), { instanceOf: EmptyClientIdError });
+    await t.throwsAsync(
+      m.tryWithLock('k', '', () => {
+        called = true;
+      }),
+      { instanceOf: EmptyClientIdError },
+    );
     t.false(called);
     t.is(await b.peek('core:k'), null);
   });
@@ -167,11 +187,13 @@ export function coreSemantics(test: TestFn, open: () => Promise<CoreBackend>): v
     const b = await setup(t);
     const heartbeatMs = 100;
     const m = b.memlock({ prefix: 'core:', leaseMs: 4000, heartbeatMs });
-    const reason = await m.tryWithLock('k', 'A', async (signal) => {
-      await b.overwrite('core:k', 'foreign');
-      await waitFor(() => signal.aborted, heartbeatMs * 10, 5, 'signal aborted');
-      return signal.reason as LockLostError;
-    }).catch((error: unknown) => error as LockLostError);
+    const reason = await m
+      .tryWithLock('k', 'A', async (signal) => {
+        await b.overwrite('core:k', 'foreign');
+        await waitFor(() => signal.aborted, heartbeatMs * 10, 5, 'signal aborted');
+        return signal.reason as LockLostError;
+      })
+      .catch((error: unknown) => error as LockLostError);
     t.true(reason instanceof LockLostError);
     t.is(reason.kind, 'taken');
     t.is((await b.peek('core:k'))?.value.toString(), 'foreign');
@@ -206,7 +228,12 @@ export function coreSemantics(test: TestFn, open: () => Promise<CoreBackend>): v
     const m = b.memlock({ prefix: 'core:', timeoutMs: 200 });
     await b.down();
     let called = false;
-    const error = await t.throwsAsync(m.tryWithLock('k', 'A', () => { called = true; }), { instanceOf: MemcacheUnavailableError });
+    const error = await t.throwsAsync(
+      m.tryWithLock('k', 'A', () => {
+        called = true;
+      }),
+      { instanceOf: MemcacheUnavailableError },
+    );
     t.truthy(error?.cause);
     t.false(called);
   });

@@ -12,8 +12,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  binarySaslClient, textClient,
-  type RawClient, type RawEntry, type RawOptions, type SaslCredentials,
+  binarySaslClient,
+  textClient,
+  type RawClient,
+  type RawEntry,
+  type RawOptions,
+  type SaslCredentials,
 } from './raw-protocol.js';
 
 export type { RawEntry, RawOptions, SaslCredentials } from './raw-protocol.js';
@@ -91,7 +95,8 @@ async function makeSaslDir(creds: SaslCredentials): Promise<string> {
     const child = execFile(
       'saslpasswd2',
       ['-c', '-p', '-a', 'memcached', '-u', os.hostname(), '-f', db, creds.username],
-      (err, _stdout, stderr) => (err ? reject(new Error(`saslpasswd2 failed: ${err.message} ${stderr}`, { cause: err })) : resolve()),
+      (err, _stdout, stderr) =>
+        err ? reject(new Error(`saslpasswd2 failed: ${err.message} ${stderr}`, { cause: err })) : resolve(),
     );
     child.stdin?.end(creds.password);
   });
@@ -160,8 +165,20 @@ export class MemcachedProcess {
   /** @internal spawns the process and waits until it answers on the port. */
   async spawn(): Promise<void> {
     const args = [
-      '-l', HOST, '-p', String(this.port), '-U', '0',
-      '-m', String(this.opts.memoryMb ?? 64), '-t', '1', '-c', '1024', '-u', 'root',
+      '-l',
+      HOST,
+      '-p',
+      String(this.port),
+      '-U',
+      '0',
+      '-m',
+      String(this.opts.memoryMb ?? 64),
+      '-t',
+      '1',
+      '-c',
+      '1024',
+      '-u',
+      'root',
       ...(this.sasl ? ['-S', '-B', 'binary'] : []),
       ...(this.opts.extraArgs ?? []),
     ];
@@ -282,7 +299,8 @@ export class MemcachedProcess {
     for (;;) {
       const state = procState(pid);
       if (state === null || ok(state)) return; // no /proc: best effort
-      if (Date.now() > deadline) throw new Error(`memcached ${pid} did not reach the expected state after ${signal} (state ${state})`);
+      if (Date.now() > deadline)
+        throw new Error(`memcached ${pid} did not reach the expected state after ${signal} (state ${state})`);
       await sleep(2);
     }
   }
@@ -362,7 +380,10 @@ export class MemcachedProcess {
 /** Startup failure; `stderr` holds what memcached printed. */
 export class MemcachedStartError extends Error {
   override name = 'MemcachedStartError';
-  constructor(message: string, readonly stderr: string) {
+  constructor(
+    message: string,
+    readonly stderr: string,
+  ) {
     super(message);
   }
 }
@@ -399,8 +420,10 @@ export async function startMemcached(opts: MemcachedOptions = {}): Promise<Memca
 export async function stopAll(): Promise<void> {
   const all = [...registry];
   registry.clear();
-  await Promise.all(all.map(async (m) => {
-    await m.kill();
-    m.removeSaslDir();
-  }));
+  await Promise.all(
+    all.map(async (m) => {
+      await m.kill();
+      m.removeSaslDir();
+    }),
+  );
 }

@@ -19,12 +19,24 @@ export const root = fileURLToPath(new URL('../../', import.meta.url));
 export const tscBin = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
 
 /** Runs a command; resolves with its output, rejects with stdout/stderr in the message. */
-export async function sh(file: string, args: readonly string[], options: { cwd: string; env?: NodeJS.ProcessEnv; timeout?: number }): Promise<{ stdout: string; stderr: string }> {
+export async function sh(
+  file: string,
+  args: readonly string[],
+  options: { cwd: string; env?: NodeJS.ProcessEnv; timeout?: number },
+): Promise<{ stdout: string; stderr: string }> {
   try {
-    return await run(file, args, { cwd: options.cwd, env: options.env ?? process.env, timeout: options.timeout ?? 180_000, maxBuffer: 16 << 20 });
+    return await run(file, args, {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      timeout: options.timeout ?? 180_000,
+      maxBuffer: 16 << 20,
+    });
   } catch (error) {
     const e = error as Error & { stdout?: string; stderr?: string };
-    throw new Error(`${file} ${args.join(' ')} failed in ${options.cwd}: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, { cause: error });
+    throw new Error(
+      `${file} ${args.join(' ')} failed in ${options.cwd}: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`,
+      { cause: error },
+    );
   }
 }
 
@@ -39,7 +51,11 @@ export async function pack(dir: string): Promise<string> {
 /** Lists a tarball's entries (paths inside `package/`). */
 export async function tarballFiles(tarball: string): Promise<string[]> {
   const { stdout } = await sh('tar', ['-tzf', tarball], { cwd: path.dirname(tarball) });
-  return stdout.split('\n').filter(Boolean).map((line) => line.replace(/^package\//, '')).sort();
+  return stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => line.replace(/^package\//, ''))
+    .sort();
 }
 
 /** A temp directory, removed by `remove()`. */
@@ -62,12 +78,17 @@ export function writeFiles(dir: string, files: Record<string, string>): void {
  * `--prefer-offline`: the dependencies are usually in the npm cache already.
  */
 export async function install(dir: string, specs: readonly string[]): Promise<void> {
-  await sh('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--no-package-lock', ...specs], { cwd: dir, timeout: 300_000 });
+  await sh('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--no-package-lock', ...specs], {
+    cwd: dir,
+    timeout: 300_000,
+  });
   if (!readdirSync(path.join(dir, 'node_modules')).includes('memlock')) throw new Error('memlock was not installed');
 }
 
 /** Version of a devDependency of this repository, as installed (so consumers type-check with the same @types/node). */
 export async function installedVersion(name: string): Promise<string> {
-  const { stdout } = await sh(process.execPath, ['-p', `require(${JSON.stringify(`${name}/package.json`)}).version`], { cwd: root });
+  const { stdout } = await sh(process.execPath, ['-p', `require(${JSON.stringify(`${name}/package.json`)}).version`], {
+    cwd: root,
+  });
   return stdout.trim();
 }

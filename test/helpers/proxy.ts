@@ -151,7 +151,8 @@ export async function startProxy(target: { host: string; port: number }): Promis
     client.setNoDelay(true);
     upstream.setNoDelay(true);
     const p: Pipe = {
-      client, upstream,
+      client,
+      upstream,
       queues: { up: [], down: [] },
       timers: { up: undefined, down: undefined },
       trickle: Promise.resolve(),
@@ -203,7 +204,8 @@ export async function startProxy(target: { host: string; port: number }): Promis
       refusing = true;
     },
     fragment(maxBytes: number) {
-      if (!(Number.isInteger(maxBytes) && maxBytes >= 0)) throw new RangeError(`fragment size must be an integer >= 0, got ${maxBytes}`);
+      if (!(Number.isInteger(maxBytes) && maxBytes >= 0))
+        throw new RangeError(`fragment size must be an integer >= 0, got ${maxBytes}`);
       fragmentBytes = maxBytes;
     },
     heal() {

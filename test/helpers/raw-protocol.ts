@@ -95,7 +95,9 @@ function exchange<T>(
       }
     });
     socket.on('error', (err) => finish(new Error(`${what}: ${err.message}`, { cause: err })));
-    socket.on('close', () => finish(new Error(`${what}: connection to ${target.host}:${target.port} closed before a complete reply`)));
+    socket.on('close', () =>
+      finish(new Error(`${what}: connection to ${target.host}:${target.port} closed before a complete reply`)),
+    );
   });
 }
 
@@ -144,34 +146,52 @@ export function textClient(target: RawTarget): RawClient {
     async get(key, opts) {
       checkKey(key);
       const what = `gets ${key}`;
-      return run(Buffer.from(`gets ${key}${CRLF}`), (reply): RawEntry | null | undefined => {
-        const head = readLine(reply, 0);
-        if (!head) return undefined;
-        throwIfError(head.line, what);
-        if (head.line === 'END') return null;
-        const m = /^VALUE (\S+) (\d+) (\d+) (\d+)$/.exec(head.line);
-        if (!m) throw new RawProtocolError(`${what}: unexpected reply ${JSON.stringify(head.line)}`);
-        const bytes = Number(m[3]);
-        const dataEnd = head.next + bytes;
-        const tail = `${CRLF}END${CRLF}`;
-        if (reply.length < dataEnd + tail.length) return undefined;
-        if (reply.toString('latin1', dataEnd, dataEnd + tail.length) !== tail) {
-          throw new RawProtocolError(`${what}: malformed value block`);
-        }
-        return { value: Buffer.from(reply.subarray(head.next, dataEnd)), cas: BigInt(m[4] ?? '0'), flags: Number(m[2]) };
-      }, what, opts);
+      return run(
+        Buffer.from(`gets ${key}${CRLF}`),
+        (reply): RawEntry | null | undefined => {
+          const head = readLine(reply, 0);
+          if (!head) return undefined;
+          throwIfError(head.line, what);
+          if (head.line === 'END') return null;
+          const m = /^VALUE (\S+) (\d+) (\d+) (\d+)$/.exec(head.line);
+          if (!m) throw new RawProtocolError(`${what}: unexpected reply ${JSON.stringify(head.line)}`);
+          const bytes = Number(m[3]);
+          const dataEnd = head.next + bytes;
+          const tail = `${CRLF}END${CRLF}`;
+          if (reply.length < dataEnd + tail.length) return undefined;
+          if (reply.toString('latin1', dataEnd, dataEnd + tail.length) !== tail) {
+            throw new RawProtocolError(`${what}: malformed value block`);
+          }
+          return {
+            value: Buffer.from(reply.subarray(head.next, dataEnd)),
+            cas: BigInt(m[4] ?? '0'),
+            flags: Number(m[2]),
+          };
+        },
+        what,
+        opts,
+      );
     },
 
     async set(key, value, ttlSeconds, opts) {
       checkKey(key);
       const data = typeof value === 'string' ? Buffer.from(value) : value;
-      const req = Buffer.concat([Buffer.from(`set ${key} 0 ${ttlSeconds} ${data.length}${CRLF}`), data, Buffer.from(CRLF)]);
+      const req = Buffer.concat([
+        Buffer.from(`set ${key} 0 ${ttlSeconds} ${data.length}${CRLF}`),
+        data,
+        Buffer.from(CRLF),
+      ]);
       await run(req, oneLine({ STORED: true }, `set ${key}`), `set ${key}`, opts);
     },
 
     async delete(key, opts) {
       checkKey(key);
-      return run(Buffer.from(`delete ${key}${CRLF}`), oneLine({ DELETED: true, NOT_FOUND: false }, `delete ${key}`), `delete ${key}`, opts);
+      return run(
+        Buffer.from(`delete ${key}${CRLF}`),
+        oneLine({ DELETED: true, NOT_FOUND: false }, `delete ${key}`),
+        `delete ${key}`,
+        opts,
+      );
     },
 
     async flush(opts) {
@@ -179,20 +199,25 @@ export function textClient(target: RawTarget): RawClient {
     },
 
     async stats(opts) {
-      return run(Buffer.from(`stats${CRLF}`), (reply) => {
-        const out: Record<string, string> = {};
-        let pos = 0;
-        for (;;) {
-          const l = readLine(reply, pos);
-          if (!l) return undefined;
-          pos = l.next;
-          throwIfError(l.line, 'stats');
-          if (l.line === 'END') return out;
-          const m = /^STAT (\S+) (.*)$/.exec(l.line);
-          if (!m) throw new RawProtocolError(`stats: unexpected line ${JSON.stringify(l.line)}`);
-          out[m[1] ?? ''] = m[2] ?? '';
-        }
-      }, 'stats', opts);
+      return run(
+        Buffer.from(`stats${CRLF}`),
+        (reply) => {
+          const out: Record<string, string> = {};
+          let pos = 0;
+          for (;;) {
+            const l = readLine(reply, pos);
+            if (!l) return undefined;
+            pos = l.next;
+            throwIfError(l.line, 'stats');
+            if (l.line === 'END') return out;
+            const m = /^STAT (\S+) (.*)$/.exec(l.line);
+            if (!m) throw new RawProtocolError(`stats: unexpected line ${JSON.stringify(l.line)}`);
+            out[m[1] ?? ''] = m[2] ?? '';
+          }
+        },
+        'stats',
+        opts,
+      );
     },
   };
 }
@@ -214,7 +239,13 @@ interface BinPacket {
   value: Buffer;
 }
 
-function binRequest(opcode: number, opaque: number, key: Buffer, extras: Buffer = Buffer.alloc(0), value: Buffer = Buffer.alloc(0)): Buffer {
+function binRequest(
+  opcode: number,
+  opaque: number,
+  key: Buffer,
+  extras: Buffer = Buffer.alloc(0),
+  value: Buffer = Buffer.alloc(0),
+): Buffer {
   const header = Buffer.alloc(24);
   header.writeUInt8(0x80, 0);
   header.writeUInt8(opcode, 1);
@@ -258,23 +289,34 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
   const AUTH_OPAQUE = 1;
   const OP_OPAQUE = 2;
   const auth = binRequest(
-    OP.saslAuth, AUTH_OPAQUE, Buffer.from('PLAIN'), undefined,
+    OP.saslAuth,
+    AUTH_OPAQUE,
+    Buffer.from('PLAIN'),
+    undefined,
     Buffer.from(`\0${creds.username}\0${creds.password}`),
   );
 
   /** Runs one request; `done` sees the packets answering it (auth reply removed). */
   const run = <T>(req: Buffer, done: (pkts: BinPacket[]) => T | undefined, what: string, opts?: RawOptions) =>
-    exchange(target, Buffer.concat([auth, req]), (reply) => {
-      const pkts = binPackets(reply);
-      const first = pkts[0];
-      if (!first) return undefined;
-      if (first.opaque !== AUTH_OPAQUE) throw new RawProtocolError(`${what}: expected SASL reply first`);
-      if (first.status !== STATUS_OK) {
-        throw new RawProtocolError(`${what}: SASL authentication failed (status 0x${first.status.toString(16)}${first.status === STATUS_AUTH_ERROR ? ', auth error' : ''})`);
-      }
-      const rest = pkts.slice(1);
-      return rest.length === 0 ? undefined : done(rest);
-    }, what, opts?.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    exchange(
+      target,
+      Buffer.concat([auth, req]),
+      (reply) => {
+        const pkts = binPackets(reply);
+        const first = pkts[0];
+        if (!first) return undefined;
+        if (first.opaque !== AUTH_OPAQUE) throw new RawProtocolError(`${what}: expected SASL reply first`);
+        if (first.status !== STATUS_OK) {
+          throw new RawProtocolError(
+            `${what}: SASL authentication failed (status 0x${first.status.toString(16)}${first.status === STATUS_AUTH_ERROR ? ', auth error' : ''})`,
+          );
+        }
+        const rest = pkts.slice(1);
+        return rest.length === 0 ? undefined : done(rest);
+      },
+      what,
+      opts?.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    );
 
   const fail = (what: string, p: BinPacket): never => {
     throw new RawProtocolError(`${what}: status 0x${p.status.toString(16)} ${p.value.toString()}`);
@@ -284,12 +326,17 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
     async get(key, opts) {
       checkKey(key);
       const what = `get ${key}`;
-      return run(binRequest(OP.get, OP_OPAQUE, Buffer.from(key)), ([p]) => {
-        if (!p) return undefined;
-        if (p.status === STATUS_KEY_NOT_FOUND) return null;
-        if (p.status !== STATUS_OK) return fail(what, p);
-        return { value: p.value, cas: p.cas, flags: p.extras.length >= 4 ? p.extras.readUInt32BE(0) : 0 };
-      }, what, opts);
+      return run(
+        binRequest(OP.get, OP_OPAQUE, Buffer.from(key)),
+        ([p]) => {
+          if (!p) return undefined;
+          if (p.status === STATUS_KEY_NOT_FOUND) return null;
+          if (p.status !== STATUS_OK) return fail(what, p);
+          return { value: p.value, cas: p.cas, flags: p.extras.length >= 4 ? p.extras.readUInt32BE(0) : 0 };
+        },
+        what,
+        opts,
+      );
     },
 
     async set(key, value, ttlSeconds, opts) {
@@ -298,39 +345,59 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
       const extras = Buffer.alloc(8);
       extras.writeUInt32BE(ttlSeconds, 4);
       const data = typeof value === 'string' ? Buffer.from(value) : value;
-      await run(binRequest(OP.set, OP_OPAQUE, Buffer.from(key), extras, data), ([p]) => {
-        if (!p) return undefined;
-        return p.status === STATUS_OK ? true : fail(what, p);
-      }, what, opts);
+      await run(
+        binRequest(OP.set, OP_OPAQUE, Buffer.from(key), extras, data),
+        ([p]) => {
+          if (!p) return undefined;
+          return p.status === STATUS_OK ? true : fail(what, p);
+        },
+        what,
+        opts,
+      );
     },
 
     async delete(key, opts) {
       checkKey(key);
       const what = `delete ${key}`;
-      return run(binRequest(OP.delete, OP_OPAQUE, Buffer.from(key)), ([p]) => {
-        if (!p) return undefined;
-        if (p.status === STATUS_KEY_NOT_FOUND) return false;
-        return p.status === STATUS_OK ? true : fail(what, p);
-      }, what, opts);
+      return run(
+        binRequest(OP.delete, OP_OPAQUE, Buffer.from(key)),
+        ([p]) => {
+          if (!p) return undefined;
+          if (p.status === STATUS_KEY_NOT_FOUND) return false;
+          return p.status === STATUS_OK ? true : fail(what, p);
+        },
+        what,
+        opts,
+      );
     },
 
     async flush(opts) {
-      await run(binRequest(OP.flush, OP_OPAQUE, Buffer.alloc(0)), ([p]) => {
-        if (!p) return undefined;
-        return p.status === STATUS_OK ? true : fail('flush', p);
-      }, 'flush', opts);
+      await run(
+        binRequest(OP.flush, OP_OPAQUE, Buffer.alloc(0)),
+        ([p]) => {
+          if (!p) return undefined;
+          return p.status === STATUS_OK ? true : fail('flush', p);
+        },
+        'flush',
+        opts,
+      );
     },
 
     async stats(opts) {
-      return run(binRequest(OP.stat, OP_OPAQUE, Buffer.alloc(0)), (pkts) => {
-        const out: Record<string, string> = {};
-        for (const p of pkts) {
-          if (p.status !== STATUS_OK) return fail('stats', p);
-          if (p.key.length === 0) return out; // terminator packet
-          out[p.key.toString()] = p.value.toString();
-        }
-        return undefined;
-      }, 'stats', opts);
+      return run(
+        binRequest(OP.stat, OP_OPAQUE, Buffer.alloc(0)),
+        (pkts) => {
+          const out: Record<string, string> = {};
+          for (const p of pkts) {
+            if (p.status !== STATUS_OK) return fail('stats', p);
+            if (p.key.length === 0) return out; // terminator packet
+            out[p.key.toString()] = p.value.toString();
+          }
+          return undefined;
+        },
+        'stats',
+        opts,
+      );
     },
   };
 }

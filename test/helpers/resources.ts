@@ -19,7 +19,10 @@ const BASELINE = new Set(['TTYWrap', 'PipeWrap', 'CloseReq', 'FSReqCallback', 'F
  * under test with one taken after it (see {@link leakedHandles}).
  */
 export function activeHandles(): string[] {
-  return process.getActiveResourcesInfo().filter((t) => !BASELINE.has(t)).sort();
+  return process
+    .getActiveResourcesInfo()
+    .filter((t) => !BASELINE.has(t))
+    .sort();
 }
 
 /**

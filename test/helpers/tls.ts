@@ -34,14 +34,53 @@ export async function makePki(): Promise<TestPki> {
   const f = (name: string): string => path.join(dir, name);
   const openssl = (...args: string[]): Promise<unknown> => run('openssl', args, { cwd: dir });
   for (const ca of ['ca', 'other-ca']) {
-    await openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=memlock test ${ca}`,
-      '-keyout', f(`${ca}.key`), '-out', f(`${ca}.pem`));
+    await openssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      `/CN=memlock test ${ca}`,
+      '-keyout',
+      f(`${ca}.key`),
+      '-out',
+      f(`${ca}.pem`),
+    );
   }
-  await openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', f('server.key'), '-out', f('server.csr'));
+  await openssl(
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=localhost',
+    '-keyout',
+    f('server.key'),
+    '-out',
+    f('server.csr'),
+  );
   const ext = f('server.ext');
   await run('sh', ['-c', `printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > '${ext}'`]);
-  await openssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
-    '-days', '2', '-extfile', ext, '-out', f('server.pem'));
+  await openssl(
+    'x509',
+    '-req',
+    '-in',
+    f('server.csr'),
+    '-CA',
+    f('ca.pem'),
+    '-CAkey',
+    f('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    ext,
+    '-out',
+    f('server.pem'),
+  );
   return {
     dir,
     ca: readFileSync(f('ca.pem')),
@@ -86,11 +125,27 @@ async function signalAndWait(child: ChildProcess, signal: 'SIGSTOP' | 'SIGCONT')
 export async function startTlsMemcached(pki: TestPki): Promise<TlsMemcached> {
   const port = await freePort();
   const plainPort = await freePort();
-  const child: ChildProcess = spawn('memcached', [
-    '-U', '0', '-m', '64', '-t', '1', '-u', 'root', '-p', String(port),
-    '-l', `127.0.0.1,notls:127.0.0.1:${plainPort}`,
-    '-Z', '-o', `ssl_chain_cert=${pki.certFile},ssl_key=${pki.keyFile}`,
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child: ChildProcess = spawn(
+    'memcached',
+    [
+      '-U',
+      '0',
+      '-m',
+      '64',
+      '-t',
+      '1',
+      '-u',
+      'root',
+      '-p',
+      String(port),
+      '-l',
+      `127.0.0.1,notls:127.0.0.1:${plainPort}`,
+      '-Z',
+      '-o',
+      `ssl_chain_cert=${pki.certFile},ssl_key=${pki.keyFile}`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let stderr = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (s: string) => {

@@ -82,11 +82,17 @@ const EXPECTATION_KEYS = new Set(['instanceOf', 'is', 'message', 'name', 'code',
 
 function checkExpectations(expectations, assertion) {
   if (expectations === undefined) return {};
-  if (typeof expectations !== 'object' || Array.isArray(expectations) || expectations instanceof RegExp || Object.keys(expectations).length === 0) {
+  if (
+    typeof expectations !== 'object' ||
+    Array.isArray(expectations) ||
+    expectations instanceof RegExp ||
+    Object.keys(expectations).length === 0
+  ) {
     throw new AssertionError(`The second argument to ${assertion} must be an expectation object`);
   }
   for (const key of Object.keys(expectations)) {
-    if (!EXPECTATION_KEYS.has(key)) throw new AssertionError(`The second argument to ${assertion} contains unexpected property ${key}`);
+    if (!EXPECTATION_KEYS.has(key))
+      throw new AssertionError(`The second argument to ${assertion} contains unexpected property ${key}`);
   }
   return expectations;
 }
@@ -94,17 +100,24 @@ function checkExpectations(expectations, assertion) {
 function describeMismatch(actual, expectations) {
   if (!isNativeError(actual) && expectations.any !== true) return 'threw something that is not an Error';
   if (Object.hasOwn(expectations, 'is') && actual !== expectations.is) return 'threw a different value than `is`';
-  if (expectations.instanceOf && !(actual instanceof expectations.instanceOf)) return `threw, not an instance of ${expectations.instanceOf.name}`;
-  if (typeof expectations.name === 'string' && actual.name !== expectations.name) return `threw name ${String(actual.name)}, expected ${expectations.name}`;
+  if (expectations.instanceOf && !(actual instanceof expectations.instanceOf))
+    return `threw, not an instance of ${expectations.instanceOf.name}`;
+  if (typeof expectations.name === 'string' && actual.name !== expectations.name)
+    return `threw name ${String(actual.name)}, expected ${expectations.name}`;
   const { message } = expectations;
-  if (typeof message === 'string' && actual.message !== message) return `threw message ${JSON.stringify(actual.message)}, expected ${JSON.stringify(message)}`;
-  if (message instanceof RegExp && !message.test(actual.message)) return `threw message ${JSON.stringify(actual.message)}, expected to match ${message}`;
-  if (typeof message === 'function' && message(actual.message) === false) return `threw message ${JSON.stringify(actual.message)}, refused by the message function`;
-  if (expectations.code !== undefined && actual.code !== expectations.code) return `threw code ${String(actual.code)}, expected ${String(expectations.code)}`;
+  if (typeof message === 'string' && actual.message !== message)
+    return `threw message ${JSON.stringify(actual.message)}, expected ${JSON.stringify(message)}`;
+  if (message instanceof RegExp && !message.test(actual.message))
+    return `threw message ${JSON.stringify(actual.message)}, expected to match ${message}`;
+  if (typeof message === 'function' && message(actual.message) === false)
+    return `threw message ${JSON.stringify(actual.message)}, refused by the message function`;
+  if (expectations.code !== undefined && actual.code !== expectations.code)
+    return `threw code ${String(actual.code)}, expected ${String(expectations.code)}`;
   return undefined;
 }
 
-const isThenable = (value) => value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+const isThenable = (value) =>
+  value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
 
 /** One test's `t`: assertions throw on failure and also mark the test failed. */
 class Execution {
@@ -137,15 +150,37 @@ class Execution {
     if (!ok) throw this.#fail(message ?? 'assertion failed', detail?.());
   }
 
-  pass() { this.assertions += 1; }
-  fail(message) { this.#check(false, message ?? 'Test failed via `t.fail()`'); }
-  is(actual, expected, message) { this.#check(Object.is(actual, expected), message, () => `${concordance.format(actual)} is not ${concordance.format(expected)}`); }
-  not(actual, expected, message) { this.#check(!Object.is(actual, expected), message, () => `both are ${concordance.format(actual)}`); }
-  true(value, message) { this.#check(value === true, message, () => `${concordance.format(value)} is not true`); }
-  false(value, message) { this.#check(value === false, message, () => `${concordance.format(value)} is not false`); }
-  truthy(value, message) { this.#check(Boolean(value), message, () => `${concordance.format(value)} is not truthy`); }
-  falsy(value, message) { this.#check(!value, message, () => `${concordance.format(value)} is not falsy`); }
-  assert(value, message) { this.truthy(value, message); }
+  pass() {
+    this.assertions += 1;
+  }
+  fail(message) {
+    this.#check(false, message ?? 'Test failed via `t.fail()`');
+  }
+  is(actual, expected, message) {
+    this.#check(
+      Object.is(actual, expected),
+      message,
+      () => `${concordance.format(actual)} is not ${concordance.format(expected)}`,
+    );
+  }
+  not(actual, expected, message) {
+    this.#check(!Object.is(actual, expected), message, () => `both are ${concordance.format(actual)}`);
+  }
+  true(value, message) {
+    this.#check(value === true, message, () => `${concordance.format(value)} is not true`);
+  }
+  false(value, message) {
+    this.#check(value === false, message, () => `${concordance.format(value)} is not false`);
+  }
+  truthy(value, message) {
+    this.#check(Boolean(value), message, () => `${concordance.format(value)} is not truthy`);
+  }
+  falsy(value, message) {
+    this.#check(!value, message, () => `${concordance.format(value)} is not falsy`);
+  }
+  assert(value, message) {
+    this.truthy(value, message);
+  }
 
   deepEqual(actual, expected, message) {
     const result = concordance.compare(actual, expected);
@@ -164,11 +199,19 @@ class Execution {
   }
 
   regex(string, regex, message) {
-    this.#check(typeof string === 'string' && regex.test(string), message, () => `${concordance.format(string)} does not match ${regex}`);
+    this.#check(
+      typeof string === 'string' && regex.test(string),
+      message,
+      () => `${concordance.format(string)} does not match ${regex}`,
+    );
   }
 
   notRegex(string, regex, message) {
-    this.#check(typeof string === 'string' && !regex.test(string), message, () => `${concordance.format(string)} matches ${regex}`);
+    this.#check(
+      typeof string === 'string' && !regex.test(string),
+      message,
+      () => `${concordance.format(string)} matches ${regex}`,
+    );
   }
 
   throws(fn, expectations, message) {
@@ -184,7 +227,10 @@ class Execution {
       return error;
     }
     if (isThenable(returned)) Promise.resolve(returned).catch(() => {});
-    throw this.#fail(message ?? 'Function did not throw', isThenable(returned) ? 'it returned a promise; use t.throwsAsync()' : undefined);
+    throw this.#fail(
+      message ?? 'Function did not throw',
+      isThenable(returned) ? 'it returned a promise; use t.throwsAsync()' : undefined,
+    );
   }
 
   throwsAsync(thrower, expectations, message) {
@@ -198,16 +244,26 @@ class Execution {
         return Promise.reject(this.#fail(message ?? 'Function threw synchronously; use t.throws()', String(error)));
       }
     }
-    if (!isThenable(promise)) return Promise.reject(this.#fail(message ?? '`t.throwsAsync()` needs a promise or a function returning one'));
+    if (!isThenable(promise))
+      return Promise.reject(this.#fail(message ?? '`t.throwsAsync()` needs a promise or a function returning one'));
     const settled = Promise.resolve(promise).then(
-      () => { throw this.#fail(message ?? 'Promise resolved instead of rejecting'); },
+      () => {
+        throw this.#fail(message ?? 'Promise resolved instead of rejecting');
+      },
       (error) => {
         const mismatch = describeMismatch(error, expect);
         if (mismatch !== undefined) throw this.#fail(message ?? 'Promise rejected unexpectedly', mismatch);
         return error;
       },
     );
-    const pending = settled.then(() => { pending.settled = true; }, () => { pending.settled = true; });
+    const pending = settled.then(
+      () => {
+        pending.settled = true;
+      },
+      () => {
+        pending.settled = true;
+      },
+    );
     pending.settled = false;
     this.pending.push(pending);
     return settled;
@@ -231,10 +287,16 @@ class Execution {
     }
   }
 
-  teardown(fn) { this.teardowns.push(fn); }
+  teardown(fn) {
+    this.teardowns.push(fn);
+  }
   log() {}
-  plan() { throw this.#fail('t.plan() is not supported by the mutation shim'); }
-  timeout() { throw this.#fail('t.timeout() is not supported by the mutation shim'); }
+  plan() {
+    throw this.#fail('t.plan() is not supported by the mutation shim');
+  }
+  timeout() {
+    throw this.#fail('t.timeout() is not supported by the mutation shim');
+  }
 }
 
 function register(list, options) {
@@ -253,7 +315,9 @@ test.after.always = register(registry.after);
 test.afterEach = register(registry.afterEach);
 test.afterEach.always = register(registry.afterEach);
 for (const name of ['only', 'skip', 'todo', 'failing', 'macro', 'beforeEach']) {
-  test[name] = () => { throw new Error(`test.${name} is not supported by the mutation shim (test/mutation/ava-shim.mjs)`); };
+  test[name] = () => {
+    throw new Error(`test.${name} is not supported by the mutation shim (test/mutation/ava-shim.mjs)`);
+  };
 }
 export default test;
 
@@ -270,7 +334,8 @@ async function runOne(title, fn, { isHook = false } = {}) {
     // As ava: an assertion still pending when the test's promise settles fails it.
     if (t.pending.some((p) => !p.settled)) throw new AssertionError('Test finished, but an assertion is still pending');
     await Promise.all(t.pending);
-    if (!isHook && t.failure === undefined && t.assertions === 0) t.failure = new AssertionError('Test finished without running any assertions');
+    if (!isHook && t.failure === undefined && t.assertions === 0)
+      t.failure = new AssertionError('Test finished without running any assertions');
   } catch (error) {
     t.failure ??= error;
   }
@@ -297,7 +362,10 @@ export async function runRegistered(uncaught, onProgress = () => {}) {
   }
   let failed;
   // ava runs the serial tests first, then the others (all at once; here one by one).
-  const ordered = [...registry.tests.filter((entry) => entry.serial), ...registry.tests.filter((entry) => !entry.serial)];
+  const ordered = [
+    ...registry.tests.filter((entry) => entry.serial),
+    ...registry.tests.filter((entry) => !entry.serial),
+  ];
   for (const { title, fn } of ordered) {
     onProgress(title);
     let error = await runOne(title, fn);

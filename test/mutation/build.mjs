@@ -13,11 +13,12 @@ import { build } from 'esbuild';
 import { copyFileSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 
 const OUT = '.mutation-build';
-const walk = (dir) => readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-  const path = `${dir}/${entry.name}`;
-  if (entry.isDirectory()) return walk(path);
-  return entry.name.endsWith('.ts') && !entry.name.endsWith('.d.ts') ? [path] : [];
-});
+const walk = (dir) =>
+  readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const path = `${dir}/${entry.name}`;
+    if (entry.isDirectory()) return walk(path);
+    return entry.name.endsWith('.ts') && !entry.name.endsWith('.d.ts') ? [path] : [];
+  });
 
 rmSync(OUT, { recursive: true, force: true });
 await build({
@@ -34,5 +35,8 @@ await build({
 // the in-process shim (test/mutation/ava-shim.mjs says why), everything else
 // to the project's node_modules.
 mkdirSync(`${OUT}/node_modules/ava`, { recursive: true });
-writeFileSync(`${OUT}/node_modules/ava/package.json`, JSON.stringify({ name: 'ava', type: 'module', exports: './index.mjs' }));
+writeFileSync(
+  `${OUT}/node_modules/ava/package.json`,
+  JSON.stringify({ name: 'ava', type: 'module', exports: './index.mjs' }),
+);
 copyFileSync('test/mutation/ava-shim.mjs', `${OUT}/node_modules/ava/index.mjs`);

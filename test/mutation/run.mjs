@@ -157,6 +157,9 @@ async function runInWorker(file) {
   // Node reports unhandled rejections once the microtask queue drains.
   await new Promise((done) => realSetImmediate(done));
   if (failed === undefined && uncaught.length > 0) failed = { title: 'uncaught exception', error: uncaught[0] };
-  if (failed === undefined && unhandled.size > 0) failed = { title: 'unhandled rejection', error: [...unhandled.values()][0] };
-  parentPort.postMessage(failed === undefined ? null : `${failed.title}: ${failed.error?.stack ?? String(failed.error)}`);
+  if (failed === undefined && unhandled.size > 0)
+    failed = { title: 'unhandled rejection', error: [...unhandled.values()][0] };
+  parentPort.postMessage(
+    failed === undefined ? null : `${failed.title}: ${failed.error?.stack ?? String(failed.error)}`,
+  );
 }

@@ -69,7 +69,9 @@ class MemlockTypescriptChecker {
   async init() {
     const parsed = ts.getParsedCommandLineOfConfigFile(this.#tsconfig, OVERRIDES, {
       ...ts.sys,
-      onUnRecoverableConfigFileDiagnostic: (diagnostic) => { throw new Error(this.#format([diagnostic])); },
+      onUnRecoverableConfigFileDiagnostic: (diagnostic) => {
+        throw new Error(this.#format([diagnostic]));
+      },
     });
     if (parsed === undefined) throw new Error(`cannot read ${this.#tsconfig}`);
     if (parsed.errors.length > 0) throw new Error(this.#format(parsed.errors));
@@ -105,23 +107,35 @@ class MemlockTypescriptChecker {
       const original = readOriginal(path);
       const start = offsetOf(original, mutant.location.start);
       const end = offsetOf(original, mutant.location.end);
-      this.#mutated = { id: mutant.id, path, text: original.slice(0, start) + mutant.replacement + original.slice(end), served: false };
+      this.#mutated = {
+        id: mutant.id,
+        path,
+        text: original.slice(0, start) + mutant.replacement + original.slice(end),
+        served: false,
+      };
       const errors = this.#rebuild();
       // A file outside the program would pass every mutant unchecked (Stryker's checker throws too).
       if (!this.#mutated.served) throw new Error(`${mutant.fileName} is not part of the program of ${this.#tsconfig}`);
-      results[mutant.id] = errors.length === 0
-        ? { status: CheckStatus.Passed }
-        : { status: CheckStatus.CompileError, reason: this.#format(errors) };
+      results[mutant.id] =
+        errors.length === 0
+          ? { status: CheckStatus.Passed }
+          : { status: CheckStatus.CompileError, reason: this.#format(errors) };
     }
     return results;
   }
 
   /** A new program from the last one; returns every error diagnostic it has. */
   #rebuild() {
-    this.#builder = ts.createEmitAndSemanticDiagnosticsBuilderProgram(this.#fileNames, this.#options, this.#host, this.#builder);
+    this.#builder = ts.createEmitAndSemanticDiagnosticsBuilderProgram(
+      this.#fileNames,
+      this.#options,
+      this.#host,
+      this.#builder,
+    );
     // Checks only what the change affects; the rest keeps its cached result.
     const affected = [];
-    for (let next; (next = this.#builder.getSemanticDiagnosticsOfNextAffectedFile()) !== undefined;) affected.push(next.affected);
+    for (let next; (next = this.#builder.getSemanticDiagnosticsOfNextAffectedFile()) !== undefined;)
+      affected.push(next.affected);
     const errors = [
       ...this.#builder.getOptionsDiagnostics(),
       ...this.#builder.getGlobalDiagnostics(),
@@ -133,7 +147,11 @@ class MemlockTypescriptChecker {
     // builder) also reports declaration-emit errors. Only the re-checked files
     // can have new ones; the rest had none when the project compiled.
     const program = this.#builder.getProgram();
-    return affected.flatMap((file) => ('fileName' in file ? program.getDeclarationDiagnostics(file) : program.getDeclarationDiagnostics())).filter(isError);
+    return affected
+      .flatMap((file) =>
+        'fileName' in file ? program.getDeclarationDiagnostics(file) : program.getDeclarationDiagnostics(),
+      )
+      .filter(isError);
   }
 
   #format(diagnostics) {

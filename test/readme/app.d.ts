@@ -15,10 +15,15 @@ declare global {
   const memlock: Memlock;
   /** A database client whose transactions take a signal. */
   const db: {
-    transaction<T>(work: (tx: { query(sql: string, params?: unknown[]): Promise<unknown> }) => Promise<T>, options?: { signal?: AbortSignal }): Promise<T>;
+    transaction<T>(
+      work: (tx: { query(sql: string, params?: unknown[]): Promise<unknown> }) => Promise<T>,
+      options?: { signal?: AbortSignal },
+    ): Promise<T>;
   };
   /** Sends email; honours a signal. */
-  const mailer: { send(message: { to: string; subject: string; text: string }, options?: { signal?: AbortSignal }): Promise<void> };
+  const mailer: {
+    send(message: { to: string; subject: string; text: string }, options?: { signal?: AbortSignal }): Promise<void>;
+  };
   /** Builds the receipt email of an order. */
   function receiptFor(orderId: string): { to: string; subject: string; text: string };
   /** A long job that honours a signal. */

@@ -29,7 +29,9 @@ export function uniqueName(base = 'memlock_tasks'): string {
 
 /** Creates `<schema>.effects`: one row per applied effect, no unique constraint (so a double apply shows). */
 export async function createEffects(db: Queryable, schema: string): Promise<void> {
-  await db.query(`CREATE TABLE "${schema}".effects (entity_id text NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())`);
+  await db.query(
+    `CREATE TABLE "${schema}".effects (entity_id text NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())`,
+  );
 }
 
 /** Writes one effect row in the handler's transaction. */

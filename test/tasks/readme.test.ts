@@ -14,7 +14,8 @@ test('the README code block of "Exactly-once tasks" is the type-checked examples
   const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
   t.truthy(block, 'the section has a ts code block');
   const example = readFileSync(new URL('examples/tasks/readme.ts', root), 'utf8');
-  const body = example.slice(example.indexOf('// README-BEGIN\n') + '// README-BEGIN\n'.length, example.indexOf('// README-END'))
+  const body = example
+    .slice(example.indexOf('// README-BEGIN\n') + '// README-BEGIN\n'.length, example.indexOf('// README-END'))
     .replace("'../../src/tasks/index.js'", "'memlock/tasks'")
     .replace("'../../src/index.js'", "'memlock'");
   t.is(block, body);

@@ -6,21 +6,52 @@
  */
 import { expectTypeOf } from 'expect-type';
 import {
-  Memlock, MemlockError, LockNotAcquiredError, LockLostError, MemcacheUnavailableError, EmptyClientIdError,
-  channels, subscribe, tryWithLock,
-  type AcquireHow, type ChannelName, type Lock, type LockInfo, type LockLostKind, type LockOptions,
-  type LostMessage, type MemlockErrorCode, type MemlockOptions, type WaitOptions, type HeartbeatErrorMessage,
-  type AcquiredMessage, type RefusedMessage,
+  Memlock,
+  MemlockError,
+  LockNotAcquiredError,
+  LockLostError,
+  MemcacheUnavailableError,
+  EmptyClientIdError,
+  channels,
+  subscribe,
+  tryWithLock,
+  type AcquireHow,
+  type ChannelName,
+  type Lock,
+  type LockInfo,
+  type LockLostKind,
+  type LockOptions,
+  type LostMessage,
+  type MemlockErrorCode,
+  type MemlockOptions,
+  type WaitOptions,
+  type HeartbeatErrorMessage,
+  type AcquiredMessage,
+  type RefusedMessage,
 } from 'memlock';
 
 declare const memlock: Memlock;
 declare const env: string | undefined;
 
 // Options accept `undefined` under exactOptionalPropertyTypes (values read from env, say).
-new Memlock({ servers: env, prefix: undefined, leaseMs: undefined, heartbeatMs: undefined, timeoutMs: undefined, username: env, password: env, ref: undefined });
+new Memlock({
+  servers: env,
+  prefix: undefined,
+  leaseMs: undefined,
+  heartbeatMs: undefined,
+  timeoutMs: undefined,
+  username: env,
+  password: env,
+  ref: undefined,
+});
 expectTypeOf<{ servers: string | undefined }>().toExtend<MemlockOptions>();
 expectTypeOf<{ timeoutMs: undefined; minDelayMs: undefined; maxDelayMs: undefined }>().toExtend<WaitOptions>();
-expectTypeOf<{ signal: AbortSignal | undefined; wait: WaitOptions | undefined; holdAfterMs: undefined; failOpen: undefined }>().toExtend<LockOptions>();
+expectTypeOf<{
+  signal: AbortSignal | undefined;
+  wait: WaitOptions | undefined;
+  holdAfterMs: undefined;
+  failOpen: undefined;
+}>().toExtend<LockOptions>();
 // ...but not wrong types.
 // @ts-expect-error leaseMs is a number
 new Memlock({ leaseMs: '16s' });
@@ -28,10 +59,12 @@ new Memlock({ leaseMs: '16s' });
 new Memlock({ server: 'localhost:11211' });
 
 // tryWithLock resolves with what fn resolves; fn gets an AbortSignal.
-expectTypeOf(memlock.tryWithLock('k', 'c', async (signal) => {
-  expectTypeOf(signal).toEqualTypeOf<AbortSignal>();
-  return 42;
-})).toEqualTypeOf<Promise<number>>();
+expectTypeOf(
+  memlock.tryWithLock('k', 'c', async (signal) => {
+    expectTypeOf(signal).toEqualTypeOf<AbortSignal>();
+    return 42;
+  }),
+).toEqualTypeOf<Promise<number>>();
 expectTypeOf(memlock.tryWithLock('k', 'c', () => 'sync' as const)).toEqualTypeOf<Promise<'sync'>>();
 expectTypeOf(tryWithLock('k', 'c', () => true)).toEqualTypeOf<Promise<boolean>>();
 expectTypeOf(memlock.acquire('k', 'c')).toEqualTypeOf<Promise<Lock>>();
@@ -42,20 +75,23 @@ expectTypeOf<LockInfo['acquiredAt']>().toEqualTypeOf<Date>();
 expectTypeOf(memlock.close()).toEqualTypeOf<Promise<void>>();
 
 // wrap: arguments from fn (without the trailing signal), R from fn and onNotAcquired.
-const send = memlock.wrap(async (orderId: string, amount: number, signal: AbortSignal) => {
-  expectTypeOf(signal).toEqualTypeOf<AbortSignal>();
-  return amount > 0 ? 'sent' as const : 'skipped' as const;
-}, {
-  key: (orderId, amount) => {
-    expectTypeOf(orderId).toEqualTypeOf<string>();
-    expectTypeOf(amount).toEqualTypeOf<number>();
-    return `receipt:${orderId}`;
+const send = memlock.wrap(
+  async (orderId: string, amount: number, signal: AbortSignal) => {
+    expectTypeOf(signal).toEqualTypeOf<AbortSignal>();
+    return amount > 0 ? ('sent' as const) : ('skipped' as const);
   },
-  onNotAcquired: (error) => {
-    expectTypeOf(error).toEqualTypeOf<LockNotAcquiredError>();
-    return 'duplicate' as const;
+  {
+    key: (orderId, amount) => {
+      expectTypeOf(orderId).toEqualTypeOf<string>();
+      expectTypeOf(amount).toEqualTypeOf<number>();
+      return `receipt:${orderId}`;
+    },
+    onNotAcquired: (error) => {
+      expectTypeOf(error).toEqualTypeOf<LockNotAcquiredError>();
+      return 'duplicate' as const;
+    },
   },
-});
+);
 expectTypeOf(send).parameters.toEqualTypeOf<[string, number]>();
 expectTypeOf(send).returns.toEqualTypeOf<Promise<'sent' | 'skipped' | 'duplicate'>>();
 const plain = memlock.wrap(async (id: number, _signal: AbortSignal) => id * 2, { key: (id) => `k:${id}` });
@@ -64,7 +100,11 @@ expectTypeOf(plain).toEqualTypeOf<(id: number) => Promise<number>>();
 // Error codes are a union of literals, narrowed per class.
 expectTypeOf<MemlockError['code']>().toEqualTypeOf<MemlockErrorCode>();
 expectTypeOf<MemlockErrorCode>().toEqualTypeOf<
-  'ERR_MEMLOCK_NOT_ACQUIRED' | 'ERR_MEMLOCK_EMPTY_CLIENT_ID' | 'ERR_MEMLOCK_LOST' | 'ERR_MEMLOCK_UNAVAILABLE' | 'ERR_MEMLOCK_CLOSED'
+  | 'ERR_MEMLOCK_NOT_ACQUIRED'
+  | 'ERR_MEMLOCK_EMPTY_CLIENT_ID'
+  | 'ERR_MEMLOCK_LOST'
+  | 'ERR_MEMLOCK_UNAVAILABLE'
+  | 'ERR_MEMLOCK_CLOSED'
 >();
 expectTypeOf<LockNotAcquiredError['code']>().toEqualTypeOf<'ERR_MEMLOCK_NOT_ACQUIRED'>();
 expectTypeOf<EmptyClientIdError['code']>().toEqualTypeOf<'ERR_MEMLOCK_EMPTY_CLIENT_ID'>();
@@ -78,11 +118,16 @@ if (caught instanceof MemlockError) {
   // A switch over the codes is exhaustive.
   const label = ((code: MemlockErrorCode): string => {
     switch (code) {
-      case 'ERR_MEMLOCK_NOT_ACQUIRED': return 'busy';
-      case 'ERR_MEMLOCK_EMPTY_CLIENT_ID': return 'bug';
-      case 'ERR_MEMLOCK_LOST': return 'lost';
-      case 'ERR_MEMLOCK_UNAVAILABLE': return 'down';
-      case 'ERR_MEMLOCK_CLOSED': return 'closed';
+      case 'ERR_MEMLOCK_NOT_ACQUIRED':
+        return 'busy';
+      case 'ERR_MEMLOCK_EMPTY_CLIENT_ID':
+        return 'bug';
+      case 'ERR_MEMLOCK_LOST':
+        return 'lost';
+      case 'ERR_MEMLOCK_UNAVAILABLE':
+        return 'down';
+      case 'ERR_MEMLOCK_CLOSED':
+        return 'closed';
     }
   })(caught.code);
   expectTypeOf(label).toEqualTypeOf<string>();

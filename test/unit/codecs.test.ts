@@ -13,12 +13,21 @@ const text = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 test('binary requests are encoded as recorded', (t) => {
   const c = new BinaryCodec();
-  t.is(c.add('k', Buffer.from('hi'), 10, 1).toString('hex'), '80020001080000000000000b000000010000000000000000000000000000000a6b6869');
+  t.is(
+    c.add('k', Buffer.from('hi'), 10, 1).toString('hex'),
+    '80020001080000000000000b000000010000000000000000000000000000000a6b6869',
+  );
   t.is(c.get('k', 3).toString('hex'), '8000000100000000000000010000000300000000000000006b');
-  t.is(c.casSet('k', Buffer.from('xx'), 10, 999n, 5).toString('hex'), '80010001080000000000000b0000000500000000000003e7000000000000000a6b7878');
+  t.is(
+    c.casSet('k', Buffer.from('xx'), 10, 999n, 5).toString('hex'),
+    '80010001080000000000000b0000000500000000000003e7000000000000000a6b7878',
+  );
   t.is(c.casDelete('nope', 1n, 6).toString('hex'), '8004000400000000000000040000000600000000000000016e6f7065');
   // SASL_AUTH (0x21), key 'PLAIN', value '\0u\0p': body 9 bytes.
-  t.is(c.saslPlain('u', 'p').toString('hex'), '802100050000000000000009000000000000000000000000' + Buffer.from('PLAIN\0u\0p').toString('hex'));
+  t.is(
+    c.saslPlain('u', 'p').toString('hex'),
+    '802100050000000000000009000000000000000000000000' + Buffer.from('PLAIN\0u\0p').toString('hex'),
+  );
 });
 
 test('a binary renewal reuses its request with a patched header', (t) => {
@@ -34,18 +43,23 @@ test('a binary renewal reuses its request with a patched header', (t) => {
 
 // Replies memcached 1.6.18 sent to: add k (new), add k (exists), get k, get nope, CAS set with a wrong CAS, CAS delete of a missing key.
 const binaryReplies = hex(
-  '810200000000000000000000000000010000000000000001'
-  + '810200000000000200000014000000020000000000000000446174612065786973747320666f72206b65792e'
-  + '8100000004000000000000060000000300000000000000010000000068 69'.replace(' ', '')
-  + '8100000000000001000000090000000400000000000000004e6f7420666f756e64'
-  + '810100000000000200000014000000050000000000000000446174612065786973747320666f72206b65792e'
-  + '8104000000000001000000090000000600000000000000004e6f7420666f756e64',
+  '810200000000000000000000000000010000000000000001' +
+    '810200000000000200000014000000020000000000000000446174612065786973747320666f72206b65792e' +
+    '8100000004000000000000060000000300000000000000010000000068 69'.replace(' ', '') +
+    '8100000000000001000000090000000400000000000000004e6f7420666f756e64' +
+    '810100000000000200000014000000050000000000000000446174612065786973747320666f72206b65792e' +
+    '8104000000000001000000090000000600000000000000004e6f7420666f756e64',
 );
 
 // Replies memcached 1.6.18 sent to the equivalent meta requests, plus an error line.
 const metaReplies = text('HD c1\r\nNS c0\r\nVA 2 c1\r\nhi\r\nEN\r\nEX c0\r\nNF\r\n');
 
-interface Parsed { status: Reply['status']; cas: bigint; value: string; seq: number }
+interface Parsed {
+  status: Reply['status'];
+  cas: bigint;
+  value: string;
+  seq: number;
+}
 
 function parseAll(codec: Codec, buf: Buffer): Parsed[] {
   const reply = emptyReply();
@@ -71,19 +85,31 @@ const expected = [
 
 test('recorded binary replies parse to their outcomes and echo the request ids', (t) => {
   const parsed = parseAll(new BinaryCodec(), binaryReplies);
-  t.deepEqual(parsed.map(({ status, value }) => ({ status, value })), expected.map(({ status, value }) => ({ status, value })));
+  t.deepEqual(
+    parsed.map(({ status, value }) => ({ status, value })),
+    expected.map(({ status, value }) => ({ status, value })),
+  );
   t.is(parsed[0]?.cas, 1n);
   t.is(parsed[2]?.cas, 1n);
-  t.deepEqual(parsed.map((p) => p.seq), [1, 2, 3, 4, 5, 6]);
+  t.deepEqual(
+    parsed.map((p) => p.seq),
+    [1, 2, 3, 4, 5, 6],
+  );
 });
 
 test('recorded meta replies parse to their outcomes', (t) => {
   const parsed = parseAll(new MetaCodec(), metaReplies);
-  t.deepEqual(parsed.map(({ status, cas, value }) => ({ status, cas, value })), expected);
+  t.deepEqual(
+    parsed.map(({ status, cas, value }) => ({ status, cas, value })),
+    expected,
+  );
   t.true(parsed.every((p) => p.seq === -1));
 });
 
-for (const [name, codec, frames] of [['binary', new BinaryCodec(), binaryReplies], ['meta', new MetaCodec(), metaReplies]] as const) {
+for (const [name, codec, frames] of [
+  ['binary', new BinaryCodec(), binaryReplies],
+  ['meta', new MetaCodec(), metaReplies],
+] as const) {
   test(`${name}: a reply cut at any byte is incomplete, and whole again once the rest arrives`, (t) => {
     const reply = emptyReply();
     let offset = 0;
@@ -138,7 +164,9 @@ test('binary: bytes that are not a response throw; an auth error is an error rep
   const c = new BinaryCodec();
   const reply = emptyReply();
   t.throws(() => c.parse(text('HD c1\r\n'.padEnd(24, ' ')), 0, reply), { instanceOf: ProtocolError });
-  const auth = hex('81210005000000200000000d0000000000000000000000000000000041757468206661696c7572652e'.replace('0005', '0000'));
+  const auth = hex(
+    '81210005000000200000000d0000000000000000000000000000000041757468206661696c7572652e'.replace('0005', '0000'),
+  );
   t.true(c.parse(auth, 0, reply) > 0);
   t.is(reply.status, 'error');
   t.is(reply.code, 0x20);
@@ -154,7 +182,15 @@ test('meta: a base64 key puts the b flag among the flags (after the data length 
 });
 
 /** A binary response: opcode, status, cas, seq, and optional extras/key/value. */
-function binaryResponse(o: { opcode?: number; status?: number; cas?: bigint; seq?: number; extras?: Buffer; key?: Buffer; value?: Buffer }): Buffer {
+function binaryResponse(o: {
+  opcode?: number;
+  status?: number;
+  cas?: bigint;
+  seq?: number;
+  extras?: Buffer;
+  key?: Buffer;
+  value?: Buffer;
+}): Buffer {
   const extras = o.extras ?? Buffer.alloc(0);
   const key = o.key ?? Buffer.alloc(0);
   const value = o.value ?? Buffer.alloc(0);
@@ -171,7 +207,16 @@ function binaryResponse(o: { opcode?: number; status?: number; cas?: bigint; seq
 }
 
 test('emptyReply: a fresh ok reply with nothing in it; ProtocolError is named', (t) => {
-  t.deepEqual(emptyReply(), { status: 'ok', cas: 0n, value: Buffer.alloc(0), seq: -1, message: '', code: 0, fatal: false, sasl: false });
+  t.deepEqual(emptyReply(), {
+    status: 'ok',
+    cas: 0n,
+    value: Buffer.alloc(0),
+    seq: -1,
+    message: '',
+    code: 0,
+    fatal: false,
+    sasl: false,
+  });
   t.not(emptyReply(), emptyReply());
   t.is(new ProtocolError('x').name, 'ProtocolError');
 });
@@ -180,7 +225,14 @@ test('binary parse: the value starts after extras and key; every field of the re
   const c = new BinaryCodec();
   const reply = emptyReply();
   // A GET hit carries 4 bytes of flags as extras (and, for GETK, the key).
-  const hit = binaryResponse({ opcode: 0x00, cas: 7n, seq: 9, extras: hex('00000000'), key: text('kk'), value: text('value') });
+  const hit = binaryResponse({
+    opcode: 0x00,
+    cas: 7n,
+    seq: 9,
+    extras: hex('00000000'),
+    key: text('kk'),
+    value: text('value'),
+  });
   t.is(c.parse(Buffer.concat([text('junk'), hit]), 4, reply), 4 + hit.length);
   t.like(reply, { status: 'ok', cas: 7n, seq: 9, sasl: false, fatal: false, code: 0, message: '' });
   t.is(reply.value.toString(), 'value');
@@ -248,30 +300,65 @@ test('meta parse: cas and size fields, CRLF checks, and every reply field reset'
   c.parse(text('EN\r\n'), 0, reply);
   t.like(reply, { status: 'not_found', fatal: false, sasl: false, code: 0, message: '', seq: -1, cas: 0n });
   t.is(reply.value.length, 0);
-  for (const [line, status] of [['NS', 'exists'], ['EX', 'exists'], ['NF', 'not_found']] as const) {
+  for (const [line, status] of [
+    ['NS', 'exists'],
+    ['EX', 'exists'],
+    ['NF', 'not_found'],
+  ] as const) {
     t.is(c.parse(text(`${line}\r\n`), 0, reply), 4);
     t.is(reply.status, status);
   }
-  t.throws(() => c.parse(text('\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'a bare LF');
-  t.throws(() => c.parse(text('HD\r\n\n'), 4, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'a bare LF at the offset');
-  t.throws(() => c.parse(text('\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'unexpected meta-protocol reply: ' }, 'an empty line');
-  t.throws(() => c.parse(text('HD\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' }, 'LF without CR');
-  t.throws(() => c.parse(text('VA x c1\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'malformed meta-protocol reply: VA x c1' });
+  t.throws(
+    () => c.parse(text('\n'), 0, reply),
+    { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' },
+    'a bare LF',
+  );
+  t.throws(
+    () => c.parse(text('HD\r\n\n'), 4, reply),
+    { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' },
+    'a bare LF at the offset',
+  );
+  t.throws(
+    () => c.parse(text('\r\n'), 0, reply),
+    { instanceOf: ProtocolError, message: 'unexpected meta-protocol reply: ' },
+    'an empty line',
+  );
+  t.throws(
+    () => c.parse(text('HD\n'), 0, reply),
+    { instanceOf: ProtocolError, message: 'malformed meta-protocol reply from memcached' },
+    'LF without CR',
+  );
+  t.throws(() => c.parse(text('VA x c1\r\n'), 0, reply), {
+    instanceOf: ProtocolError,
+    message: 'malformed meta-protocol reply: VA x c1',
+  });
   t.throws(() => c.parse(text('VA -1\r\n'), 0, reply), { instanceOf: ProtocolError });
-  t.throws(() => c.parse(text('VA 2\r\nhi\rX'), 0, reply), { instanceOf: ProtocolError, message: 'meta-protocol value not terminated by CRLF' });
+  t.throws(() => c.parse(text('VA 2\r\nhi\rX'), 0, reply), {
+    instanceOf: ProtocolError,
+    message: 'meta-protocol value not terminated by CRLF',
+  });
   t.throws(() => c.parse(text('VA 2\r\nhiX\n'), 0, reply), { instanceOf: ProtocolError });
-  t.throws(() => c.parse(text('ZZ top\r\n'), 0, reply), { instanceOf: ProtocolError, message: 'unexpected meta-protocol reply: ZZ top' });
+  t.throws(() => c.parse(text('ZZ top\r\n'), 0, reply), {
+    instanceOf: ProtocolError,
+    message: 'unexpected meta-protocol reply: ZZ top',
+  });
   t.is(c.parse(text(`SERVER_ERROR ${'e'.repeat(300)}\r\n`), 0, reply), 315);
   t.is(reply.message.length, 200);
   t.is(c.parse(text('x'.repeat(8192)), 0, reply), -1, 'up to 8 KiB without a newline may still be a line');
-  t.throws(() => c.parse(text('x'.repeat(8193)), 0, reply), { instanceOf: ProtocolError, message: 'meta-protocol reply line too long' });
+  t.throws(() => c.parse(text('x'.repeat(8193)), 0, reply), {
+    instanceOf: ProtocolError,
+    message: 'meta-protocol reply line too long',
+  });
   t.is(c.parse(text(`${'y'.repeat(100)}${'x'.repeat(8192)}`), 100, reply), -1, 'measured from the offset');
 });
 
 test('meta keys: base64 up to 250 bytes, longer is a RangeError naming the limit', (t) => {
   // 187 bytes -> 252 base64 chars; 186 -> 248.
   t.notThrows(() => wireKey(' '.repeat(186)));
-  t.throws(() => wireKey(' '.repeat(187)), { instanceOf: RangeError, message: 'memcache key needs base64 for the meta protocol and is then longer than 250 bytes' });
+  t.throws(() => wireKey(' '.repeat(187)), {
+    instanceOf: RangeError,
+    message: 'memcache key needs base64 for the meta protocol and is then longer than 250 bytes',
+  });
   t.is(wireKey('a\u007fb'), `${Buffer.from('a\u007fb').toString('base64')} b`, 'DEL is unsafe too');
   t.is(wireKey('a!b~'), 'a!b~');
 });

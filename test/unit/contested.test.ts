@@ -19,7 +19,11 @@ test('contested keys: a refused key’s next attempt only reads; the memory of r
   await t.throwsAsync(memlock.acquire('k4096', 'A'));
   t.deepEqual(memcache.ops, { ...ops, get: ops.get + 1 }, 'remembered: a read only');
   await t.throwsAsync(memlock.acquire('k0', 'A'));
-  t.deepEqual(memcache.ops, { ...ops, get: ops.get + 2, add: ops.add + 1 }, 'the oldest was forgotten: an add and a read');
+  t.deepEqual(
+    memcache.ops,
+    { ...ops, get: ops.get + 2, add: ops.add + 1 },
+    'the oldest was forgotten: an add and a read',
+  );
   await t.throwsAsync(memlock.acquire('k4096', 'A'));
   t.is(memcache.ops.add, ops.add + 1, 'the newest is still remembered');
   await t.throwsAsync(memlock.acquire('k1', 'A'));

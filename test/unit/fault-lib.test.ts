@@ -21,7 +21,8 @@ function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
   return clock;
 }
 
-const lost = (controller: AbortController, kind: 'gone' | 'taken' | 'unreachable' = 'gone'): void => controller.abort(new LockLostError('k', kind));
+const lost = (controller: AbortController, kind: 'gone' | 'taken' | 'unreachable' = 'gone'): void =>
+  controller.abort(new LockLostError('k', kind));
 
 test.serial('monitor: a clean run (sections one after another, other keys in parallel) is clean', (t) => {
   const clock = fakeTime(t);
@@ -52,7 +53,10 @@ test.serial('monitor: a planted overlap whose earlier holder is never told is re
   t.is(overlap?.earlier, first);
   t.is(overlap?.later, second);
   t.false(overlap?.signalledBefore);
-  t.deepEqual(monitor.silent().map((o) => o.key), ['k']);
+  t.deepEqual(
+    monitor.silent().map((o) => o.key),
+    ['k'],
+  );
   t.deepEqual(monitor.late(), [], 'never told is silent, not late');
   t.true(Number.isNaN(learnedAt(first)));
   // A caller's own abort is not a loss signal.
@@ -61,66 +65,93 @@ test.serial('monitor: a planted overlap whose earlier holder is never told is re
   caller.abort(new Error('caller gave up'));
   monitor.enter('j', 'D', new AbortController().signal);
   t.true(Number.isNaN(third.lostAt));
-  t.deepEqual(monitor.silent().map((o) => o.key), ['k', 'j']);
+  t.deepEqual(
+    monitor.silent().map((o) => o.key),
+    ['k', 'j'],
+  );
 });
 
-test.serial('monitor: a planted late signal (told after the other holder started) is reported late, with its lag', (t) => {
-  const clock = fakeTime(t);
-  const monitor = new SectionMonitor();
-  const controller = new AbortController();
-  const first = monitor.enter('k', 'A', controller.signal);
-  clock.tick(10);
-  monitor.enter('k', 'B', new AbortController().signal);
-  clock.tick(40);
-  lost(controller, 'unreachable');
-  t.is(first.lostKind, 'unreachable');
-  t.deepEqual(monitor.silent(), []);
-  t.deepEqual(monitor.late().map((o) => o.earlier.holder), ['A']);
-  t.is(monitor.maxLagMs(), 40);
-});
+test.serial(
+  'monitor: a planted late signal (told after the other holder started) is reported late, with its lag',
+  (t) => {
+    const clock = fakeTime(t);
+    const monitor = new SectionMonitor();
+    const controller = new AbortController();
+    const first = monitor.enter('k', 'A', controller.signal);
+    clock.tick(10);
+    monitor.enter('k', 'B', new AbortController().signal);
+    clock.tick(40);
+    lost(controller, 'unreachable');
+    t.is(first.lostKind, 'unreachable');
+    t.deepEqual(monitor.silent(), []);
+    t.deepEqual(
+      monitor.late().map((o) => o.earlier.holder),
+      ['A'],
+    );
+    t.is(monitor.maxLagMs(), 40);
+  },
+);
 
-test.serial('monitor: told before the overlap is neither silent nor late; told by a failed release is not silent', (t) => {
-  const clock = fakeTime(t);
-  const monitor = new SectionMonitor();
-  const controller = new AbortController();
-  const first = monitor.enter('k', 'A', controller.signal);
-  lost(controller, 'gone');
-  clock.tick(5);
-  monitor.enter('k', 'B', new AbortController().signal);
-  t.true(monitor.overlaps[0]?.signalledBefore);
-  t.deepEqual(monitor.silent(), []);
-  t.deepEqual(monitor.late(), []);
-  t.is(monitor.maxLagMs(), 0);
-  t.is(learnedAt(first), first.lostAt);
+test.serial(
+  'monitor: told before the overlap is neither silent nor late; told by a failed release is not silent',
+  (t) => {
+    const clock = fakeTime(t);
+    const monitor = new SectionMonitor();
+    const controller = new AbortController();
+    const first = monitor.enter('k', 'A', controller.signal);
+    lost(controller, 'gone');
+    clock.tick(5);
+    monitor.enter('k', 'B', new AbortController().signal);
+    t.true(monitor.overlaps[0]?.signalledBefore);
+    t.deepEqual(monitor.silent(), []);
+    t.deepEqual(monitor.late(), []);
+    t.is(monitor.maxLagMs(), 0);
+    t.is(learnedAt(first), first.lostAt);
 
-  const short = monitor.enter('s', 'C', new AbortController().signal);
-  clock.tick(1);
-  monitor.enter('s', 'D', new AbortController().signal);
-  clock.tick(7);
-  monitor.exit(short);
-  monitor.released(short, false);
-  t.is(learnedAt(short), short.releaseFailedAt);
-  t.deepEqual(monitor.silent(), []);
-  t.deepEqual(monitor.late().map((o) => o.key), ['s']);
-  t.is(monitor.maxLagMs(), 7);
-  // An already aborted signal at entry counts at once.
-  const pre = new AbortController();
-  lost(pre, 'taken');
-  t.is(monitor.enter('p', 'E', pre.signal).lostKind, 'taken');
-});
+    const short = monitor.enter('s', 'C', new AbortController().signal);
+    clock.tick(1);
+    monitor.enter('s', 'D', new AbortController().signal);
+    clock.tick(7);
+    monitor.exit(short);
+    monitor.released(short, false);
+    t.is(learnedAt(short), short.releaseFailedAt);
+    t.deepEqual(monitor.silent(), []);
+    t.deepEqual(
+      monitor.late().map((o) => o.key),
+      ['s'],
+    );
+    t.is(monitor.maxLagMs(), 7);
+    // An already aborted signal at entry counts at once.
+    const pre = new AbortController();
+    lost(pre, 'taken');
+    t.is(monitor.enter('p', 'E', pre.signal).lostKind, 'taken');
+  },
+);
 
 test('exclusion sweep: a clean run has no overlaps; a planted overlap, a late signal and a silent one are each found', (t) => {
   const row = (id: string, key: string, started: number, ended: number): Row => ({ id, key, proc: 0, started, ended });
   const clean = [row('a', 'k1', 0, 10), row('b', 'k1', 10, 20), row('c', 'k1', 25, 30), row('d', 'k2', 0, 30)];
   t.deepEqual(sweepOverlaps(clean, new Map()), [], 'touching sections (end == next start) do not overlap');
-  const planted = [row('a', 'k1', 0, 50), row('b', 'k1', 10, 20), row('c', 'k1', 30, Infinity), row('d', 'k2', 0, 10), row('e', 'k2', 5, 6)];
-  const told = new Map([['a', { kind: 'gone', at: 5 }], ['d', { kind: 'unreachable', at: 8 }]]);
-  const overlaps = sweepOverlaps(planted, told);
-  t.deepEqual(overlaps.map((o) => [o.key, o.earlier, o.later, o.toldBy, o.lagMs]), [
-    ['k1', 'a', 'b', 'gone', -5], // told before: negative lag
-    ['k1', 'a', 'c', 'gone', -25],
-    ['k2', 'd', 'e', 'unreachable', 3], // told 3 ms after the other holder started: late
+  const planted = [
+    row('a', 'k1', 0, 50),
+    row('b', 'k1', 10, 20),
+    row('c', 'k1', 30, Infinity),
+    row('d', 'k2', 0, 10),
+    row('e', 'k2', 5, 6),
+  ];
+  const told = new Map([
+    ['a', { kind: 'gone', at: 5 }],
+    ['d', { kind: 'unreachable', at: 8 }],
   ]);
+  const overlaps = sweepOverlaps(planted, told);
+  t.deepEqual(
+    overlaps.map((o) => [o.key, o.earlier, o.later, o.toldBy, o.lagMs]),
+    [
+      ['k1', 'a', 'b', 'gone', -5], // told before: negative lag
+      ['k1', 'a', 'c', 'gone', -25],
+      ['k2', 'd', 'e', 'unreachable', 3], // told 3 ms after the other holder started: late
+    ],
+  );
   const silent = sweepOverlaps([row('x', 'k', 0, 10), row('y', 'k', 5, 8)], new Map());
   t.is(silent.length, 1);
   t.is(silent[0]?.toldBy, undefined);
@@ -140,13 +171,24 @@ test('recording client: records what was sent, how it ended, and the last confir
   memcache.unreachable(true);
   await t.throwsAsync(recorder.casDelete('k', 1n));
   memcache.unreachable(false);
-  t.deepEqual(recorder.ops.map((r) => `${r.op}:${r.outcome}`), ['add:ok', 'add:exists', 'casSet:ok', 'casSet:exists', 'addThenGet:ok', 'casDelete:error'], 'gets filtered out by keep');
+  t.deepEqual(
+    recorder.ops.map((r) => `${r.op}:${r.outcome}`),
+    ['add:ok', 'add:exists', 'casSet:ok', 'casSet:exists', 'addThenGet:ok', 'casDelete:error'],
+    'gets filtered out by keep',
+  );
   t.deepEqual(recorder.sent, { add: 3, get: 2, casSet: 2, casDelete: 1 });
   t.true(recorder.ops.every((r) => r.doneAt >= r.sentAt));
   const okSet = recorder.ops[2]!;
   t.is(recorder.lastConfirmedWrite('k'), okSet.sentAt);
-  t.is(recorder.lastConfirmedWrite('k', recorder.ops[0]!.doneAt), recorder.ops[0]!.sentAt, 'only writes settled before `before`');
+  t.is(
+    recorder.lastConfirmedWrite('k', recorder.ops[0]!.doneAt),
+    recorder.ops[0]!.sentAt,
+    'only writes settled before `before`',
+  );
   t.is(recorder.lastConfirmedWrite('none'), -Infinity);
-  t.deepEqual(recorder.opsOn('j').map((r) => r.op), ['addThenGet']);
+  t.deepEqual(
+    recorder.opsOn('j').map((r) => r.op),
+    ['addThenGet'],
+  );
   t.is(recorder.serverOf('k'), 'stand-in:11211');
 });

@@ -25,8 +25,8 @@ test('hash ring: even spread, and adding a 4th server moves about a quarter of k
     }
   }
   t.is(wrongTarget, 0, 'a key only ever moves to the new server');
-  for (const c of counts) t.true(c > n / 3 * 0.75 && c < n / 3 * 1.25, `spread ${counts.join('/')}`);
-  t.true(moved / n > 0.15 && moved / n < 0.35, `moved ${(100 * moved / n).toFixed(1)}%`);
+  for (const c of counts) t.true(c > (n / 3) * 0.75 && c < (n / 3) * 1.25, `spread ${counts.join('/')}`);
+  t.true(moved / n > 0.15 && moved / n < 0.35, `moved ${((100 * moved) / n).toFixed(1)}%`);
 });
 
 test('hash ring: deterministic, order of the list matters only for indexes, one server takes everything', (t) => {
@@ -45,7 +45,10 @@ test('hash ring: deterministic, order of the list matters only for indexes, one 
   const single = new HashRing(['only:1']);
   t.is(single.lookup('anything'), 0);
   t.throws(() => new HashRing([]), { instanceOf: RangeError, message: /at least one/ });
-  t.throws(() => new HashRing(Array.from({ length: 65_536 }, (_, i) => `s${i}`)), { instanceOf: RangeError, message: /65535/ });
+  t.throws(() => new HashRing(Array.from({ length: 65_536 }, (_, i) => `s${i}`)), {
+    instanceOf: RangeError,
+    message: /65535/,
+  });
 });
 
 test('hash ring: a key maps to the first point at or after its hash, wrapping past the last (ketama: 160 points per server)', (t) => {
@@ -54,7 +57,8 @@ test('hash ring: a key maps to the first point at or after its hash, wrapping pa
   const md5 = (text: string): Buffer => createHash('md5').update(text).digest();
   const points: Array<[number, number]> = [];
   names.forEach((name, index) => {
-    for (let d = 0; d < 40; d++) for (let p = 0; p < 4; p++) points.push([md5(`${name}-${d}`).readUInt32LE(p * 4), index]);
+    for (let d = 0; d < 40; d++)
+      for (let p = 0; p < 4; p++) points.push([md5(`${name}-${d}`).readUInt32LE(p * 4), index]);
   });
   points.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
   t.is(points.length, 480);

@@ -12,7 +12,18 @@ import { MemcacheStandIn } from '../../src/testing.js';
 import { RecordingClient } from '../faults/lib/recording.js';
 
 test.serial('10,000 held locks: exactly one renewal each per interval, on one timer', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'performance', 'Date'] });
+  const clock = FakeTimers.install({
+    toFake: [
+      'setTimeout',
+      'clearTimeout',
+      'setImmediate',
+      'clearImmediate',
+      'setInterval',
+      'clearInterval',
+      'performance',
+      'Date',
+    ],
+  });
   t.teardown(() => clock.uninstall());
   clock.tick(1_000_000); // as the other fake-clock tests: not at 0
   const recorder = new RecordingClient(new MemcacheStandIn().client());

@@ -21,8 +21,12 @@ test('turn: the head with no local holder goes at once; others wait to be woken,
   local.holders.add('lock-a');
   local.leave(a);
   const order: string[] = [];
-  const tb = local.turn(b, undefined, Infinity).then((ok) => { order.push(`b:${ok}`); });
-  const tc = local.turn(c, undefined, Infinity).then((ok) => { order.push(`c:${ok}`); });
+  const tb = local.turn(b, undefined, Infinity).then((ok) => {
+    order.push(`b:${ok}`);
+  });
+  const tc = local.turn(c, undefined, Infinity).then((ok) => {
+    order.push(`c:${ok}`);
+  });
   await Promise.resolve();
   t.deepEqual(order, []);
   local.holderDone('lock-a');
@@ -43,35 +47,40 @@ test.serial('turn with nap waits to be woken even at the head', async (t) => {
   const napping = local.turn(a, undefined, 50, true);
   await clock.tickAsync(49);
   let done: boolean | undefined;
-  void napping.then((ok) => { done = ok; });
+  void napping.then((ok) => {
+    done = ok;
+  });
   await Promise.resolve();
   t.is(done, undefined);
   await clock.tickAsync(1);
   t.false(await napping, 'the nap timed out');
 });
 
-test.serial('turn: times out with false; the caller’s signal rejects with its reason; listeners and timers are removed', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout'] });
-  t.teardown(() => clock.uninstall());
-  const local = new LocalKey<string>();
-  local.holders.add('x');
-  const a = local.join('c', 2);
-  const p = local.turn(a, undefined, 100);
-  await clock.tickAsync(99);
-  t.is(clock.countTimers(), 1);
-  await clock.tickAsync(1);
-  t.false(await p);
-  t.is(clock.countTimers(), 0);
-  const controller = new AbortController();
-  const q = local.turn(a, controller.signal, 1000);
-  controller.abort(new Error('stop'));
-  await t.throwsAsync(q, { message: 'stop' });
-  t.is(clock.countTimers(), 0, 'the timeout timer is cleared');
-  const aborted = new AbortController();
-  aborted.abort(new Error('before'));
-  await t.throwsAsync(local.turn(a, aborted.signal, 1000), { message: 'before' });
-  t.is(clock.countTimers(), 0);
-});
+test.serial(
+  'turn: times out with false; the caller’s signal rejects with its reason; listeners and timers are removed',
+  async (t) => {
+    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout'] });
+    t.teardown(() => clock.uninstall());
+    const local = new LocalKey<string>();
+    local.holders.add('x');
+    const a = local.join('c', 2);
+    const p = local.turn(a, undefined, 100);
+    await clock.tickAsync(99);
+    t.is(clock.countTimers(), 1);
+    await clock.tickAsync(1);
+    t.false(await p);
+    t.is(clock.countTimers(), 0);
+    const controller = new AbortController();
+    const q = local.turn(a, controller.signal, 1000);
+    controller.abort(new Error('stop'));
+    await t.throwsAsync(q, { message: 'stop' });
+    t.is(clock.countTimers(), 0, 'the timeout timer is cleared');
+    const aborted = new AbortController();
+    aborted.abort(new Error('before'));
+    await t.throwsAsync(local.turn(a, aborted.signal, 1000), { message: 'before' });
+    t.is(clock.countTimers(), 0);
+  },
+);
 
 test('startTurn: local handoffs per turn are the waiters present minus one, capped at MAX_BATCH', (t) => {
   const local = new LocalKey();
@@ -97,13 +106,22 @@ test('same-process waiters run one at a time in arrival order, without polling m
   let inside = 0;
   let maxInside = 0;
   const order: number[] = [];
-  await Promise.all(Array.from({ length: 8 }, (_, i) => m.tryWithLock('queue', `w${i}`, async () => {
-    inside++;
-    maxInside = Math.max(maxInside, inside);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-    order.push(i);
-    inside--;
-  }, { wait: { timeoutMs: 10_000 } })));
+  await Promise.all(
+    Array.from({ length: 8 }, (_, i) =>
+      m.tryWithLock(
+        'queue',
+        `w${i}`,
+        async () => {
+          inside++;
+          maxInside = Math.max(maxInside, inside);
+          await new Promise((resolve) => setTimeout(resolve, 5));
+          order.push(i);
+          inside--;
+        },
+        { wait: { timeoutMs: 10_000 } },
+      ),
+    ),
+  );
   t.is(maxInside, 1);
   t.deepEqual(order, [0, 1, 2, 3, 4, 5, 6, 7], 'first come, first served');
   // One add, then each release hands the entry to the next waiter with one CAS
@@ -136,7 +154,10 @@ test('turn: an infinite timeout never times out; no abort listener is left on th
   const ticket = local.join('c', 2);
   const controller = new AbortController();
   let settled = false;
-  const waiting = local.turn(ticket, controller.signal, Infinity).then((ok) => { settled = true; return ok; });
+  const waiting = local.turn(ticket, controller.signal, Infinity).then((ok) => {
+    settled = true;
+    return ok;
+  });
   t.is(getEventListeners(controller.signal, 'abort').length, 1);
   await new Promise((resolve) => setTimeout(resolve, 30));
   t.false(settled, 'still waiting');
@@ -164,7 +185,11 @@ test('sawEntry: a new entry token re-estimates the handoff interval (EMA, a quar
   local.sawEntry('c', 200, false);
   t.is(local.position, 0, 'a head stays the head when the key moves on unreserved');
   local.sawEntry('d', 210, true);
-  t.is(local.position, UNKNOWN_PLACE, 'reserved for someone else while we thought we were the head: our place is stale');
+  t.is(
+    local.position,
+    UNKNOWN_PLACE,
+    'reserved for someone else while we thought we were the head: our place is stale',
+  );
   local.position = 3;
   local.sawEntry('e', 220, true);
   t.is(local.position, 3, 'further back: a handoff does not move us (the queue read does)');
@@ -210,7 +235,10 @@ test('give: hands a grant to a ticket still waiting (and wakes it); a ticket tha
   const first = local.join('A', 5);
   const second = local.join('B', 5);
   let woken = false;
-  const waiting = local.turn(second, undefined, Infinity, true).then((turn) => { woken = true; return turn; });
+  const waiting = local.turn(second, undefined, Infinity, true).then((turn) => {
+    woken = true;
+    return turn;
+  });
   t.true(local.give(second, 'entry'));
   t.is(second.granted, 'entry');
   t.true(await waiting);

@@ -17,17 +17,34 @@ import { Memlock } from '../../src/index.js';
 type Clock = ReturnType<typeof FakeTimers.install>;
 
 function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'performance', 'Date'] });
+  const clock = FakeTimers.install({
+    toFake: [
+      'setTimeout',
+      'clearTimeout',
+      'setImmediate',
+      'clearImmediate',
+      'setInterval',
+      'clearInterval',
+      'performance',
+      'Date',
+    ],
+  });
   t.teardown(() => clock.uninstall());
   // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
   clock.tick(1_000_000);
   return clock;
 }
 
-function setup(t: { teardown: (fn: () => Promise<void> | void) => void }, options: Omit<MemlockOptions, 'lockClient'>, client?: (memcache: MemcacheStandIn) => LockClient) {
+function setup(
+  t: { teardown: (fn: () => Promise<void> | void) => void },
+  options: Omit<MemlockOptions, 'lockClient'>,
+  client?: (memcache: MemcacheStandIn) => LockClient,
+) {
   const clock = fakeTime(t);
   const memcache = new MemcacheStandIn();
-  const recorder = new RecordingClient(client?.(memcache) ?? memcache.client(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }));
+  const recorder = new RecordingClient(
+    client?.(memcache) ?? memcache.client(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+  );
   const memlock = new Memlock({ ...options, lockClient: recorder });
   t.teardown(() => memlock.close());
   return { clock, memcache, recorder, memlock };
@@ -77,14 +94,19 @@ test.serial('the loss error: unreachable carries the transport error as cause; g
 test.serial('released: heldMs is how long the lock was held', async (t) => {
   const { clock, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500 });
   const seen: Array<{ heldMs: number }> = [];
-  const fn = (message: unknown): void => { seen.push(message as { heldMs: number }); };
+  const fn = (message: unknown): void => {
+    seen.push(message as { heldMs: number });
+  };
   dc.subscribe('memlock:released', fn);
   t.teardown(() => dc.unsubscribe('memlock:released', fn));
   await clock.tickAsync(100); // acquired at a non-zero time
   const lock = await memlock.acquire('k', 'A');
   await clock.tickAsync(1234);
   await lock.release();
-  t.deepEqual(seen.map((m) => m.heldMs), [1234]);
+  t.deepEqual(
+    seen.map((m) => m.heldMs),
+    [1234],
+  );
 });
 
 test.serial('one caller signal, many locks: one abort listener, removed when the last lock lets go', async (t) => {
@@ -114,7 +136,9 @@ test.serial('a release with a remote waiter queued reserves the key for it (hand
   const waiter = memcache.memlock();
   t.teardown(() => Promise.all([holder.close(), waiter.close()]));
   const how: string[] = [];
-  const fn = (message: unknown): void => { how.push((message as { how: string }).how); };
+  const fn = (message: unknown): void => {
+    how.push((message as { how: string }).how);
+  };
   dc.subscribe('memlock:acquired', fn);
   t.teardown(() => dc.unsubscribe('memlock:acquired', fn));
   // The holder learns of remote waiters by having waited itself.
@@ -134,20 +158,28 @@ test.serial('a release with a remote waiter queued reserves the key for it (hand
   t.true(await lock.release());
 });
 
-test.serial('holdAfterMs after an unreachable loss: fn resolved, the entry is still ours, so it becomes the completed marker (CAS-checked)', async (t) => {
-  const { clock, memcache, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500 });
-  const run = memlock.tryWithLock('k', 'A', async (signal) => {
-    memcache.unreachable(true);
-    await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
-    memcache.unreachable(false);
-    return (signal.reason as LockLostError).kind;
-  }, { holdAfterMs: 60_000 });
-  await clock.tickAsync(3000);
-  t.is(await run, 'unreachable');
-  // The lease ran out only locally (no renewal confirmed): the entry may well
-  // still be ours, and a late copy of the job must still be refused (API.md 10).
-  t.is(decodeValue(memcache.peek('memlock:k')!.value)?.state, 'done', 'marked done, not deleted');
-});
+test.serial(
+  'holdAfterMs after an unreachable loss: fn resolved, the entry is still ours, so it becomes the completed marker (CAS-checked)',
+  async (t) => {
+    const { clock, memcache, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500 });
+    const run = memlock.tryWithLock(
+      'k',
+      'A',
+      async (signal) => {
+        memcache.unreachable(true);
+        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+        memcache.unreachable(false);
+        return (signal.reason as LockLostError).kind;
+      },
+      { holdAfterMs: 60_000 },
+    );
+    await clock.tickAsync(3000);
+    t.is(await run, 'unreachable');
+    // The lease ran out only locally (no renewal confirmed): the entry may well
+    // still be ours, and a late copy of the job must still be refused (API.md 10).
+    t.is(decodeValue(memcache.peek('memlock:k')!.value)?.state, 'done', 'marked done, not deleted');
+  },
+);
 
 test.serial('a release racing a renewal that fails past the deadline does not abort the released lock', async (t) => {
   const { clock, memcache, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500, timeoutMs: 2500 });
@@ -165,53 +197,74 @@ test.serial('a release racing a renewal that fails past the deadline does not ab
 function flaky(memcache: MemcacheStandIn): LockClient & { failNextWrite: () => void } {
   const inner = memcache.client();
   let fail = false;
-  const ambiguous = (): MemcacheUnavailableError => new MemcacheUnavailableError('timed out', { cause: Object.assign(new Error('t'), { code: 'ETIMEDOUT' }) });
+  const ambiguous = (): MemcacheUnavailableError =>
+    new MemcacheUnavailableError('timed out', { cause: Object.assign(new Error('t'), { code: 'ETIMEDOUT' }) });
   return {
     add: (...a) => inner.add(...a),
     addThenGet: (...a) => inner.addThenGet(...a),
     get: (k) => inner.get(k),
     casSet: async (...a) => {
       const result = await inner.casSet(...a);
-      if (fail) { fail = false; throw ambiguous(); }
+      if (fail) {
+        fail = false;
+        throw ambiguous();
+      }
       return result;
     },
     casDelete: async (...a) => {
       const result = await inner.casDelete(...a);
-      if (fail) { fail = false; throw ambiguous(); }
+      if (fail) {
+        fail = false;
+        throw ambiguous();
+      }
       return result;
     },
     isCurrent: (k, c) => inner.isCurrent(k, c),
     serverOf: (k) => inner.serverOf(k),
     close: () => inner.close(),
-    failNextWrite: () => { fail = true; },
+    failNextWrite: () => {
+      fail = true;
+    },
   };
 }
 
-test.serial('after an ambiguous renewal on the same connection, the next one reads back and adopts the fresh CAS', async (t) => {
-  let client: ReturnType<typeof flaky> | undefined;
-  const { clock, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500 }, (memcache) => (client = flaky(memcache)));
-  const lock = await memlock.acquire('k', 'A');
-  client!.failNextWrite();
-  await clock.tickAsync(500); // applied, reported as a timeout: our CAS is stale now
-  await clock.tickAsync(100); // retry: read back, then renew
-  await clock.tickAsync(1000);
-  t.false(lock.signal.aborted, 'not mistaken for a takeover');
-  t.true(await lock.release());
-});
+test.serial(
+  'after an ambiguous renewal on the same connection, the next one reads back and adopts the fresh CAS',
+  async (t) => {
+    let client: ReturnType<typeof flaky> | undefined;
+    const { clock, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500 }, (memcache) => (client = flaky(memcache)));
+    const lock = await memlock.acquire('k', 'A');
+    client!.failNextWrite();
+    await clock.tickAsync(500); // applied, reported as a timeout: our CAS is stale now
+    await clock.tickAsync(100); // retry: read back, then renew
+    await clock.tickAsync(1000);
+    t.false(lock.signal.aborted, 'not mistaken for a takeover');
+    t.true(await lock.release());
+  },
+);
 
 test.serial('after an ambiguous write, release reads back before deleting', async (t) => {
   let client: ReturnType<typeof flaky> | undefined;
-  const { clock, memcache, memlock } = setup(t, { leaseMs: 4000, heartbeatMs: 500 }, (memcache) => (client = flaky(memcache)));
+  const { clock, memcache, memlock } = setup(
+    t,
+    { leaseMs: 4000, heartbeatMs: 500 },
+    (memcache) => (client = flaky(memcache)),
+  );
   const lock = await memlock.acquire('k', 'A');
   client!.failNextWrite();
   await clock.tickAsync(500);
   t.true(await lock.release(), 'deleted with the fresh CAS');
   t.is(memcache.peek('memlock:k'), null);
   // A completed marker written after an ambiguous renewal, too.
-  const run = memlock.tryWithLock('m', 'A', async () => {
-    client!.failNextWrite();
-    await new Promise((resolve) => setTimeout(resolve, 600));
-  }, { holdAfterMs: 10_000 });
+  const run = memlock.tryWithLock(
+    'm',
+    'A',
+    async () => {
+      client!.failNextWrite();
+      await new Promise((resolve) => setTimeout(resolve, 600));
+    },
+    { holdAfterMs: 10_000 },
+  );
   await clock.tickAsync(700);
   await run;
   t.is(decodeValue(memcache.peek('memlock:m')!.value)?.state, 'done');
@@ -222,7 +275,9 @@ test.serial('a reservation that fails (the entry was taken meanwhile) leaves the
   const waiter = memcache.memlock();
   t.teardown(() => waiter.close());
   const held = await memlock.acquire('k', 'A', { wait: { timeoutMs: 10_000 } });
-  const waiting = waiter.acquire('k', 'B', { wait: { timeoutMs: 10_000, minDelayMs: 50, maxDelayMs: 200 } }).catch((e: unknown) => e);
+  const waiting = waiter
+    .acquire('k', 'B', { wait: { timeoutMs: 10_000, minDelayMs: 50, maxDelayMs: 200 } })
+    .catch((e: unknown) => e);
   await clock.tickAsync(100);
   const queueKey = memcache.keys().find((k) => k.includes('sha256q:'))!;
   const queued = memcache.peek(queueKey)!.value.toString();
@@ -234,41 +289,66 @@ test.serial('a reservation that fails (the entry was taken meanwhile) leaves the
   t.is(memcache.peek(queueKey)?.value.toString(), queued, 'the waiter is still queued');
   memcache.evict('memlock:k');
   await clock.tickAsync(1000);
-  t.is((await waiting as { clientId: string }).clientId, 'B');
+  t.is(((await waiting) as { clientId: string }).clientId, 'B');
 });
 
-test.serial('holdAfterMs: a lock given up during its add (abort) or closed while fn runs is deleted, never marked completed', async (t) => {
-  const { clock, memcache, memlock } = setup(t, { timeoutMs: 1000 });
-  memcache.slow(100);
-  const controller = new AbortController();
-  const aborted = memlock.tryWithLock('a', 'A', () => 1, { holdAfterMs: 5000, signal: controller.signal }).catch((e: unknown) => e);
-  await clock.tickAsync(50);
-  controller.abort('stop');
-  await clock.tickAsync(300);
-  t.is(await aborted, 'stop');
-  t.is(memcache.peek('memlock:a'), null, 'deleted, no completed marker');
-  memcache.slow(0);
-  const closing = memlock.tryWithLock('b', 'A', async (signal) => {
-    void memlock.close();
-    t.true(signal.aborted, 'close() aborts held locks at once');
-    return 'finished anyway';
-  }, { holdAfterMs: 5000 }).catch((e: unknown) => e);
-  await clock.tickAsync(100);
-  await closing;
-  t.is(memcache.peek('memlock:b'), null, 'closed: deleted, no completed marker');
-});
+test.serial(
+  'holdAfterMs: a lock given up during its add (abort) or closed while fn runs is deleted, never marked completed',
+  async (t) => {
+    const { clock, memcache, memlock } = setup(t, { timeoutMs: 1000 });
+    memcache.slow(100);
+    const controller = new AbortController();
+    const aborted = memlock
+      .tryWithLock('a', 'A', () => 1, { holdAfterMs: 5000, signal: controller.signal })
+      .catch((e: unknown) => e);
+    await clock.tickAsync(50);
+    controller.abort('stop');
+    await clock.tickAsync(300);
+    t.is(await aborted, 'stop');
+    t.is(memcache.peek('memlock:a'), null, 'deleted, no completed marker');
+    memcache.slow(0);
+    const closing = memlock
+      .tryWithLock(
+        'b',
+        'A',
+        async (signal) => {
+          void memlock.close();
+          t.true(signal.aborted, 'close() aborts held locks at once');
+          return 'finished anyway';
+        },
+        { holdAfterMs: 5000 },
+      )
+      .catch((e: unknown) => e);
+    await clock.tickAsync(100);
+    await closing;
+    t.is(memcache.peek('memlock:b'), null, 'closed: deleted, no completed marker');
+  },
+);
 
-test.serial('inside a process, a release hands the key to the next waiter with one CAS write (no delete, no add)', async (t) => {
-  const { clock, memcache, recorder, memlock } = setup(t, {});
-  const order: string[] = [];
-  const run = (id: string) => memlock.tryWithLock('k', id, async () => {
-    order.push(id);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }, { wait: { timeoutMs: 10_000 } });
-  const all = Promise.all(['A', 'B', 'C'].map(run));
-  await clock.tickAsync(1000);
-  await all;
-  t.deepEqual(order, ['A', 'B', 'C']);
-  t.deepEqual(recorder.sent, { add: 1, get: 2, casSet: 2, casDelete: 1 }, 'one add (and its pipelined read), two transfers, one read of the waiter queue and one delete at the end');
-  t.is(memcache.peek('memlock:k'), null);
-});
+test.serial(
+  'inside a process, a release hands the key to the next waiter with one CAS write (no delete, no add)',
+  async (t) => {
+    const { clock, memcache, recorder, memlock } = setup(t, {});
+    const order: string[] = [];
+    const run = (id: string) =>
+      memlock.tryWithLock(
+        'k',
+        id,
+        async () => {
+          order.push(id);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        },
+        { wait: { timeoutMs: 10_000 } },
+      );
+    const all = Promise.all(['A', 'B', 'C'].map(run));
+    await clock.tickAsync(1000);
+    await all;
+    t.deepEqual(order, ['A', 'B', 'C']);
+    t.deepEqual(
+      recorder.sent,
+      { add: 1, get: 2, casSet: 2, casDelete: 1 },
+      'one add (and its pipelined read), two transfers, one read of the waiter queue and one delete at the end',
+    );
+    t.is(memcache.peek('memlock:k'), null);
+  },
+);

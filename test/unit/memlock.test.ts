@@ -10,7 +10,12 @@ import dc from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
 import FakeTimers from '@sinonjs/fake-timers';
 import {
-  LockLostError, LockNotAcquiredError, Memlock, MemcacheUnavailableError, MemlockError, channels,
+  LockLostError,
+  LockNotAcquiredError,
+  Memlock,
+  MemcacheUnavailableError,
+  MemlockError,
+  channels,
 } from '../../src/index.js';
 import { decodeValue, encodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
@@ -18,14 +23,28 @@ import { MemcacheStandIn } from '../../src/testing.js';
 type Clock = ReturnType<typeof FakeTimers.install>;
 
 function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'setInterval', 'clearInterval', 'performance', 'Date'] });
+  const clock = FakeTimers.install({
+    toFake: [
+      'setTimeout',
+      'clearTimeout',
+      'setImmediate',
+      'clearImmediate',
+      'setInterval',
+      'clearInterval',
+      'performance',
+      'Date',
+    ],
+  });
   t.teardown(() => clock.uninstall());
   // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
   clock.tick(1_000_000);
   return clock;
 }
 
-function setup(t: { teardown: (fn: () => Promise<void> | void) => void }, options: Parameters<MemcacheStandIn['memlock']>[0] = {}) {
+function setup(
+  t: { teardown: (fn: () => Promise<void> | void) => void },
+  options: Parameters<MemcacheStandIn['memlock']>[0] = {},
+) {
   const memcache = new MemcacheStandIn();
   const memlock = memcache.memlock(options);
   t.teardown(() => memlock.close());
@@ -37,7 +56,9 @@ function listen(t: { teardown: (fn: () => void) => void }): Record<string, Array
   const seen: Record<string, Array<Record<string, unknown>>> = {};
   for (const channel of Object.values(channels)) {
     const name = channel.name as string;
-    const fn = (message: unknown): void => { (seen[name] ??= []).push(message as Record<string, unknown>); };
+    const fn = (message: unknown): void => {
+      (seen[name] ??= []).push(message as Record<string, unknown>);
+    };
     dc.subscribe(name, fn);
     t.teardown(() => dc.unsubscribe(name, fn));
   }
@@ -66,19 +87,45 @@ test('tryWithLock: fn runs with a live signal while the entry names it; resolves
 test('tryWithLock: fn throwing (sync or async) rejects with that error; released', async (t) => {
   const { memcache, memlock } = setup(t);
   const boom = new Error('boom');
-  t.is(await t.throwsAsync(memlock.tryWithLock('k', 'A', async () => { throw boom; })), boom);
-  t.is(await t.throwsAsync(memlock.tryWithLock('k', 'A', () => { throw boom; })), boom);
+  t.is(
+    await t.throwsAsync(
+      memlock.tryWithLock('k', 'A', async () => {
+        throw boom;
+      }),
+    ),
+    boom,
+  );
+  t.is(
+    await t.throwsAsync(
+      memlock.tryWithLock('k', 'A', () => {
+        throw boom;
+      }),
+    ),
+    boom,
+  );
   t.deepEqual(memcache.keys(), []);
 });
 
 test('bad arguments are TypeErrors before any traffic', async (t) => {
   const { memcache, memlock } = setup(t);
-  await t.throwsAsync(memlock.tryWithLock('k', 'A', null as never), { instanceOf: TypeError, message: 'Expected `fn` to be a function, got null' });
-  await t.throwsAsync(memlock.tryWithLock('k', 'A', 5 as never), { instanceOf: TypeError, message: 'Expected `fn` to be a function, got number' });
+  await t.throwsAsync(memlock.tryWithLock('k', 'A', null as never), {
+    instanceOf: TypeError,
+    message: 'Expected `fn` to be a function, got null',
+  });
+  await t.throwsAsync(memlock.tryWithLock('k', 'A', 5 as never), {
+    instanceOf: TypeError,
+    message: 'Expected `fn` to be a function, got number',
+  });
   await t.throwsAsync(memlock.acquire('', 'A'), { instanceOf: TypeError });
   await t.throwsAsync(memlock.inspect(''), { instanceOf: TypeError, message: /`key`/ });
-  await t.throwsAsync(memlock.inspect(5 as never), { instanceOf: TypeError, message: 'Expected `key` to be a string, got number' });
-  await t.throwsAsync(memlock.tryWithLock('k', 'A', () => 1, { leaseMs: 5 }), { instanceOf: RangeError });
+  await t.throwsAsync(memlock.inspect(5 as never), {
+    instanceOf: TypeError,
+    message: 'Expected `key` to be a string, got number',
+  });
+  await t.throwsAsync(
+    memlock.tryWithLock('k', 'A', () => 1, { leaseMs: 5 }),
+    { instanceOf: RangeError },
+  );
   t.deepEqual(memcache.ops, { add: 0, get: 0, set: 0, delete: 0 });
 });
 
@@ -115,40 +162,46 @@ test('acquire: a handle for await using; release is idempotent and says whether 
   t.false(await lost.release());
 });
 
-test.serial('same clientId in the same instance: takeover aborts the earlier holder (taken) before the new acquisition resolves', async (t) => {
-  const { memcache, memlock } = setup(t);
-  const seen = listen(t);
-  const first = await memlock.acquire('k', 'W');
-  const second = await memlock.acquire('k', 'W');
-  t.true(first.signal.aborted);
-  t.is((first.signal.reason as LockLostError).kind, 'taken');
-  t.false(second.signal.aborted);
-  t.false(await first.release());
-  t.truthy(memcache.peek('memlock:k'));
-  t.true(await second.release());
-  t.like(seen['memlock:stolen']?.[0], { key: 'k', clientId: 'W', how: 'takeover', previousClientId: 'W' });
-  t.true(seen['memlock:stolen']?.[0]?.previousAcquiredAt instanceof Date);
-  t.like(seen['memlock:acquired']?.[1], { key: 'k', how: 'takeover', server: 'stand-in:11211' });
-});
+test.serial(
+  'same clientId in the same instance: takeover aborts the earlier holder (taken) before the new acquisition resolves',
+  async (t) => {
+    const { memcache, memlock } = setup(t);
+    const seen = listen(t);
+    const first = await memlock.acquire('k', 'W');
+    const second = await memlock.acquire('k', 'W');
+    t.true(first.signal.aborted);
+    t.is((first.signal.reason as LockLostError).kind, 'taken');
+    t.false(second.signal.aborted);
+    t.false(await first.release());
+    t.truthy(memcache.peek('memlock:k'));
+    t.true(await second.release());
+    t.like(seen['memlock:stolen']?.[0], { key: 'k', clientId: 'W', how: 'takeover', previousClientId: 'W' });
+    t.true(seen['memlock:stolen']?.[0]?.previousAcquiredAt instanceof Date);
+    t.like(seen['memlock:acquired']?.[1], { key: 'k', how: 'takeover', server: 'stand-in:11211' });
+  },
+);
 
-test.serial('stealAfterMs: takes over a holder acquired longer ago; the stolen-from instance learns at its next renewal', async (t) => {
-  const clock = fakeTime(t);
-  const { memcache, memlock } = setup(t, { heartbeatMs: 500 });
-  const thief = memcache.memlock();
-  t.teardown(() => thief.close());
-  const seen = listen(t);
-  const old = await memlock.acquire('k', 'A');
-  await clock.tickAsync(1000);
-  await t.throwsAsync(thief.acquire('k', 'B', { stealAfterMs: 1000 }), { instanceOf: LockNotAcquiredError });
-  await clock.tickAsync(1);
-  const stolen = await thief.acquire('k', 'B', { stealAfterMs: 1000 });
-  t.like(seen['memlock:stolen']?.[0], { how: 'stolen', previousClientId: 'A', clientId: 'B' });
-  t.false(old.signal.aborted);
-  await clock.tickAsync(500);
-  t.is((old.signal.reason as LockLostError).kind, 'taken');
-  t.false(await old.release());
-  t.true(await stolen.release());
-});
+test.serial(
+  'stealAfterMs: takes over a holder acquired longer ago; the stolen-from instance learns at its next renewal',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memcache, memlock } = setup(t, { heartbeatMs: 500 });
+    const thief = memcache.memlock();
+    t.teardown(() => thief.close());
+    const seen = listen(t);
+    const old = await memlock.acquire('k', 'A');
+    await clock.tickAsync(1000);
+    await t.throwsAsync(thief.acquire('k', 'B', { stealAfterMs: 1000 }), { instanceOf: LockNotAcquiredError });
+    await clock.tickAsync(1);
+    const stolen = await thief.acquire('k', 'B', { stealAfterMs: 1000 });
+    t.like(seen['memlock:stolen']?.[0], { how: 'stolen', previousClientId: 'A', clientId: 'B' });
+    t.false(old.signal.aborted);
+    await clock.tickAsync(500);
+    t.is((old.signal.reason as LockLostError).kind, 'taken');
+    t.false(await old.release());
+    t.true(await stolen.release());
+  },
+);
 
 test('caller signal: already aborted rejects with its reason and writes nothing; aborting later aborts fn’s signal with the same reason', async (t) => {
   const { memcache, memlock } = setup(t);
@@ -156,132 +209,213 @@ test('caller signal: already aborted rejects with its reason and writes nothing;
   const reason = new Error('stop');
   controller.abort(reason);
   let called = false;
-  t.is(await t.throwsAsync(memlock.tryWithLock('k', 'A', () => { called = true; }, { signal: controller.signal })), reason);
+  t.is(
+    await t.throwsAsync(
+      memlock.tryWithLock(
+        'k',
+        'A',
+        () => {
+          called = true;
+        },
+        { signal: controller.signal },
+      ),
+    ),
+    reason,
+  );
   t.false(called);
   t.is(memcache.ops.add, 0);
   const later = new AbortController();
-  const got = await memlock.tryWithLock('k', 'A', async (signal) => {
-    later.abort(reason);
-    return signal.reason;
-  }, { signal: later.signal });
+  const got = await memlock.tryWithLock(
+    'k',
+    'A',
+    async (signal) => {
+      later.abort(reason);
+      return signal.reason;
+    },
+    { signal: later.signal },
+  );
   t.is(got, reason);
   t.deepEqual(memcache.keys(), []);
 });
 
-test.serial('fn rejecting after its lock was lost: tryWithLock rejects with the LockLostError, fn’s error kept as fnError', async (t) => {
-  const clock = fakeTime(t);
-  const { memcache, memlock } = setup(t, { heartbeatMs: 50, leaseMs: 4000 });
-  const own = new Error('driver aborted');
-  void clock.tickAsync(1000);
-  const error = await t.throwsAsync(memlock.tryWithLock('k', 'A', async (signal) => {
-    memcache.evict('memlock:k');
-    await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
-    throw own;
-  }));
-  t.true(error instanceof LockLostError);
-  t.is((error as LockLostError).kind, 'gone');
-  t.is((error as LockLostError).fnError, own);
-  void clock.tickAsync(1000);
-  // fn rejecting with the signal's own reason: that very error.
-  const same = await t.throwsAsync(memlock.tryWithLock('k', 'A', async (signal) => {
-    memcache.evict('memlock:k');
-    await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
-    throw signal.reason;
-  }));
-  t.is((same as LockLostError).fnError, undefined);
-});
+test.serial(
+  'fn rejecting after its lock was lost: tryWithLock rejects with the LockLostError, fn’s error kept as fnError',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memcache, memlock } = setup(t, { heartbeatMs: 50, leaseMs: 4000 });
+    const own = new Error('driver aborted');
+    void clock.tickAsync(1000);
+    const error = await t.throwsAsync(
+      memlock.tryWithLock('k', 'A', async (signal) => {
+        memcache.evict('memlock:k');
+        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+        throw own;
+      }),
+    );
+    t.true(error instanceof LockLostError);
+    t.is((error as LockLostError).kind, 'gone');
+    t.is((error as LockLostError).fnError, own);
+    void clock.tickAsync(1000);
+    // fn rejecting with the signal's own reason: that very error.
+    const same = await t.throwsAsync(
+      memlock.tryWithLock('k', 'A', async (signal) => {
+        memcache.evict('memlock:k');
+        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+        throw signal.reason;
+      }),
+    );
+    t.is((same as LockLostError).fnError, undefined);
+  },
+);
 
-test.serial('wait: acquires when the holder releases; times out with LockNotAcquiredError; the caller signal cancels', async (t) => {
-  const clock = fakeTime(t);
-  const { memcache, memlock } = setup(t);
-  const holder = memcache.memlock();
-  t.teardown(() => holder.close());
-  const held = await holder.acquire('k', 'A');
-  setTimeout(() => void held.release(), 300);
-  let acquiredAt = 0;
-  const start = performance.now();
-  const waiting = memlock.tryWithLock('k', 'B', () => { acquiredAt = performance.now() - start; return 'B ran'; }, { wait: { timeoutMs: 5000, minDelayMs: 5, maxDelayMs: 50 } });
-  await clock.tickAsync(1000);
-  t.is(await waiting, 'B ran');
-  t.true(acquiredAt >= 300 && acquiredAt <= 400, `acquired ${acquiredAt} ms after it began waiting`);
+test.serial(
+  'wait: acquires when the holder releases; times out with LockNotAcquiredError; the caller signal cancels',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memcache, memlock } = setup(t);
+    const holder = memcache.memlock();
+    t.teardown(() => holder.close());
+    const held = await holder.acquire('k', 'A');
+    setTimeout(() => void held.release(), 300);
+    let acquiredAt = 0;
+    const start = performance.now();
+    const waiting = memlock.tryWithLock(
+      'k',
+      'B',
+      () => {
+        acquiredAt = performance.now() - start;
+        return 'B ran';
+      },
+      { wait: { timeoutMs: 5000, minDelayMs: 5, maxDelayMs: 50 } },
+    );
+    await clock.tickAsync(1000);
+    t.is(await waiting, 'B ran');
+    t.true(acquiredAt >= 300 && acquiredAt <= 400, `acquired ${acquiredAt} ms after it began waiting`);
 
-  const again = await holder.acquire('k', 'A');
-  const timedOut = memlock.tryWithLock('k', 'B', () => 1, { wait: { timeoutMs: 300, minDelayMs: 5, maxDelayMs: 50 } }).catch((e: unknown) => e);
-  await clock.tickAsync(299);
-  let settled = false;
-  void timedOut.then(() => { settled = true; });
-  await clock.tickAsync(0);
-  t.false(settled);
-  await clock.tickAsync(400);
-  const error = await timedOut;
-  t.true(error instanceof LockNotAcquiredError);
-  t.regex((error as Error).message, /300 ms/);
+    const again = await holder.acquire('k', 'A');
+    const timedOut = memlock
+      .tryWithLock('k', 'B', () => 1, { wait: { timeoutMs: 300, minDelayMs: 5, maxDelayMs: 50 } })
+      .catch((e: unknown) => e);
+    await clock.tickAsync(299);
+    let settled = false;
+    void timedOut.then(() => {
+      settled = true;
+    });
+    await clock.tickAsync(0);
+    t.false(settled);
+    await clock.tickAsync(400);
+    const error = await timedOut;
+    t.true(error instanceof LockNotAcquiredError);
+    t.regex((error as Error).message, /300 ms/);
 
-  const controller = new AbortController();
-  const cancelled = memlock.tryWithLock('k', 'B', () => 1, { wait: true, signal: controller.signal }).catch((e: unknown) => e);
-  await clock.tickAsync(100);
-  const reason = new Error('cancelled');
-  controller.abort(reason);
-  await clock.tickAsync(10);
-  t.is(await cancelled, reason);
-  await again.release();
-});
+    const controller = new AbortController();
+    const cancelled = memlock
+      .tryWithLock('k', 'B', () => 1, { wait: true, signal: controller.signal })
+      .catch((e: unknown) => e);
+    await clock.tickAsync(100);
+    const reason = new Error('cancelled');
+    controller.abort(reason);
+    await clock.tickAsync(10);
+    t.is(await cancelled, reason);
+    await again.release();
+  },
+);
 
-test.serial('holdAfterMs: the entry becomes a completed marker refusing everyone (done, holder) until it expires', async (t) => {
-  const clock = fakeTime(t);
-  const { memcache, memlock } = setup(t);
-  await memlock.tryWithLock('k', 'A', () => 1, { holdAfterMs: 2500 });
-  const marker = memcache.peek('memlock:k')!;
-  t.is(decodeValue(marker.value)?.state, 'done');
-  t.is(marker.ttlSeconds, 3);
-  const error = await t.throwsAsync(memlock.acquire('k', 'B'), { instanceOf: LockNotAcquiredError });
-  t.like(error, { done: true, holder: 'A' });
-  await t.throwsAsync(memlock.acquire('k', 'A', { stealAfterMs: 0 }), { instanceOf: LockNotAcquiredError, message: /completed/ });
-  // A waiter may queue up first (the key is known contested), then sees the marker within a poll.
-  const waited = t.throwsAsync(memlock.acquire('k', 'B', { wait: { timeoutMs: 10_000 } }), { instanceOf: LockNotAcquiredError, message: /completed/ }, 'waiting does not wait out a completed run');
-  await clock.tickAsync(100);
-  await waited;
-  memcache.advance(3000);
-  t.is(await memlock.tryWithLock('k', 'B', () => 'again'), 'again');
-  // fn rejecting: deleted as usual, no marker.
-  await t.throwsAsync(memlock.tryWithLock('k', 'A', () => { throw new Error('x'); }, { holdAfterMs: 2500 }));
-  t.is(memcache.peek('memlock:k'), null);
-  await clock.tickAsync(0);
-});
+test.serial(
+  'holdAfterMs: the entry becomes a completed marker refusing everyone (done, holder) until it expires',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memcache, memlock } = setup(t);
+    await memlock.tryWithLock('k', 'A', () => 1, { holdAfterMs: 2500 });
+    const marker = memcache.peek('memlock:k')!;
+    t.is(decodeValue(marker.value)?.state, 'done');
+    t.is(marker.ttlSeconds, 3);
+    const error = await t.throwsAsync(memlock.acquire('k', 'B'), { instanceOf: LockNotAcquiredError });
+    t.like(error, { done: true, holder: 'A' });
+    await t.throwsAsync(memlock.acquire('k', 'A', { stealAfterMs: 0 }), {
+      instanceOf: LockNotAcquiredError,
+      message: /completed/,
+    });
+    // A waiter may queue up first (the key is known contested), then sees the marker within a poll.
+    const waited = t.throwsAsync(
+      memlock.acquire('k', 'B', { wait: { timeoutMs: 10_000 } }),
+      { instanceOf: LockNotAcquiredError, message: /completed/ },
+      'waiting does not wait out a completed run',
+    );
+    await clock.tickAsync(100);
+    await waited;
+    memcache.advance(3000);
+    t.is(await memlock.tryWithLock('k', 'B', () => 'again'), 'again');
+    // fn rejecting: deleted as usual, no marker.
+    await t.throwsAsync(
+      memlock.tryWithLock(
+        'k',
+        'A',
+        () => {
+          throw new Error('x');
+        },
+        { holdAfterMs: 2500 },
+      ),
+    );
+    t.is(memcache.peek('memlock:k'), null);
+    await clock.tickAsync(0);
+  },
+);
 
-test.serial('failOpen: memcache unreachable at acquire runs fn unlocked, published on memlock:fail-open; contention still refuses', async (t) => {
-  const { memcache, memlock } = setup(t);
-  const seen = listen(t);
-  memcache.unreachable(true);
-  await t.throwsAsync(memlock.tryWithLock('k', 'A', () => 1), { instanceOf: MemcacheUnavailableError });
-  const controller = new AbortController();
-  const result = await memlock.tryWithLock('k', 'A', (signal) => {
-    t.false(signal.aborted);
-    controller.abort('caller');
-    return signal.reason as unknown;
-  }, { failOpen: true, signal: controller.signal });
-  t.is(result, 'caller', 'the unlocked signal follows the caller’s');
-  t.is(await memlock.tryWithLock('k', 'A', (signal) => signal.aborted, { failOpen: true }), false);
-  t.like(seen['memlock:fail-open']?.[0], { key: 'k', clientId: 'A' });
-  t.true(seen['memlock:fail-open']?.[0]?.error instanceof MemcacheUnavailableError);
-  memcache.unreachable(false);
-  const other = memcache.memlock();
-  t.teardown(() => other.close());
-  const held = await other.acquire('k', 'B');
-  await t.throwsAsync(memlock.tryWithLock('k', 'A', () => 1, { failOpen: true }), { instanceOf: LockNotAcquiredError });
-  await held.release();
-});
+test.serial(
+  'failOpen: memcache unreachable at acquire runs fn unlocked, published on memlock:fail-open; contention still refuses',
+  async (t) => {
+    const { memcache, memlock } = setup(t);
+    const seen = listen(t);
+    memcache.unreachable(true);
+    await t.throwsAsync(
+      memlock.tryWithLock('k', 'A', () => 1),
+      { instanceOf: MemcacheUnavailableError },
+    );
+    const controller = new AbortController();
+    const result = await memlock.tryWithLock(
+      'k',
+      'A',
+      (signal) => {
+        t.false(signal.aborted);
+        controller.abort('caller');
+        return signal.reason as unknown;
+      },
+      { failOpen: true, signal: controller.signal },
+    );
+    t.is(result, 'caller', 'the unlocked signal follows the caller’s');
+    t.is(await memlock.tryWithLock('k', 'A', (signal) => signal.aborted, { failOpen: true }), false);
+    t.like(seen['memlock:fail-open']?.[0], { key: 'k', clientId: 'A' });
+    t.true(seen['memlock:fail-open']?.[0]?.error instanceof MemcacheUnavailableError);
+    memcache.unreachable(false);
+    const other = memcache.memlock();
+    t.teardown(() => other.close());
+    const held = await other.acquire('k', 'B');
+    await t.throwsAsync(
+      memlock.tryWithLock('k', 'A', () => 1, { failOpen: true }),
+      { instanceOf: LockNotAcquiredError },
+    );
+    await held.release();
+  },
+);
 
 test('wrap: key and clientId from the arguments, the signal last; onNotAcquired instead of rejecting', async (t) => {
   const { memcache, memlock } = setup(t);
-  const handler = memlock.wrap(async (invoice: number, amount: number, signal: AbortSignal) => {
-    t.true(signal instanceof AbortSignal);
-    t.is((await memlock.inspect(`invoice:${invoice}`))?.clientId, `payer-${invoice}`);
-    return invoice * amount;
-  }, { key: (invoice) => `invoice:${invoice}`, clientId: (invoice) => `payer-${invoice}` });
+  const handler = memlock.wrap(
+    async (invoice: number, amount: number, signal: AbortSignal) => {
+      t.true(signal instanceof AbortSignal);
+      t.is((await memlock.inspect(`invoice:${invoice}`))?.clientId, `payer-${invoice}`);
+      return invoice * amount;
+    },
+    { key: (invoice) => `invoice:${invoice}`, clientId: (invoice) => `payer-${invoice}` },
+  );
   t.is(await handler(42, 2), 84);
   const fixed = memlock.wrap(async () => 'ran', { key: (id: string) => id, clientId: 'B' });
-  const fallback = memlock.wrap(async () => 'ran', { key: (id: string) => id, clientId: 'B', onNotAcquired: (error, id) => `skipped ${id} (${error.holder})` });
+  const fallback = memlock.wrap(async () => 'ran', {
+    key: (id: string) => id,
+    clientId: 'B',
+    onNotAcquired: (error, id) => `skipped ${id} (${error.holder})`,
+  });
   const anonymous = memlock.wrap(async (_id: string, signal: AbortSignal) => signal.aborted, { key: (id) => id });
   const held = await memlock.acquire('busy', 'A');
   await t.throwsAsync(fixed('busy'), { instanceOf: LockNotAcquiredError });
@@ -290,8 +424,14 @@ test('wrap: key and clientId from the arguments, the signal last; onNotAcquired 
   t.is(await fixed('busy'), 'ran');
   t.false(await anonymous('x'));
   t.deepEqual(memcache.keys(), []);
-  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', clientId: 5 as never }), { instanceOf: TypeError, message: /`clientId`/ });
-  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', onNotAcquired: 'x' as never }), { instanceOf: TypeError, message: /`onNotAcquired`/ });
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', clientId: 5 as never }), {
+    instanceOf: TypeError,
+    message: /`clientId`/,
+  });
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', onNotAcquired: 'x' as never }), {
+    instanceOf: TypeError,
+    message: /`onNotAcquired`/,
+  });
   t.throws(() => memlock.wrap(async () => 1, null as never), { instanceOf: TypeError, message: /`options`/ });
 });
 
@@ -310,42 +450,50 @@ test('close(): held locks abort (closed) and are deleted; later calls reject wit
   await t.throwsAsync(memlock.inspect('k'), { message: /closed/ });
 });
 
-test.serial('close() with an acquisition in flight: it rejects with ERR_MEMLOCK_CLOSED and the granted entry is deleted before close() resolves', async (t) => {
-  const clock = fakeTime(t);
-  const memcache = new MemcacheStandIn();
-  const memlock = memcache.memlock({ timeoutMs: 1000 });
-  memcache.slow(100);
-  const acquiring = memlock.acquire('k', 'A').catch((e: unknown) => e);
-  await clock.tickAsync(10);
-  let closed = false;
-  const closing = memlock.close().then(() => { closed = true; });
-  await clock.tickAsync(100);
-  await clock.tickAsync(200);
-  await closing;
-  t.true(closed);
-  const error = await acquiring;
-  t.is((error as MemlockError).code, 'ERR_MEMLOCK_CLOSED');
-  t.is(memcache.peek('memlock:k'), null);
-});
+test.serial(
+  'close() with an acquisition in flight: it rejects with ERR_MEMLOCK_CLOSED and the granted entry is deleted before close() resolves',
+  async (t) => {
+    const clock = fakeTime(t);
+    const memcache = new MemcacheStandIn();
+    const memlock = memcache.memlock({ timeoutMs: 1000 });
+    memcache.slow(100);
+    const acquiring = memlock.acquire('k', 'A').catch((e: unknown) => e);
+    await clock.tickAsync(10);
+    let closed = false;
+    const closing = memlock.close().then(() => {
+      closed = true;
+    });
+    await clock.tickAsync(100);
+    await clock.tickAsync(200);
+    await closing;
+    t.true(closed);
+    const error = await acquiring;
+    t.is((error as MemlockError).code, 'ERR_MEMLOCK_CLOSED');
+    t.is(memcache.peek('memlock:k'), null);
+  },
+);
 
-test.serial('close() while an add is in flight and the server then fails: ERR_MEMLOCK_CLOSED with the transport error as its cause', async (t) => {
-  const clock = fakeTime(t);
-  const memcache = new MemcacheStandIn();
-  const memlock = memcache.memlock({ timeoutMs: 1000 });
-  memcache.slow(100);
-  const acquiring = memlock.acquire('k', 'A').catch((e: unknown) => e);
-  await clock.tickAsync(10);
-  const closing = memlock.close();
-  memcache.restart(); // the add in flight fails as "maybe applied"
-  await clock.tickAsync(500);
-  await closing;
-  const error = await acquiring as { code?: string; cause?: unknown };
-  t.is(error.code, 'ERR_MEMLOCK_CLOSED');
-  t.true(error.cause instanceof Error && (error.cause as { code?: string }).code === 'ERR_MEMLOCK_UNAVAILABLE');
-  const plain = await memlock.acquire('k', 'A').catch((e: unknown) => e) as { code?: string; cause?: unknown };
-  t.is(plain.code, 'ERR_MEMLOCK_CLOSED');
-  t.is(plain.cause, undefined, 'closed before the call: no cause');
-});
+test.serial(
+  'close() while an add is in flight and the server then fails: ERR_MEMLOCK_CLOSED with the transport error as its cause',
+  async (t) => {
+    const clock = fakeTime(t);
+    const memcache = new MemcacheStandIn();
+    const memlock = memcache.memlock({ timeoutMs: 1000 });
+    memcache.slow(100);
+    const acquiring = memlock.acquire('k', 'A').catch((e: unknown) => e);
+    await clock.tickAsync(10);
+    const closing = memlock.close();
+    memcache.restart(); // the add in flight fails as "maybe applied"
+    await clock.tickAsync(500);
+    await closing;
+    const error = (await acquiring) as { code?: string; cause?: unknown };
+    t.is(error.code, 'ERR_MEMLOCK_CLOSED');
+    t.true(error.cause instanceof Error && (error.cause as { code?: string }).code === 'ERR_MEMLOCK_UNAVAILABLE');
+    const plain = (await memlock.acquire('k', 'A').catch((e: unknown) => e)) as { code?: string; cause?: unknown };
+    t.is(plain.code, 'ERR_MEMLOCK_CLOSED');
+    t.is(plain.cause, undefined, 'closed before the call: no cause');
+  },
+);
 
 test.serial('diagnostics: acquired, refused, lost, released and release-failed carry what they name', async (t) => {
   const clock = fakeTime(t);
@@ -374,7 +522,14 @@ test.serial('diagnostics: acquired, refused, lost, released and release-failed c
   t.like(seen['memlock:refused']?.[0], { key: 'b', clientId: 'B', holder: 'A', server: 'stand-in:11211' });
   t.like(seen['memlock:lost']?.[0], { key: 'b', clientId: 'A', kind: 'gone' });
   t.true(seen['memlock:lost']?.[0]?.error instanceof LockLostError);
-  t.deepEqual(seen['memlock:release-failed']?.map((m) => [m.key, m.reason]), [['b', 'gone'], ['c', 'taken'], ['d', 'error']]);
+  t.deepEqual(
+    seen['memlock:release-failed']?.map((m) => [m.key, m.reason]),
+    [
+      ['b', 'gone'],
+      ['c', 'taken'],
+      ['d', 'error'],
+    ],
+  );
   t.true(seen['memlock:release-failed']?.[2]?.error instanceof MemcacheUnavailableError);
 });
 
@@ -396,43 +551,86 @@ test('wrap: the default clientId names host and pid, new per call; the signal op
   const { memlock } = setup(t);
   const { hostname } = await import('node:os');
   const ids: string[] = [];
-  const handler = memlock.wrap(async (key: string, _signal: AbortSignal) => {
-    ids.push((await memlock.inspect(key))!.clientId);
-  }, { key: (key) => key });
+  const handler = memlock.wrap(
+    async (key: string, _signal: AbortSignal) => {
+      ids.push((await memlock.inspect(key))!.clientId);
+    },
+    { key: (key) => key },
+  );
   await handler('a');
   await handler('a');
   const prefix = `${hostname()}:${process.pid}:`;
-  t.true(ids.every((id) => id.startsWith(prefix) && /^[\da-f-]{36}$/.test(id.slice(prefix.length))), ids.join(' '));
+  t.true(
+    ids.every((id) => id.startsWith(prefix) && /^[\da-f-]{36}$/.test(id.slice(prefix.length))),
+    ids.join(' '),
+  );
   t.not(ids[0], ids[1]);
   const controller = new AbortController();
   const reason = new Error('client went away');
-  const cancellable = memlock.wrap(async (_req: { signal: AbortSignal }, signal: AbortSignal) => {
-    controller.abort(reason);
-    return signal.reason as unknown;
-  }, { key: () => 'c', signal: (req) => req.signal });
+  const cancellable = memlock.wrap(
+    async (_req: { signal: AbortSignal }, signal: AbortSignal) => {
+      controller.abort(reason);
+      return signal.reason as unknown;
+    },
+    { key: () => 'c', signal: (req) => req.signal },
+  );
   t.is(await cancellable({ signal: controller.signal }), reason, 'the caller’s abort reaches the handler’s signal');
-  await t.throwsAsync(cancellable({ signal: controller.signal }), { is: reason }, 'already aborted: rejects with its reason');
-  const none = memlock.wrap(async (_x: number, signal: AbortSignal) => signal.aborted, { key: () => 'n', signal: () => undefined });
+  await t.throwsAsync(
+    cancellable({ signal: controller.signal }),
+    { is: reason },
+    'already aborted: rejects with its reason',
+  );
+  const none = memlock.wrap(async (_x: number, signal: AbortSignal) => signal.aborted, {
+    key: () => 'n',
+    signal: () => undefined,
+  });
   t.false(await none(1));
   const bad = memlock.wrap(async () => 1, { key: () => 'b', signal: () => 'nope' as never });
-  await t.throwsAsync(bad(), { instanceOf: TypeError, message: 'Expected `signal` to return an AbortSignal or undefined' });
+  await t.throwsAsync(bad(), {
+    instanceOf: TypeError,
+    message: 'Expected `signal` to return an AbortSignal or undefined',
+  });
   const badKey = memlock.wrap(async () => 1, { key: () => '' });
   await t.throwsAsync(badKey(), { instanceOf: TypeError, message: /`key`/ });
-  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', signal: 5 as never }), { instanceOf: TypeError, message: 'Expected `signal` to be a function returning an AbortSignal, got number' });
-  t.throws(() => memlock.wrap('x' as never, { key: () => 'k' }), { instanceOf: TypeError, message: 'Expected `fn` to be a function, got string' });
-  t.throws(() => memlock.wrap(async () => 1, { key: 'k' as never }), { instanceOf: TypeError, message: 'Expected `key` to be a function, got string' });
-  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', onNotAcquired: 5 as never }), { instanceOf: TypeError, message: 'Expected `onNotAcquired` to be a function, got number' });
-  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', leaseMs: 1 }), { instanceOf: RangeError, message: /`leaseMs`/ }, 'lock options are checked up front');
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', signal: 5 as never }), {
+    instanceOf: TypeError,
+    message: 'Expected `signal` to be a function returning an AbortSignal, got number',
+  });
+  t.throws(() => memlock.wrap('x' as never, { key: () => 'k' }), {
+    instanceOf: TypeError,
+    message: 'Expected `fn` to be a function, got string',
+  });
+  t.throws(() => memlock.wrap(async () => 1, { key: 'k' as never }), {
+    instanceOf: TypeError,
+    message: 'Expected `key` to be a function, got string',
+  });
+  t.throws(() => memlock.wrap(async () => 1, { key: () => 'k', onNotAcquired: 5 as never }), {
+    instanceOf: TypeError,
+    message: 'Expected `onNotAcquired` to be a function, got number',
+  });
+  t.throws(
+    () => memlock.wrap(async () => 1, { key: () => 'k', leaseMs: 1 }),
+    { instanceOf: RangeError, message: /`leaseMs`/ },
+    'lock options are checked up front',
+  );
 });
 
 test('wrap: onNotAcquired gets the error and the arguments; other errors still reject', async (t) => {
   const { memlock } = setup(t);
   const held = await memlock.acquire('busy', 'A');
   const seen: unknown[] = [];
-  const handler = memlock.wrap(async (_a: number, _b: string, _signal: AbortSignal): Promise<string> => { throw new Error('inner'); }, {
-    key: () => 'busy',
-    onNotAcquired: (error, a, b) => { seen.push(error.holder, a, b); return 'skipped' as const; },
-  });
+  const handler = memlock.wrap(
+    async (_a: number, _b: string, _signal: AbortSignal): Promise<string> => {
+      throw new Error('inner');
+    },
+    {
+      key: () => 'busy',
+      onNotAcquired: (error, a, b) => {
+        seen.push(error.holder, a, b);
+        return 'skipped' as const;
+      },
+    },
+  );
   t.is(await handler(1, 'x'), 'skipped');
   t.deepEqual(seen, ['A', 1, 'x']);
   await held.release();
@@ -441,8 +639,14 @@ test('wrap: onNotAcquired gets the error and the arguments; other errors still r
 
 test('acquire(): holdAfterMs and failOpen are TypeErrors (no fn whose outcome they need), nothing sent', async (t) => {
   const { memcache, memlock } = setup(t);
-  await t.throwsAsync(memlock.acquire('k', 'A', { holdAfterMs: 1000 }), { instanceOf: TypeError, message: /^Expected `holdAfterMs` only with tryWithLock or wrap/ });
-  await t.throwsAsync(memlock.acquire('k', 'A', { failOpen: true }), { instanceOf: TypeError, message: /^Expected `failOpen` only with tryWithLock or wrap/ });
+  await t.throwsAsync(memlock.acquire('k', 'A', { holdAfterMs: 1000 }), {
+    instanceOf: TypeError,
+    message: /^Expected `holdAfterMs` only with tryWithLock or wrap/,
+  });
+  await t.throwsAsync(memlock.acquire('k', 'A', { failOpen: true }), {
+    instanceOf: TypeError,
+    message: /^Expected `failOpen` only with tryWithLock or wrap/,
+  });
   t.deepEqual(memcache.ops, { add: 0, get: 0, set: 0, delete: 0 });
   const lock = await memlock.acquire('k', 'A', { holdAfterMs: 0, failOpen: false });
   t.true(await lock.release());
@@ -460,10 +664,15 @@ test('inspect(): null for a free key and for a reservation; the holder otherwise
 test('a caller signal without throwIfAborted (polyfill): aborting while fn runs aborts fn’s signal; without a reason, an AbortError', async (t) => {
   const { memlock } = setup(t);
   const poly = polyfilledSignal();
-  const reason = await memlock.tryWithLock('k', 'A', async (signal) => {
-    poly.abort();
-    return signal.reason as unknown;
-  }, { signal: poly.signal });
+  const reason = await memlock.tryWithLock(
+    'k',
+    'A',
+    async (signal) => {
+      poly.abort();
+      return signal.reason as unknown;
+    },
+    { signal: poly.signal },
+  );
   t.true(reason instanceof DOMException);
   t.is((reason as DOMException).name, 'AbortError');
   const aborted = polyfilledSignal();
@@ -477,20 +686,23 @@ test('a caller signal without throwIfAborted (polyfill): aborting while fn runs 
   await other.release();
 });
 
-test.serial('an acquisition whose caller aborts while the add is in flight deletes the entry it got and rejects with the reason', async (t) => {
-  const clock = fakeTime(t);
-  const { memcache, memlock } = setup(t, { timeoutMs: 1000 });
-  memcache.slow(100);
-  const controller = new AbortController();
-  const acquiring = memlock.acquire('k', 'A', { signal: controller.signal }).catch((e: unknown) => e);
-  await clock.tickAsync(50);
-  controller.abort('changed my mind');
-  await clock.tickAsync(60);
-  await clock.tickAsync(200);
-  t.is(await acquiring, 'changed my mind');
-  t.is(memcache.peek('memlock:k'), null);
-  t.is(memlock.heldCount, 0);
-});
+test.serial(
+  'an acquisition whose caller aborts while the add is in flight deletes the entry it got and rejects with the reason',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memcache, memlock } = setup(t, { timeoutMs: 1000 });
+    memcache.slow(100);
+    const controller = new AbortController();
+    const acquiring = memlock.acquire('k', 'A', { signal: controller.signal }).catch((e: unknown) => e);
+    await clock.tickAsync(50);
+    controller.abort('changed my mind');
+    await clock.tickAsync(60);
+    await clock.tickAsync(200);
+    t.is(await acquiring, 'changed my mind');
+    t.is(memcache.peek('memlock:k'), null);
+    t.is(memlock.heldCount, 0);
+  },
+);
 
 test.serial('the top-level tryWithLock uses one shared instance on MEMCACHE_SERVERS', async (t) => {
   const saved = process.env.MEMCACHE_SERVERS;
@@ -502,59 +714,76 @@ test.serial('the top-level tryWithLock uses one shared instance on MEMCACHE_SERV
   const { defaultMemlock, tryWithLock } = await import('../../src/memlock.js');
   t.teardown(() => defaultMemlock().close());
   t.is(defaultMemlock(), defaultMemlock());
-  const error = await t.throwsAsync(tryWithLock('k', 'A', () => 1), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(
+    tryWithLock('k', 'A', () => 1),
+    { instanceOf: MemcacheUnavailableError },
+  );
   t.is(error?.server, '127.0.0.1:1');
   await defaultMemlock().close();
   const closed = await t.throwsAsync(tryWithLock('k', 'A', () => 1));
   t.is((closed as MemlockError).code, 'ERR_MEMLOCK_CLOSED', 'the same instance: closed for the top-level call too');
 });
 
-test.serial('stealAfterMs within one instance: the earlier holder learns at once (taken); acquired’s durationMs is the attempt’s (0 on a still fake clock 1,001,001 ms in); stolen only for steals', async (t) => {
-  const clock = fakeTime(t);
-  const { memlock } = setup(t, { heartbeatMs: 500 });
-  const seen = listen(t);
-  const old = await memlock.acquire('k', 'A');
-  t.is(seen['memlock:stolen'], undefined, 'a plain acquisition is no steal');
-  t.like(seen['memlock:acquired']?.[0], { how: 'added', durationMs: 0 });
-  await clock.tickAsync(1001);
-  const stolen = await memlock.acquire('k', 'B', { stealAfterMs: 1000 });
-  // Before any renewal of A: this instance wrote the steal itself.
-  t.true(old.signal.aborted);
-  t.is((old.signal.reason as LockLostError).kind, 'taken');
-  t.like(seen['memlock:stolen']?.[0], { how: 'stolen', previousClientId: 'A', clientId: 'B' });
-  // Fake time stood still during the attempt: 1001 ms into the test, a duration of 0.
-  t.like(seen['memlock:acquired']?.[1], { how: 'stolen', durationMs: 0 });
-  t.true(await stolen.release());
-});
+test.serial(
+  'stealAfterMs within one instance: the earlier holder learns at once (taken); acquired’s durationMs is the attempt’s (0 on a still fake clock 1,001,001 ms in); stolen only for steals',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memlock } = setup(t, { heartbeatMs: 500 });
+    const seen = listen(t);
+    const old = await memlock.acquire('k', 'A');
+    t.is(seen['memlock:stolen'], undefined, 'a plain acquisition is no steal');
+    t.like(seen['memlock:acquired']?.[0], { how: 'added', durationMs: 0 });
+    await clock.tickAsync(1001);
+    const stolen = await memlock.acquire('k', 'B', { stealAfterMs: 1000 });
+    // Before any renewal of A: this instance wrote the steal itself.
+    t.true(old.signal.aborted);
+    t.is((old.signal.reason as LockLostError).kind, 'taken');
+    t.like(seen['memlock:stolen']?.[0], { how: 'stolen', previousClientId: 'A', clientId: 'B' });
+    // Fake time stood still during the attempt: 1001 ms into the test, a duration of 0.
+    t.like(seen['memlock:acquired']?.[1], { how: 'stolen', durationMs: 0 });
+    t.true(await stolen.release());
+  },
+);
 
-test.serial('a caller signal keeps no listener once calls end: waiting, refused, fail-open and held calls', async (t) => {
-  const clock = fakeTime(t);
-  const { memcache, memlock } = setup(t);
-  const caller = new AbortController().signal;
-  const listeners = (): number => getEventListeners(caller, 'abort').length;
-  const holder = await memlock.acquire('k', 'H');
-  const waiting = memlock.tryWithLock('k', 'W', () => {
-    t.true(listeners() > 0, 'fn’s signal follows the caller while it runs');
-    return 'ran';
-  }, { wait: { timeoutMs: 5000 }, signal: caller });
-  await clock.tickAsync(100);
-  await holder.release();
-  await clock.tickAsync(1000);
-  t.is(await waiting, 'ran');
-  t.is(listeners(), 0, 'after a waiting call');
-  const other = await memlock.acquire('k', 'H');
-  const refused = t.throwsAsync(memlock.tryWithLock('k', 'W', () => 'never', { wait: { timeoutMs: 300 }, signal: caller }), { instanceOf: LockNotAcquiredError });
-  await clock.tickAsync(1000);
-  await refused;
-  t.is(listeners(), 0, 'after a wait that timed out');
-  await other.release();
-  memcache.unreachable(true);
-  t.is(await memlock.tryWithLock('k', 'W', () => 'unlocked', { failOpen: true, signal: caller }), 'unlocked');
-  t.is(listeners(), 0, 'after a fail-open call');
-  memcache.unreachable(false);
-  t.is(await memlock.tryWithLock('k', 'W', () => 'held', { signal: caller }), 'held');
-  t.is(listeners(), 0, 'after a held call');
-});
+test.serial(
+  'a caller signal keeps no listener once calls end: waiting, refused, fail-open and held calls',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { memcache, memlock } = setup(t);
+    const caller = new AbortController().signal;
+    const listeners = (): number => getEventListeners(caller, 'abort').length;
+    const holder = await memlock.acquire('k', 'H');
+    const waiting = memlock.tryWithLock(
+      'k',
+      'W',
+      () => {
+        t.true(listeners() > 0, 'fn’s signal follows the caller while it runs');
+        return 'ran';
+      },
+      { wait: { timeoutMs: 5000 }, signal: caller },
+    );
+    await clock.tickAsync(100);
+    await holder.release();
+    await clock.tickAsync(1000);
+    t.is(await waiting, 'ran');
+    t.is(listeners(), 0, 'after a waiting call');
+    const other = await memlock.acquire('k', 'H');
+    const refused = t.throwsAsync(
+      memlock.tryWithLock('k', 'W', () => 'never', { wait: { timeoutMs: 300 }, signal: caller }),
+      { instanceOf: LockNotAcquiredError },
+    );
+    await clock.tickAsync(1000);
+    await refused;
+    t.is(listeners(), 0, 'after a wait that timed out');
+    await other.release();
+    memcache.unreachable(true);
+    t.is(await memlock.tryWithLock('k', 'W', () => 'unlocked', { failOpen: true, signal: caller }), 'unlocked');
+    t.is(listeners(), 0, 'after a fail-open call');
+    memcache.unreachable(false);
+    t.is(await memlock.tryWithLock('k', 'W', () => 'held', { signal: caller }), 'held');
+    t.is(listeners(), 0, 'after a held call');
+  },
+);
 
 test('close() leaves a caller’s lockClient open (only the connections memlock opened are closed); its closed error has no cause', async (t) => {
   const memcache = new MemcacheStandIn();
@@ -574,6 +803,9 @@ test('wrap(fn, options) with options that are not an object: a TypeError naming 
   t.teardown(() => memlock.close());
   for (const options of [null, 'key', 42]) {
     // @ts-expect-error -- bad input on purpose
-    t.throws(() => memlock.wrap(() => 1, options), { instanceOf: TypeError, message: 'Expected `options` to be an object with a `key` function' });
+    t.throws(() => memlock.wrap(() => 1, options), {
+      instanceOf: TypeError,
+      message: 'Expected `options` to be an object with a `key` function',
+    });
   }
 });

@@ -28,10 +28,18 @@ function sandbox(files: Record<string, string>): string {
   return dir;
 }
 
-interface Verdict { status: number | null; stderr: string }
+interface Verdict {
+  status: number | null;
+  stderr: string;
+}
 
 function run(dir: string, args: string[], env: Record<string, string> = {}): Verdict {
-  const result = spawnSync(process.execPath, [RUN, ...args], { cwd: dir, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
+  const result = spawnSync(process.execPath, [RUN, ...args], {
+    cwd: dir,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 60_000,
+  });
   return { status: result.status, stderr: result.stderr };
 }
 
@@ -43,7 +51,9 @@ function verdict(t: { teardown: (fn: () => void) => void }, body: string, env?: 
 }
 
 const passes: Array<[string, string]> = [
-  ['the assertions the fast tier uses, all holding (positive control)', `
+  [
+    'the assertions the fast tier uses, all holding (positive control)',
+    `
 test('all hold', async (t) => {
   t.is(1, 1); t.not(1, 2); t.true(true); t.false(false); t.truthy(1); t.falsy(0);
   t.deepEqual({ a: [1, { b: 2 }] }, { a: [1, { b: 2 }] });
@@ -53,15 +63,21 @@ test('all hold', async (t) => {
   t.is(error.code, 'E_X');
   await t.throwsAsync(async () => { throw new TypeError('no'); }, { name: 'TypeError', message: 'no' });
   t.notThrows(() => 1);
-});`],
-  ['a rejection handled before the file ends', `
+});`,
+  ],
+  [
+    'a rejection handled before the file ends',
+    `
 test('late handler', async (t) => {
   const p = Promise.reject(new Error('later'));
   await new Promise((r) => setTimeout(r, 10));
   p.catch(() => {});
   t.pass();
-});`],
-  ['ava’s looser expectations: any with a non-Error, is, a message function returning undefined', `
+});`,
+  ],
+  [
+    'ava’s looser expectations: any with a non-Error, is, a message function returning undefined',
+    `
 test('loose', (t) => {
   t.throws(() => { throw 'text'; }, { any: true });
   const e = new Error('m');
@@ -69,16 +85,23 @@ test('loose', (t) => {
   t.notDeepEqual({ a: 1 }, { a: 2 });
   t.notRegex('abc', /x/);
   return t.notThrowsAsync(Promise.resolve(1));
-});`],
-  ['serial tests first, then the others (as ava orders them)', `
+});`,
+  ],
+  [
+    'serial tests first, then the others (as ava orders them)',
+    `
 const order = [];
 test('concurrent one', (t) => { order.push('c'); t.deepEqual(order, ['s1', 's2', 'c']); });
 test.serial('serial one', (t) => { order.push('s1'); t.pass(); });
-test.serial('serial two', (t) => { order.push('s2'); t.pass(); });`],
-  ['teardowns run in reverse order, after the test', `
+test.serial('serial two', (t) => { order.push('s2'); t.pass(); });`,
+  ],
+  [
+    'teardowns run in reverse order, after the test',
+    `
 const order = [];
 test.serial('registers', (t) => { t.teardown(() => order.push(1)); t.teardown(() => order.push(2)); order.push(0); t.pass(); });
-test.serial('sees the order', (t) => { t.deepEqual(order, [0, 2, 1]); });`],
+test.serial('sees the order', (t) => { t.deepEqual(order, [0, 2, 1]); });`,
+  ],
 ];
 
 for (const [title, body] of passes) {
@@ -89,24 +112,84 @@ for (const [title, body] of passes) {
 }
 
 const failures: Array<[string, string, RegExp]> = [
-  ['a deepEqual that does not hold', `test('d', (t) => { t.deepEqual({ a: [1, 2] }, { a: [1, 3] }); });`, /d: AssertionError/],
-  ['a failed assertion the test catches', `test('c', (t) => { try { t.is(1, 2); } catch {} t.pass(); });`, /c: AssertionError: assertion failed: 1 is not 2/],
+  [
+    'a deepEqual that does not hold',
+    `test('d', (t) => { t.deepEqual({ a: [1, 2] }, { a: [1, 3] }); });`,
+    /d: AssertionError/,
+  ],
+  [
+    'a failed assertion the test catches',
+    `test('c', (t) => { try { t.is(1, 2); } catch {} t.pass(); });`,
+    /c: AssertionError: assertion failed: 1 is not 2/,
+  ],
   ['a test without assertions', `test('none', () => {});`, /without running any assertions/],
-  ['t.throws with the wrong code', `test('code', (t) => { t.throws(() => { const e = new Error('m'); e.code = 'Y'; throw e; }, { code: 'X' }); });`, /threw code Y, expected X/],
+  [
+    't.throws with the wrong code',
+    `test('code', (t) => { t.throws(() => { const e = new Error('m'); e.code = 'Y'; throw e; }, { code: 'X' }); });`,
+    /threw code Y, expected X/,
+  ],
   ['t.throws where nothing is thrown', `test('quiet', (t) => { t.throws(() => 1); });`, /did not throw/],
-  ['t.throws of something that is not an Error', `test('str', (t) => { t.throws(() => { throw 'text'; }); });`, /not an Error/],
-  ['a throwsAsync the test never awaits, on a promise that resolves', `test('unawaited', (t) => { t.throwsAsync(Promise.resolve(1)); });`, /resolved instead of rejecting/],
-  ['t.like on a differing selected key', `test('like', (t) => { t.like({ a: { b: 1, c: 2 } }, { a: { b: 2 } }); });`, /like: AssertionError/],
+  [
+    't.throws of something that is not an Error',
+    `test('str', (t) => { t.throws(() => { throw 'text'; }); });`,
+    /not an Error/,
+  ],
+  [
+    'a throwsAsync the test never awaits, on a promise that resolves',
+    `test('unawaited', (t) => { t.throwsAsync(Promise.resolve(1)); });`,
+    /resolved instead of rejecting/,
+  ],
+  [
+    't.like on a differing selected key',
+    `test('like', (t) => { t.like({ a: { b: 1, c: 2 } }, { a: { b: 2 } }); });`,
+    /like: AssertionError/,
+  ],
   ['t.regex on a non-string', `test('re', (t) => { t.regex(1, /1/); });`, /re: AssertionError/],
-  ['a teardown that throws', `test('td', (t) => { t.pass(); t.teardown(() => { throw new Error('teardown broke'); }); });`, /teardown broke/],
-  ['a test that can never settle (nothing left in the event loop)', `test('hang', async (t) => { t.pass(); await new Promise(() => {}); });`, /pending and nothing left to run/],
-  ['a rejection still unhandled when the file ends', `test('unh', (t) => { t.pass(); Promise.reject(new Error('dropped')); });`, /unhandled rejection: Error: dropped/],
-  ['an uncaught exception from a timer', `test.serial('a', async (t) => { setTimeout(() => { throw new Error('boom'); }, 1); await new Promise((r) => setTimeout(r, 20)); t.pass(); });`, /boom/],
-  ['a failure after an earlier passing test', `test.serial('first', (t) => t.pass()); test.serial('second', (t) => t.fail('planted'));`, /second: AssertionError: planted/],
-  ['a test that ends while its throwsAsync is still pending', `test('pending', (t) => { t.throwsAsync(new Promise(() => {})); });`, /assertion is still pending/],
-  ['an uncaught exception in an after.always hook', `test('ok', (t) => t.pass()); test.after.always(() => { setImmediate(() => { throw new Error('late boom'); }); });`, /uncaught exception: Error: late boom/],
-  ['an expectation object ava refuses, even when the test catches it', `test('bad', (t) => { try { t.throws(() => { throw new Error('x'); }, { wrong: 1 }); } catch {} t.pass(); });`, /unexpected property wrong/],
-  ['an unsupported ava API (never a silent pass)', `test.skip('s', (t) => t.pass());`, /not supported by the mutation shim/],
+  [
+    'a teardown that throws',
+    `test('td', (t) => { t.pass(); t.teardown(() => { throw new Error('teardown broke'); }); });`,
+    /teardown broke/,
+  ],
+  [
+    'a test that can never settle (nothing left in the event loop)',
+    `test('hang', async (t) => { t.pass(); await new Promise(() => {}); });`,
+    /pending and nothing left to run/,
+  ],
+  [
+    'a rejection still unhandled when the file ends',
+    `test('unh', (t) => { t.pass(); Promise.reject(new Error('dropped')); });`,
+    /unhandled rejection: Error: dropped/,
+  ],
+  [
+    'an uncaught exception from a timer',
+    `test.serial('a', async (t) => { setTimeout(() => { throw new Error('boom'); }, 1); await new Promise((r) => setTimeout(r, 20)); t.pass(); });`,
+    /boom/,
+  ],
+  [
+    'a failure after an earlier passing test',
+    `test.serial('first', (t) => t.pass()); test.serial('second', (t) => t.fail('planted'));`,
+    /second: AssertionError: planted/,
+  ],
+  [
+    'a test that ends while its throwsAsync is still pending',
+    `test('pending', (t) => { t.throwsAsync(new Promise(() => {})); });`,
+    /assertion is still pending/,
+  ],
+  [
+    'an uncaught exception in an after.always hook',
+    `test('ok', (t) => t.pass()); test.after.always(() => { setImmediate(() => { throw new Error('late boom'); }); });`,
+    /uncaught exception: Error: late boom/,
+  ],
+  [
+    'an expectation object ava refuses, even when the test catches it',
+    `test('bad', (t) => { try { t.throws(() => { throw new Error('x'); }, { wrong: 1 }); } catch {} t.pass(); });`,
+    /unexpected property wrong/,
+  ],
+  [
+    'an unsupported ava API (never a silent pass)',
+    `test.skip('s', (t) => t.pass());`,
+    /not supported by the mutation shim/,
+  ],
 ];
 
 for (const [title, body, message] of failures) {
@@ -118,13 +201,18 @@ for (const [title, body, message] of failures) {
 }
 
 test('runner fails a file stuck in synchronous code once the per-file deadline passes', (t) => {
-  const { status, stderr } = verdict(t, `test('spin', (t) => { t.pass(); for (;;); });`, { MEMLOCK_MUTATION_FILE_DEADLINE_MS: '500' });
+  const { status, stderr } = verdict(t, `test('spin', (t) => { t.pass(); for (;;); });`, {
+    MEMLOCK_MUTATION_FILE_DEADLINE_MS: '500',
+  });
   t.is(status, 1);
   t.regex(stderr, /no progress for 500 ms/);
 });
 
 test('runner: the per-file deadline counts from the last test started, so a slow file that keeps passing is no hang', (t) => {
-  const tests = Array.from({ length: 4 }, (_, i) => `test.serial('slow ${i}', async (t) => { await new Promise((r) => setTimeout(r, 300)); t.pass(); });`);
+  const tests = Array.from(
+    { length: 4 },
+    (_, i) => `test.serial('slow ${i}', async (t) => { await new Promise((r) => setTimeout(r, 300)); t.pass(); });`,
+  );
   const { status, stderr } = verdict(t, tests.join('\n'), { MEMLOCK_MUTATION_FILE_DEADLINE_MS: '500' });
   t.is(status, 0, stderr);
 });

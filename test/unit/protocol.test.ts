@@ -7,12 +7,31 @@ import test from 'ava';
 import FakeTimers from '@sinonjs/fake-timers';
 import { MemcacheUnavailableError, type LockClient } from '../../src/index.js';
 import {
-  acquireEntry, decodeValue, encodeValue, isAmbiguous, leaseDeadline, leaseMargin, readHolder, releaseEntry, renewEntry, replaceEntry, transferEntry,
+  acquireEntry,
+  decodeValue,
+  encodeValue,
+  isAmbiguous,
+  leaseDeadline,
+  leaseMargin,
+  readHolder,
+  releaseEntry,
+  renewEntry,
+  replaceEntry,
+  transferEntry,
   type Held,
 } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 
-const held = (value: Buffer, fields: Partial<Held> = {}): Held => ({ mkey: 'k', value, ttlSeconds: 5, cas: 1n, conn: 1, sentAt: 0, verify: false, ...fields });
+const held = (value: Buffer, fields: Partial<Held> = {}): Held => ({
+  mkey: 'k',
+  value,
+  ttlSeconds: 5,
+  cas: 1n,
+  conn: 1,
+  sentAt: 0,
+  verify: false,
+  ...fields,
+});
 
 test('values: encode/decode round trip, clientId last (may hold colons), tagged by state', (t) => {
   const value = encodeValue('host:1:worker', 1234, 'tok');
@@ -24,7 +43,17 @@ test('values: encode/decode round trip, clientId last (may hold colons), tagged 
   t.is(decodeValue(encodeValue('A', 1, 't', 'reserved'))?.state, 'reserved');
   t.is(decodeValue(encodeValue('', 1, 't'))?.clientId, '');
   t.not(encodeValue('A', 1).toString(), encodeValue('A', 1).toString(), 'a random token per acquisition');
-  for (const bad of ['', 'ml1', 'ml1:1', 'ml1:1:t', 'xx1:1:t:A', 'ml1:NaN:t:A', 'ml1:abc:t:A', 'ml2:1:t:A', 'ml1:Infinity:t:A']) {
+  for (const bad of [
+    '',
+    'ml1',
+    'ml1:1',
+    'ml1:1:t',
+    'xx1:1:t:A',
+    'ml1:NaN:t:A',
+    'ml1:abc:t:A',
+    'ml2:1:t:A',
+    'ml1:Infinity:t:A',
+  ]) {
     t.is(decodeValue(Buffer.from(bad)), null, bad);
   }
   t.deepEqual(decodeValue(Buffer.from('ml1:5::')), { acquiredAt: 5, token: '', clientId: '', state: 'held' });
@@ -177,54 +206,64 @@ test('acquire: the entry vanishing between the add and the read is retried once'
   t.is(adds, 2);
 });
 
-test.serial('acquire after an ambiguous add: read back; ours -> recovered (lease from the first send); someone else -> refused; missing -> the error', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
-  const memcache = new MemcacheStandIn();
-  // Writes time out at 100 ms; the read-back goes over a patient connection.
-  const writer = memcache.client({ timeoutMs: 100 });
-  const reader = memcache.client({ timeoutMs: 1000 });
-  const client: LockClient = {
-    add: (...a) => writer.add(...a), addThenGet: (...a) => writer.addThenGet(...a), casSet: (...a) => writer.casSet(...a),
-    casDelete: (...a) => writer.casDelete(...a), get: (key) => reader.get(key), isCurrent: () => true,
-    serverOf: (key) => writer.serverOf(key), close: async () => {},
-  };
-  // The add times out at 100 ms; the server applies it at 150 ms; the read-back is answered at 250 ms.
-  memcache.slow(150);
-  const start = performance.now();
-  const pending = acquireEntry(client, 'k', 'A', 5, undefined, 'add');
-  await clock.tickAsync(250);
-  const outcome = await pending;
-  if (!outcome.acquired) return t.fail();
-  t.is(outcome.how, 'recovered');
-  t.is(outcome.held.sentAt, start, 'the lease counts from the add, not the read-back');
-  t.is(outcome.held.cas, 1n);
-  t.is(decodeValue(memcache.peek('k')!.value)?.clientId, 'A');
+test.serial(
+  'acquire after an ambiguous add: read back; ours -> recovered (lease from the first send); someone else -> refused; missing -> the error',
+  async (t) => {
+    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+    t.teardown(() => clock.uninstall());
+    const memcache = new MemcacheStandIn();
+    // Writes time out at 100 ms; the read-back goes over a patient connection.
+    const writer = memcache.client({ timeoutMs: 100 });
+    const reader = memcache.client({ timeoutMs: 1000 });
+    const client: LockClient = {
+      add: (...a) => writer.add(...a),
+      addThenGet: (...a) => writer.addThenGet(...a),
+      casSet: (...a) => writer.casSet(...a),
+      casDelete: (...a) => writer.casDelete(...a),
+      get: (key) => reader.get(key),
+      isCurrent: () => true,
+      serverOf: (key) => writer.serverOf(key),
+      close: async () => {},
+    };
+    // The add times out at 100 ms; the server applies it at 150 ms; the read-back is answered at 250 ms.
+    memcache.slow(150);
+    const start = performance.now();
+    const pending = acquireEntry(client, 'k', 'A', 5, undefined, 'add');
+    await clock.tickAsync(250);
+    const outcome = await pending;
+    if (!outcome.acquired) return t.fail();
+    t.is(outcome.how, 'recovered');
+    t.is(outcome.held.sentAt, start, 'the lease counts from the add, not the read-back');
+    t.is(outcome.held.cas, 1n);
+    t.is(decodeValue(memcache.peek('k')!.value)?.clientId, 'A');
 
-  // The read-back finds someone else's entry: refused with that holder.
-  memcache.set('other', encodeValue('B', Date.now()), 30);
-  const refusedP = acquireEntry(client, 'other', 'A', 5, undefined, 'add');
-  await clock.tickAsync(250);
-  const refused = await refusedP;
-  t.false(refused.acquired);
-  if (!refused.acquired) t.is(refused.holder?.clientId, 'B');
+    // The read-back finds someone else's entry: refused with that holder.
+    memcache.set('other', encodeValue('B', Date.now()), 30);
+    const refusedP = acquireEntry(client, 'other', 'A', 5, undefined, 'add');
+    await clock.tickAsync(250);
+    const refused = await refusedP;
+    t.false(refused.acquired);
+    if (!refused.acquired) t.is(refused.holder?.clientId, 'B');
 
-  // Nothing there after the read-back (the add never landed): the add's own error.
-  memcache.slow(1000);
-  const gone = acquireEntry(client, 'gone', 'A', 5, undefined, 'add').catch((e: unknown) => e);
-  await clock.tickAsync(100);
-  memcache.restart(); // the server dies before applying the add
-  memcache.slow(0);
-  await clock.tickAsync(10);
-  const error = await gone;
-  t.true(error instanceof MemcacheUnavailableError);
-  t.regex((error as Error).message, /timed out/);
-  t.deepEqual(memcache.keys(), []);
-});
+    // Nothing there after the read-back (the add never landed): the add's own error.
+    memcache.slow(1000);
+    const gone = acquireEntry(client, 'gone', 'A', 5, undefined, 'add').catch((e: unknown) => e);
+    await clock.tickAsync(100);
+    memcache.restart(); // the server dies before applying the add
+    memcache.slow(0);
+    await clock.tickAsync(10);
+    const error = await gone;
+    t.true(error instanceof MemcacheUnavailableError);
+    t.regex((error as Error).message, /timed out/);
+    t.deepEqual(memcache.keys(), []);
+  },
+);
 
 test('acquire: an add the server refused with a status (not applied) rejects without a read-back', async (t) => {
   const { memcache, client } = standIn();
-  const error = await t.throwsAsync(acquireEntry(client, 'k'.repeat(251), 'A', 5, undefined, 'add'), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(acquireEntry(client, 'k'.repeat(251), 'A', 5, undefined, 'add'), {
+    instanceOf: MemcacheUnavailableError,
+  });
   t.false(isAmbiguous(error));
   t.deepEqual(memcache.ops, { add: 1, get: 0, set: 0, delete: 0 });
 });
@@ -232,7 +271,9 @@ test('acquire: an add the server refused with a status (not applied) rejects wit
 test('acquire: a refused add (not applied) rejects at once, without a read-back', async (t) => {
   const { memcache, client } = standIn();
   memcache.unreachable(true);
-  const error = await t.throwsAsync(acquireEntry(client, 'k', 'A', 5, undefined, 'add'), { instanceOf: MemcacheUnavailableError });
+  const error = await t.throwsAsync(acquireEntry(client, 'k', 'A', 5, undefined, 'add'), {
+    instanceOf: MemcacheUnavailableError,
+  });
   t.false(isAmbiguous(error));
   memcache.unreachable(false);
   t.is(memcache.ops.get, 0);
@@ -292,7 +333,9 @@ test('release: CAS-checked delete; a stale CAS from before a restart never delet
   t.is(decodeValue(memcache.peek('k')!.value)?.clientId, 'B');
 
   memcache.unreachable(true);
-  await t.throwsAsync(releaseEntry(client, held(Buffer.from('x'), { conn: 99 })), { instanceOf: MemcacheUnavailableError });
+  await t.throwsAsync(releaseEntry(client, held(Buffer.from('x'), { conn: 99 })), {
+    instanceOf: MemcacheUnavailableError,
+  });
 });
 
 test('release on the same connection with a wrong CAS: taken, nothing deleted', async (t) => {
@@ -380,7 +423,11 @@ test('transfer: one CAS write of the new holder’s value; gone and taken told a
   t.true(s.verify, 'the old holder’s CAS is not to be trusted any more');
   const u = await take('u');
   fault = 'drop';
-  await t.throwsAsync(transferEntry(client, u, 'B', 9), { message: 'timed out' }, 'the read-back shows the old value: the write did not land');
+  await t.throwsAsync(
+    transferEntry(client, u, 'B', 9),
+    { message: 'timed out' },
+    'the read-back shows the old value: the write did not land',
+  );
   t.like(decodeValue(memcache.peek('u')!.value), { clientId: 'A' });
   fault = undefined;
   const w = await take('w');
@@ -388,7 +435,15 @@ test('transfer: one CAS write of the new holder’s value; gone and taken told a
   await t.throwsAsync(transferEntry(client, { ...w, conn: w.conn }, 'B', 9), { instanceOf: MemcacheUnavailableError });
   memcache.unreachable(false);
   const x = await take('x');
-  const refusing: LockClient = { ...client, casSet: async () => { throw new MemcacheUnavailableError('refused', { mayHaveApplied: false }); }, get: async () => { throw new Error('no read-back expected'); } };
+  const refusing: LockClient = {
+    ...client,
+    casSet: async () => {
+      throw new MemcacheUnavailableError('refused', { mayHaveApplied: false });
+    },
+    get: async () => {
+      throw new Error('no read-back expected');
+    },
+  };
   await t.throwsAsync(transferEntry(refusing, x, 'B', 9), { message: 'refused' }, 'not applied: no read-back');
 });
 
@@ -415,5 +470,8 @@ test('freshCas after a reconnect: a read whose answer comes on yet another conne
   if (!outcome.acquired) return t.fail();
   outcome.held.verify = true;
   reconnectOnGet = true;
-  await t.throwsAsync(renewEntry(client, outcome.held), { instanceOf: MemcacheUnavailableError, message: 'memcache connection changed during a renewal' });
+  await t.throwsAsync(renewEntry(client, outcome.held), {
+    instanceOf: MemcacheUnavailableError,
+    message: 'memcache connection changed during a renewal',
+  });
 });

@@ -12,7 +12,11 @@ import { MemcacheStandIn } from '../../src/testing.js';
 
 // The code under test: charges an invoice while holding its lock, and must
 // not report success when the lock was lost halfway.
-async function chargeInvoice(memlock: Memlock, id: string, charge: (signal: AbortSignal) => Promise<void>): Promise<'charged' | 'lost'> {
+async function chargeInvoice(
+  memlock: Memlock,
+  id: string,
+  charge: (signal: AbortSignal) => Promise<void>,
+): Promise<'charged' | 'lost'> {
   try {
     await memlock.tryWithLock(`invoice:${id}`, 'billing-worker', charge);
     return 'charged';
@@ -40,14 +44,19 @@ test('a charge that keeps its lock succeeds; memcache down fails it', async (t) 
   t.teardown(() => memlock.close());
   t.is(await chargeInvoice(memlock, '7', async () => {}), 'charged');
   memcache.unreachable(true);
-  await t.throwsAsync(chargeInvoice(memlock, '7', async () => {}), { code: 'ERR_MEMLOCK_UNAVAILABLE' });
+  await t.throwsAsync(
+    chargeInvoice(memlock, '7', async () => {}),
+    { code: 'ERR_MEMLOCK_UNAVAILABLE' },
+  );
 });
 // README example: end
 
 test('the README shows this example', (t) => {
   const source = readFileSync(new URL(import.meta.url), 'utf8');
-  const example = source.slice(source.indexOf('// README example: begin\n') + 25, source.indexOf('// README example: end'))
-    .replace("'../../src/index.js'", "'memlock'").replace("'../../src/testing.js'", "'memlock/testing'");
+  const example = source
+    .slice(source.indexOf('// README example: begin\n') + 25, source.indexOf('// README example: end'))
+    .replace("'../../src/index.js'", "'memlock'")
+    .replace("'../../src/testing.js'", "'memlock/testing'");
   const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
   const section = readme.slice(readme.indexOf('## Testing your code'));
   const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1];

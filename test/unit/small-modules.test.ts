@@ -6,24 +6,48 @@ import { spyOnPublish } from '../helpers/publish-spy.js';
 import dc from 'node:diagnostics_channel';
 import { createHash } from 'node:crypto';
 import {
-  MemlockError, LockNotAcquiredError, EmptyClientIdError, LockLostError, MemcacheUnavailableError, channels, defaults,
+  MemlockError,
+  LockNotAcquiredError,
+  EmptyClientIdError,
+  LockLostError,
+  MemcacheUnavailableError,
+  channels,
+  defaults,
 } from '../../src/index.js';
 import { notAcquired } from '../../src/errors.js';
 import { publish } from '../../src/diagnostics.js';
 import { MAX_KEY_BYTES, memcacheKey, queueKey } from '../../src/keys.js';
 import {
-  MAX_CLIENT_ID_BYTES, MAX_LEASE_MS, MIN_LEASE_MS, checkCallArgs, checkLease, checkNumber, isSignalLike, reasonOf,
-  resolveLockOptions, resolveMemlockOptions,
+  MAX_CLIENT_ID_BYTES,
+  MAX_LEASE_MS,
+  MIN_LEASE_MS,
+  checkCallArgs,
+  checkLease,
+  checkNumber,
+  isSignalLike,
+  reasonOf,
+  resolveLockOptions,
+  resolveMemlockOptions,
 } from '../../src/options.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 
-const sha = (prefix: string, key: string, encoding: BufferEncoding = 'utf8'): string => prefix + 'sha256:' + createHash('sha256').update(key, encoding).digest('hex');
+const sha = (prefix: string, key: string, encoding: BufferEncoding = 'utf8'): string =>
+  prefix + 'sha256:' + createHash('sha256').update(key, encoding).digest('hex');
 
 test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (t) => {
   t.is(MAX_KEY_BYTES, 250);
   t.is(memcacheKey('p:', 'plain'), 'p:plain');
   t.is(memcacheKey('p:', 'ключ-🔒'), 'p:ключ-🔒');
-  for (const dirty of ['has space', 'tab\tkey', 'nl\n', 'ctl\u0001', 'del\u007f', 'c1\u0085', 'nbsp\u00a0', 'ideo\u3000']) {
+  for (const dirty of [
+    'has space',
+    'tab\tkey',
+    'nl\n',
+    'ctl\u0001',
+    'del\u007f',
+    'c1\u0085',
+    'nbsp\u00a0',
+    'ideo\u3000',
+  ]) {
     t.is(memcacheKey('p:', dirty), sha('p:', dirty), JSON.stringify(dirty));
   }
   t.is(memcacheKey('p:', 'x'.repeat(248)), 'p:' + 'x'.repeat(248), 'exactly 250 bytes fits');
@@ -41,10 +65,17 @@ test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (
 });
 
 test('options: defaults and bounds', (t) => {
-  t.deepEqual({ ...defaults, wait: { ...defaults.wait } }, {
-    prefix: 'memlock:', leaseMs: 16_000, heartbeatMs: 1000, timeoutMs: 500, servers: 'localhost:11211',
-    wait: { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 },
-  });
+  t.deepEqual(
+    { ...defaults, wait: { ...defaults.wait } },
+    {
+      prefix: 'memlock:',
+      leaseMs: 16_000,
+      heartbeatMs: 1000,
+      timeoutMs: 500,
+      servers: 'localhost:11211',
+      wait: { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 },
+    },
+  );
   t.true(Object.isFrozen(defaults) && Object.isFrozen(defaults.wait));
   t.is(MIN_LEASE_MS, 2000);
   t.is(MAX_LEASE_MS, 30 * 24 * 3600 * 1000);
@@ -56,12 +87,24 @@ test('options: defaults and bounds', (t) => {
   });
   delete process.env.MEMCACHE_SERVERS;
   const resolved = resolveMemlockOptions(undefined);
-  t.deepEqual(resolved, { ...resolved, prefix: 'memlock:', leaseMs: 16_000, heartbeatMs: 1000, timeoutMs: 500, servers: ['localhost:11211'], ref: true });
+  t.deepEqual(resolved, {
+    ...resolved,
+    prefix: 'memlock:',
+    leaseMs: 16_000,
+    heartbeatMs: 1000,
+    timeoutMs: 500,
+    servers: ['localhost:11211'],
+    ref: true,
+  });
   process.env.MEMCACHE_SERVERS = ' a:1 , b:2 ,';
   t.deepEqual(resolveMemlockOptions({}).servers, ['a:1', 'b:2']);
   t.deepEqual(resolveMemlockOptions({ servers: 'x:1,y:2' }).servers, ['x:1', 'y:2']);
   t.deepEqual(resolveMemlockOptions({ servers: [' x:1 '] }).servers, ['x:1']);
-  t.deepEqual(resolveMemlockOptions({ lockClient: new MemcacheStandIn().client() }).servers, [], 'a lockClient needs no servers');
+  t.deepEqual(
+    resolveMemlockOptions({ lockClient: new MemcacheStandIn().client() }).servers,
+    [],
+    'a lockClient needs no servers',
+  );
   t.is(resolveMemlockOptions({ ref: false }).ref, false);
   t.is(resolveMemlockOptions({ prefix: 'p'.repeat(179) }).prefix.length, 179);
   t.throws(() => resolveMemlockOptions({ prefix: 'p'.repeat(180) }), { instanceOf: RangeError, message: /`prefix`/ });
@@ -80,13 +123,25 @@ test('options: numbers and lease pairs name the option and the value', (t) => {
   t.is(checkNumber('x', 5, 0, 10), 5);
   t.is(checkNumber('x', 0, 0, 10), 0);
   t.is(checkNumber('x', 10, 0, 10), 10);
-  t.throws(() => checkNumber('x', 11, 0, 10), { instanceOf: RangeError, message: 'Expected `x` to be between 0 and 10, got 11' });
+  t.throws(() => checkNumber('x', 11, 0, 10), {
+    instanceOf: RangeError,
+    message: 'Expected `x` to be between 0 and 10, got 11',
+  });
   t.throws(() => checkNumber('x', -1, 0, 10), { instanceOf: RangeError });
-  t.throws(() => checkNumber('x', Number.NaN, 0, 10), { instanceOf: TypeError, message: 'Expected `x` to be a number, got number' });
-  t.throws(() => checkNumber('x', '5', 0, 10), { instanceOf: TypeError, message: 'Expected `x` to be a number, got string "5"' });
+  t.throws(() => checkNumber('x', Number.NaN, 0, 10), {
+    instanceOf: TypeError,
+    message: 'Expected `x` to be a number, got number',
+  });
+  t.throws(() => checkNumber('x', '5', 0, 10), {
+    instanceOf: TypeError,
+    message: 'Expected `x` to be a number, got string "5"',
+  });
   t.throws(() => checkNumber('x', 'y'.repeat(50), 0, 10), { message: new RegExp(`got string "${'y'.repeat(40)}…"`) });
   t.throws(() => checkNumber('x', null, 0, 10), { message: /got null/ });
-  t.throws(() => checkNumber('x', Infinity, 0, 10), { instanceOf: RangeError, message: 'Expected `x` to be finite, got Infinity' });
+  t.throws(() => checkNumber('x', Infinity, 0, 10), {
+    instanceOf: RangeError,
+    message: 'Expected `x` to be finite, got Infinity',
+  });
   t.is(checkNumber('x', Infinity, 0, Infinity, true), Infinity);
   t.deepEqual(checkLease(4000, 2000), { leaseMs: 4000, heartbeatMs: 2000 });
   t.throws(() => checkLease(4000, 2000.5), { instanceOf: RangeError, message: /at most leaseMs \/ 2 \(2000\)/ });
@@ -100,7 +155,16 @@ test('options: numbers and lease pairs name the option and the value', (t) => {
 test('options: per-call resolution', (t) => {
   const instance = resolveMemlockOptions({ servers: 'x:1', leaseMs: 10_000, heartbeatMs: 3000 });
   const base = resolveLockOptions(undefined, instance);
-  t.like(base, { leaseMs: 10_000, heartbeatMs: 3000, ttlSeconds: 10, stealAfterMs: undefined, wait: undefined, signal: undefined, holdTtlSeconds: 0, failOpen: false });
+  t.like(base, {
+    leaseMs: 10_000,
+    heartbeatMs: 3000,
+    ttlSeconds: 10,
+    stealAfterMs: undefined,
+    wait: undefined,
+    signal: undefined,
+    holdTtlSeconds: 0,
+    failOpen: false,
+  });
   t.deepEqual(resolveLockOptions(null, instance), base);
   // A shorter per-call lease lowers the instance heartbeat to fit.
   t.like(resolveLockOptions({ leaseMs: 4000 }, instance), { leaseMs: 4000, heartbeatMs: 2000, ttlSeconds: 4 });
@@ -110,15 +174,35 @@ test('options: per-call resolution', (t) => {
   t.like(resolveLockOptions({ stealAfterMs: 0 }, instance), { stealAfterMs: 0 });
   t.like(resolveLockOptions({ holdAfterMs: 1001 }, instance), { holdTtlSeconds: 2 });
   t.like(resolveLockOptions({ failOpen: true }, instance), { failOpen: true });
-  t.throws(() => resolveLockOptions({ failOpen: 1 as never }, instance), { instanceOf: TypeError, message: /`failOpen`/ });
-  t.throws(() => resolveLockOptions({ holdAfterMs: -1 }, instance), { instanceOf: RangeError, message: /`holdAfterMs`/ });
+  t.throws(() => resolveLockOptions({ failOpen: 1 as never }, instance), {
+    instanceOf: TypeError,
+    message: /`failOpen`/,
+  });
+  t.throws(() => resolveLockOptions({ holdAfterMs: -1 }, instance), {
+    instanceOf: RangeError,
+    message: /`holdAfterMs`/,
+  });
   t.deepEqual(resolveLockOptions({ wait: true }, instance).wait, { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 });
   t.is(resolveLockOptions({ wait: false }, instance).wait, undefined);
   t.deepEqual(resolveLockOptions({ wait: {} }, instance).wait, { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 });
-  t.deepEqual(resolveLockOptions({ wait: { minDelayMs: 800 } }, instance).wait, { timeoutMs: 30_000, minDelayMs: 800, maxDelayMs: 800 });
-  t.deepEqual(resolveLockOptions({ wait: { timeoutMs: 0, minDelayMs: 5, maxDelayMs: 5 } }, instance).wait, { timeoutMs: 0, minDelayMs: 5, maxDelayMs: 5 });
-  t.throws(() => resolveLockOptions({ wait: { minDelayMs: 3_600_001 } }, instance), { instanceOf: RangeError, message: /`wait.minDelayMs`/ });
-  t.throws(() => resolveLockOptions({ wait: { maxDelayMs: 3_600_001 } }, instance), { instanceOf: RangeError, message: /`wait.maxDelayMs`/ });
+  t.deepEqual(resolveLockOptions({ wait: { minDelayMs: 800 } }, instance).wait, {
+    timeoutMs: 30_000,
+    minDelayMs: 800,
+    maxDelayMs: 800,
+  });
+  t.deepEqual(resolveLockOptions({ wait: { timeoutMs: 0, minDelayMs: 5, maxDelayMs: 5 } }, instance).wait, {
+    timeoutMs: 0,
+    minDelayMs: 5,
+    maxDelayMs: 5,
+  });
+  t.throws(() => resolveLockOptions({ wait: { minDelayMs: 3_600_001 } }, instance), {
+    instanceOf: RangeError,
+    message: /`wait.minDelayMs`/,
+  });
+  t.throws(() => resolveLockOptions({ wait: { maxDelayMs: 3_600_001 } }, instance), {
+    instanceOf: RangeError,
+    message: /`wait.maxDelayMs`/,
+  });
   t.throws(() => resolveLockOptions({ wait: [] as never }, instance), { instanceOf: TypeError, message: /`wait`/ });
   const signal = new AbortController().signal;
   t.is(resolveLockOptions({ signal }, instance).signal, signal);
@@ -133,12 +217,21 @@ test('options: wait.timeoutMs Infinity is accepted (API.md 3)', (t) => {
 
 test('options: call arguments and signals', (t) => {
   t.notThrows(() => checkCallArgs('k', 'A'));
-  t.throws(() => checkCallArgs(1, 'A'), { instanceOf: TypeError, message: 'Expected `key` to be a string, got number' });
+  t.throws(() => checkCallArgs(1, 'A'), {
+    instanceOf: TypeError,
+    message: 'Expected `key` to be a string, got number',
+  });
   t.throws(() => checkCallArgs('k', ''), { instanceOf: EmptyClientIdError });
   t.notThrows(() => checkCallArgs('k', 'x'.repeat(MAX_CLIENT_ID_BYTES)));
   t.notThrows(() => checkCallArgs('k', 'é'.repeat(MAX_CLIENT_ID_BYTES / 2)));
-  t.throws(() => checkCallArgs('k', 'x'.repeat(MAX_CLIENT_ID_BYTES + 1)), { instanceOf: RangeError, message: /`clientId`.*4096.*4097/ });
-  t.throws(() => checkCallArgs('k', 'é'.repeat(MAX_CLIENT_ID_BYTES / 2 + 1)), { instanceOf: RangeError, message: /got 4098/ });
+  t.throws(() => checkCallArgs('k', 'x'.repeat(MAX_CLIENT_ID_BYTES + 1)), {
+    instanceOf: RangeError,
+    message: /`clientId`.*4096.*4097/,
+  });
+  t.throws(() => checkCallArgs('k', 'é'.repeat(MAX_CLIENT_ID_BYTES / 2 + 1)), {
+    instanceOf: RangeError,
+    message: /got 4098/,
+  });
   t.throws(() => checkCallArgs('k', 'a\uD800'), { instanceOf: TypeError, message: /lone surrogate/ });
   t.true(isSignalLike(new AbortController().signal));
   t.true(isSignalLike({ aborted: false, addEventListener() {}, removeEventListener() {} }));
@@ -162,15 +255,35 @@ test('errors: one base class, stable codes, names, messages', (t) => {
   t.is(base.cause, 1);
   const refused = new LockNotAcquiredError('k', 'A');
   t.true(refused instanceof MemlockError);
-  t.like(refused, { code: 'ERR_MEMLOCK_NOT_ACQUIRED', name: 'LockNotAcquiredError', key: 'k', holder: 'A', done: false, message: 'Lock "k" is held by another client' });
-  t.like(new LockNotAcquiredError('k', 'A', { done: true }), { done: true, message: 'Lock "k" was completed recently (holdAfterMs)' });
+  t.like(refused, {
+    code: 'ERR_MEMLOCK_NOT_ACQUIRED',
+    name: 'LockNotAcquiredError',
+    key: 'k',
+    holder: 'A',
+    done: false,
+    message: 'Lock "k" is held by another client',
+  });
+  t.like(new LockNotAcquiredError('k', 'A', { done: true }), {
+    done: true,
+    message: 'Lock "k" was completed recently (holdAfterMs)',
+  });
   t.is(new LockNotAcquiredError('k', undefined, { message: 'custom' }).message, 'custom');
   const fast = notAcquired('k', 'B', { done: true });
   t.like(fast, { key: 'k', holder: 'B', done: true, code: 'ERR_MEMLOCK_NOT_ACQUIRED' });
   t.is(fast.stack?.split('\n').length, 1, 'no stack frames captured');
   t.true(new Error('x').stack!.split('\n').length > 1, 'the stack limit is restored');
-  t.like(new EmptyClientIdError(), { code: 'ERR_MEMLOCK_EMPTY_CLIENT_ID', name: 'EmptyClientIdError', message: 'clientId must be a non-empty string' });
-  for (const [kind, text] of [['gone', /evicted, flushed or deleted/], ['taken', /taken by another acquisition/], ['unreachable', /unreachable/], ['deadline', /event loop stalled/], ['closed', /close\(\)/]] as const) {
+  t.like(new EmptyClientIdError(), {
+    code: 'ERR_MEMLOCK_EMPTY_CLIENT_ID',
+    name: 'EmptyClientIdError',
+    message: 'clientId must be a non-empty string',
+  });
+  for (const [kind, text] of [
+    ['gone', /evicted, flushed or deleted/],
+    ['taken', /taken by another acquisition/],
+    ['unreachable', /unreachable/],
+    ['deadline', /event loop stalled/],
+    ['closed', /close\(\)/],
+  ] as const) {
     const lost = new LockLostError('k', kind);
     t.like(lost, { code: 'ERR_MEMLOCK_LOST', name: 'LockLostError', kind, key: 'k', fnError: undefined });
     t.regex(lost.message, text);
@@ -190,16 +303,39 @@ test.serial('diagnostics: publish builds the message only when someone listens',
   publish(channel, build);
   t.is(built, 0, 'no subscriber: the message is never built');
   const seen: unknown[] = [];
-  const listener = (message: unknown): void => { seen.push(message); };
+  const listener = (message: unknown): void => {
+    seen.push(message);
+  };
   channel.subscribe(listener);
   publish(channel, build);
   t.is(built, 1);
   t.deepEqual(seen, [{ n: 1 }]);
   channel.unsubscribe(listener);
-  t.deepEqual(Object.keys(channels).sort(), ['acquired', 'failOpen', 'heartbeatError', 'lost', 'refused', 'releaseFailed', 'released', 'stolen']);
-  t.deepEqual(Object.values(channels).map((c) => c.name).sort(), [
-    'memlock:acquired', 'memlock:fail-open', 'memlock:heartbeat-error', 'memlock:lost', 'memlock:refused', 'memlock:release-failed', 'memlock:released', 'memlock:stolen',
+  t.deepEqual(Object.keys(channels).sort(), [
+    'acquired',
+    'failOpen',
+    'heartbeatError',
+    'lost',
+    'refused',
+    'releaseFailed',
+    'released',
+    'stolen',
   ]);
+  t.deepEqual(
+    Object.values(channels)
+      .map((c) => c.name)
+      .sort(),
+    [
+      'memlock:acquired',
+      'memlock:fail-open',
+      'memlock:heartbeat-error',
+      'memlock:lost',
+      'memlock:refused',
+      'memlock:release-failed',
+      'memlock:released',
+      'memlock:stolen',
+    ],
+  );
 });
 
 test.serial('diagnostics: an unobserved lock cycle publishes nothing', async (t) => {
@@ -223,13 +359,29 @@ test('options: every validation names its option (the unit-tier twin of test/val
     else t.regex(error?.message ?? '', message);
   };
   named(() => resolveMemlockOptions({ prefix: 5 as never }), TypeError, 'Expected `prefix` to be a string, got number');
-  named(() => resolveMemlockOptions({ prefix: 'a b' }), RangeError, 'Expected `prefix` to hold no whitespace or control characters');
+  named(
+    () => resolveMemlockOptions({ prefix: 'a b' }),
+    RangeError,
+    'Expected `prefix` to hold no whitespace or control characters',
+  );
   named(() => resolveMemlockOptions({ prefix: 'a\u0001' }), RangeError, /`prefix`/);
-  named(() => resolveMemlockOptions({ username: 5 as never }), TypeError, 'Expected `username` to be a string, got number');
+  named(
+    () => resolveMemlockOptions({ username: 5 as never }),
+    TypeError,
+    'Expected `username` to be a string, got number',
+  );
   t.is(resolveMemlockOptions({ servers: 'x:1', username: 'u', password: 'p' }).username, 'u');
-  named(() => resolveMemlockOptions({ servers: ['a:1', 5] as never }), TypeError, 'Expected `servers` to be a string or an array of strings, got object');
+  named(
+    () => resolveMemlockOptions({ servers: ['a:1', 5] as never }),
+    TypeError,
+    'Expected `servers` to be a string or an array of strings, got object',
+  );
   named(() => resolveMemlockOptions({ servers: 5 as never }), TypeError, /`servers`/);
-  named(() => resolveMemlockOptions({ client: {} as never }), TypeError, 'Expected `client` to be a memjs Client (with a `servers` array)');
+  named(
+    () => resolveMemlockOptions({ client: {} as never }),
+    TypeError,
+    'Expected `client` to be a memjs Client (with a `servers` array)',
+  );
   named(() => resolveMemlockOptions({ client: { servers: 'x' } as never }), TypeError, /`client`/);
   named(() => resolveMemlockOptions({ client: 'x' as never }), TypeError, /`client`/);
   const saved = process.env.MEMCACHE_SERVERS;
@@ -238,7 +390,11 @@ test('options: every validation names its option (the unit-tier twin of test/val
     else process.env.MEMCACHE_SERVERS = saved;
   });
   process.env.MEMCACHE_SERVERS = 'env:1';
-  t.deepEqual(resolveMemlockOptions({ client: { servers: [] } as never }).servers, [], 'a memjs client needs no servers');
+  t.deepEqual(
+    resolveMemlockOptions({ client: { servers: [] } as never }).servers,
+    [],
+    'a memjs client needs no servers',
+  );
   t.deepEqual(resolveMemlockOptions({}).servers, ['env:1']);
   named(() => resolveMemlockOptions('x'), TypeError, 'Expected `options` to be an object, got string "x"');
   named(() => resolveMemlockOptions(5), TypeError, 'Expected `options` to be an object, got number');
@@ -253,58 +409,136 @@ test('options: every validation names its option (the unit-tier twin of test/val
   named(() => resolveLockOptions('x', instance), TypeError, 'Expected `options` to be an object, got string "x"');
   named(() => resolveLockOptions([], instance), TypeError, /`options`/);
   named(() => resolveLockOptions({ stealAfterMs: -1 }, instance), RangeError, /^Expected `stealAfterMs` to be between/);
-  named(() => resolveLockOptions({ signal: {} as never }, instance), TypeError, 'Expected `signal` to be an AbortSignal, got object');
-  named(() => resolveLockOptions({ signal: { aborted: false, addEventListener: 1, removeEventListener() {} } as never }, instance), TypeError, /`signal`/);
-  named(() => resolveLockOptions({ wait: { minDelayMs: 100, maxDelayMs: 10 } }, instance), RangeError, 'Expected `wait.maxDelayMs` (10) to be >= wait.minDelayMs (100)');
+  named(
+    () => resolveLockOptions({ signal: {} as never }, instance),
+    TypeError,
+    'Expected `signal` to be an AbortSignal, got object',
+  );
+  named(
+    () =>
+      resolveLockOptions(
+        { signal: { aborted: false, addEventListener: 1, removeEventListener() {} } as never },
+        instance,
+      ),
+    TypeError,
+    /`signal`/,
+  );
+  named(
+    () => resolveLockOptions({ wait: { minDelayMs: 100, maxDelayMs: 10 } }, instance),
+    RangeError,
+    'Expected `wait.maxDelayMs` (10) to be >= wait.minDelayMs (100)',
+  );
   t.notThrows(() => resolveLockOptions({ wait: { minDelayMs: 10, maxDelayMs: 10 } }, instance));
-  named(() => resolveLockOptions({ wait: { timeoutMs: -1 } }, instance), RangeError, /^Expected `wait.timeoutMs` to be between 0 and Infinity/);
+  named(
+    () => resolveLockOptions({ wait: { timeoutMs: -1 } }, instance),
+    RangeError,
+    /^Expected `wait.timeoutMs` to be between 0 and Infinity/,
+  );
   named(() => resolveLockOptions({ wait: { timeoutMs: 'x' as never } }, instance), TypeError, /`wait.timeoutMs`/);
   t.is(resolveLockOptions({ wait: { timeoutMs: 0 } }, instance).wait?.timeoutMs, 0);
-  t.throws(() => checkNumber('x', 'a'.repeat(41), 0, 1), { message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}…"` });
-  t.throws(() => checkNumber('x', 'a'.repeat(40), 0, 1), { message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}"` });
+  t.throws(() => checkNumber('x', 'a'.repeat(41), 0, 1), {
+    message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}…"`,
+  });
+  t.throws(() => checkNumber('x', 'a'.repeat(40), 0, 1), {
+    message: `Expected \`x\` to be a number, got string "${'a'.repeat(40)}"`,
+  });
 });
 
-test.serial('options: servers lists, protocol, tls and SASL credentials (own connections, a memjs client, a lockClient)', (t) => {
-  const saved = { servers: process.env.MEMCACHE_SERVERS, user: process.env.MEMCACHE_USERNAME, pass: process.env.MEMCACHE_PASSWORD };
-  t.teardown(() => {
-    for (const [name, value] of [['MEMCACHE_SERVERS', saved.servers], ['MEMCACHE_USERNAME', saved.user], ['MEMCACHE_PASSWORD', saved.pass]] as const) {
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
-    }
-  });
-  delete process.env.MEMCACHE_USERNAME;
-  delete process.env.MEMCACHE_PASSWORD;
-  t.deepEqual(resolveMemlockOptions({ servers: ' a:1 , ,b:2 ' }).servers, ['a:1', 'b:2'], 'trimmed, empty entries dropped');
-  t.deepEqual(resolveMemlockOptions({ servers: ['a:1', ' '] }).servers, ['a:1']);
-  t.throws(() => resolveMemlockOptions({ servers: ' , ' }), { instanceOf: RangeError, message: 'Expected `servers` to name at least one server' });
-  t.like(resolveMemlockOptions({ servers: 'a:1' }), { protocol: 'binary', tls: false, username: undefined, password: undefined, ref: true });
-  t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'meta' }).protocol, 'meta');
-  t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 5 as never }), { instanceOf: TypeError, message: "Expected `protocol` to be 'binary' or 'meta', got number" });
-  t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 'ascii' as never }), { instanceOf: RangeError, message: 'Expected `protocol` to be \'binary\' or \'meta\', got string "ascii"' });
-  const ca = { ca: 'pem' };
-  t.is(resolveMemlockOptions({ servers: 'a:1', tls: ca }).tls, ca);
-  t.is(resolveMemlockOptions({ servers: 'a:1', tls: true }).tls, true);
-  t.throws(() => resolveMemlockOptions({ servers: 'a:1', tls: 'yes' as never }), { instanceOf: TypeError, message: 'Expected `tls` to be a boolean or tls.connect options, got string "yes"' });
-  t.throws(() => resolveMemlockOptions({ servers: 'a:1', tls: 5 as never }), { instanceOf: TypeError, message: /`tls`/ });
-  // SASL credentials need the binary protocol; the error says where they came from.
-  const sasl = (options: Parameters<typeof resolveMemlockOptions>[0]): string => t.throws(() => resolveMemlockOptions(options), { instanceOf: RangeError })?.message ?? '';
-  t.is(sasl({ servers: 'a:1', protocol: 'meta', username: 'u' }), "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol");
-  t.regex(sasl({ servers: 'u:p@a:1', protocol: 'meta' }), /\(from a `servers` entry\)/);
-  t.regex(sasl({ servers: ['a:1', 'u:p@b:2'], protocol: 'meta' }), /\(from a `servers` entry\)/, 'any entry');
-  process.env.MEMCACHE_USERNAME = 'envuser';
-  process.env.MEMCACHE_PASSWORD = 'envpass';
-  t.regex(sasl({ servers: 'a:1', protocol: 'meta' }), /\(from MEMCACHE_USERNAME\)/);
-  t.like(resolveMemlockOptions({ servers: 'a:1' }), { username: 'envuser', password: 'envpass' });
-  t.like(resolveMemlockOptions({ servers: 'a:1', username: 'u', password: 'p' }), { username: 'u', password: 'p' }, 'options win over the environment');
-  t.throws(() => resolveMemlockOptions({ servers: 'bad:port:x' }), { instanceOf: RangeError, message: /`servers`/ }, 'own connections: every entry is parsed');
-  // A memjs client: binary, no TLS, its own credentials and servers.
-  const client = { servers: [] } as never;
-  t.notThrows(() => resolveMemlockOptions({ client, protocol: 'binary' }));
-  t.throws(() => resolveMemlockOptions({ client, protocol: 'meta' }), { instanceOf: RangeError, message: "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)" });
-  t.throws(() => resolveMemlockOptions({ client, tls: true }), { instanceOf: RangeError, message: 'Expected `tls` to be false with a memjs `client` (memjs has no TLS)' });
-  t.notThrows(() => resolveMemlockOptions({ client, tls: false }));
-  // A lockClient: none of these apply.
-  const lockClient = new MemcacheStandIn().client();
-  t.notThrows(() => resolveMemlockOptions({ lockClient, protocol: 'meta', tls: true, servers: 'bad:port:x' }));
-  t.deepEqual(resolveMemlockOptions({ lockClient }).servers, [], 'no servers read from the environment');
-});
+test.serial(
+  'options: servers lists, protocol, tls and SASL credentials (own connections, a memjs client, a lockClient)',
+  (t) => {
+    const saved = {
+      servers: process.env.MEMCACHE_SERVERS,
+      user: process.env.MEMCACHE_USERNAME,
+      pass: process.env.MEMCACHE_PASSWORD,
+    };
+    t.teardown(() => {
+      for (const [name, value] of [
+        ['MEMCACHE_SERVERS', saved.servers],
+        ['MEMCACHE_USERNAME', saved.user],
+        ['MEMCACHE_PASSWORD', saved.pass],
+      ] as const) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    });
+    delete process.env.MEMCACHE_USERNAME;
+    delete process.env.MEMCACHE_PASSWORD;
+    t.deepEqual(
+      resolveMemlockOptions({ servers: ' a:1 , ,b:2 ' }).servers,
+      ['a:1', 'b:2'],
+      'trimmed, empty entries dropped',
+    );
+    t.deepEqual(resolveMemlockOptions({ servers: ['a:1', ' '] }).servers, ['a:1']);
+    t.throws(() => resolveMemlockOptions({ servers: ' , ' }), {
+      instanceOf: RangeError,
+      message: 'Expected `servers` to name at least one server',
+    });
+    t.like(resolveMemlockOptions({ servers: 'a:1' }), {
+      protocol: 'binary',
+      tls: false,
+      username: undefined,
+      password: undefined,
+      ref: true,
+    });
+    t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'meta' }).protocol, 'meta');
+    t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 5 as never }), {
+      instanceOf: TypeError,
+      message: "Expected `protocol` to be 'binary' or 'meta', got number",
+    });
+    t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 'ascii' as never }), {
+      instanceOf: RangeError,
+      message: "Expected `protocol` to be 'binary' or 'meta', got string \"ascii\"",
+    });
+    const ca = { ca: 'pem' };
+    t.is(resolveMemlockOptions({ servers: 'a:1', tls: ca }).tls, ca);
+    t.is(resolveMemlockOptions({ servers: 'a:1', tls: true }).tls, true);
+    t.throws(() => resolveMemlockOptions({ servers: 'a:1', tls: 'yes' as never }), {
+      instanceOf: TypeError,
+      message: 'Expected `tls` to be a boolean or tls.connect options, got string "yes"',
+    });
+    t.throws(() => resolveMemlockOptions({ servers: 'a:1', tls: 5 as never }), {
+      instanceOf: TypeError,
+      message: /`tls`/,
+    });
+    // SASL credentials need the binary protocol; the error says where they came from.
+    const sasl = (options: Parameters<typeof resolveMemlockOptions>[0]): string =>
+      t.throws(() => resolveMemlockOptions(options), { instanceOf: RangeError })?.message ?? '';
+    t.is(
+      sasl({ servers: 'a:1', protocol: 'meta', username: 'u' }),
+      "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol",
+    );
+    t.regex(sasl({ servers: 'u:p@a:1', protocol: 'meta' }), /\(from a `servers` entry\)/);
+    t.regex(sasl({ servers: ['a:1', 'u:p@b:2'], protocol: 'meta' }), /\(from a `servers` entry\)/, 'any entry');
+    process.env.MEMCACHE_USERNAME = 'envuser';
+    process.env.MEMCACHE_PASSWORD = 'envpass';
+    t.regex(sasl({ servers: 'a:1', protocol: 'meta' }), /\(from MEMCACHE_USERNAME\)/);
+    t.like(resolveMemlockOptions({ servers: 'a:1' }), { username: 'envuser', password: 'envpass' });
+    t.like(
+      resolveMemlockOptions({ servers: 'a:1', username: 'u', password: 'p' }),
+      { username: 'u', password: 'p' },
+      'options win over the environment',
+    );
+    t.throws(
+      () => resolveMemlockOptions({ servers: 'bad:port:x' }),
+      { instanceOf: RangeError, message: /`servers`/ },
+      'own connections: every entry is parsed',
+    );
+    // A memjs client: binary, no TLS, its own credentials and servers.
+    const client = { servers: [] } as never;
+    t.notThrows(() => resolveMemlockOptions({ client, protocol: 'binary' }));
+    t.throws(() => resolveMemlockOptions({ client, protocol: 'meta' }), {
+      instanceOf: RangeError,
+      message: "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)",
+    });
+    t.throws(() => resolveMemlockOptions({ client, tls: true }), {
+      instanceOf: RangeError,
+      message: 'Expected `tls` to be false with a memjs `client` (memjs has no TLS)',
+    });
+    t.notThrows(() => resolveMemlockOptions({ client, tls: false }));
+    // A lockClient: none of these apply.
+    const lockClient = new MemcacheStandIn().client();
+    t.notThrows(() => resolveMemlockOptions({ lockClient, protocol: 'meta', tls: true, servers: 'bad:port:x' }));
+    t.deepEqual(resolveMemlockOptions({ lockClient }).servers, [], 'no servers read from the environment');
+  },
+);

@@ -14,7 +14,12 @@ const v = (text: string): Buffer => Buffer.from(text);
 
 function manualClock(): { now: () => number; set: (ms: number) => void } {
   let time = 0;
-  return { now: () => time, set: (ms) => { time = ms; } };
+  return {
+    now: () => time,
+    set: (ms) => {
+      time = ms;
+    },
+  };
 }
 
 test('add, get with CAS, CAS-checked set and delete; one CAS counter from 1', async (t) => {
@@ -33,7 +38,11 @@ test('add, get with CAS, CAS-checked set and delete; one CAS counter from 1', as
   t.is(await c.get('k'), null);
   t.deepEqual(await c.casSet('k', v('x'), 10, 2n), { status: 'not_found' });
   t.deepEqual(await c.casDelete('k', 2n), { status: 'not_found' });
-  t.deepEqual(await c.add('other', v('o'), 10), { status: 'ok', cas: 3n, conn: 1 }, 'the counter is per server, not per key');
+  t.deepEqual(
+    await c.add('other', v('o'), 10),
+    { status: 'ok', cas: 3n, conn: 1 },
+    'the counter is per server, not per key',
+  );
   t.deepEqual(memcache.ops, { add: 3, get: 2, set: 3, delete: 3 });
 });
 
@@ -90,7 +99,11 @@ test('TTL n: the entry may expire n-1 s after the write (whole-second clock), ne
   t.truthy(await c.get('early'));
   clock.set(5000);
   t.is(await c.get('early'), null);
-  t.deepEqual(await c.add('early', v('again'), 2), { status: 'ok', cas: 3n, conn: 1 }, 'an expired key can be added again');
+  t.deepEqual(
+    await c.add('early', v('again'), 2),
+    { status: 'ok', cas: 3n, conn: 1 },
+    'an expired key can be added again',
+  );
 });
 
 test('TTL 0 never expires; a negative TTL expires at once; above 30 days a TTL is a unix time', async (t) => {
@@ -162,7 +175,13 @@ test('unreachable: requests are refused as not applied (ECONNREFUSED convention)
   await c.add('k', v('x'), 10);
   memcache.unreachable(true);
   const ops = { ...memcache.ops };
-  for (const call of [() => c.add('n', v('x'), 10), () => c.get('k'), () => c.casSet('k', v('y'), 10, 1n), () => c.casDelete('k', 1n), () => c.addThenGet('n', v('x'), 10)]) {
+  for (const call of [
+    () => c.add('n', v('x'), 10),
+    () => c.get('k'),
+    () => c.casSet('k', v('y'), 10, 1n),
+    () => c.casDelete('k', 1n),
+    () => c.addThenGet('n', v('x'), 10),
+  ]) {
     const error = await t.throwsAsync(call(), { instanceOf: MemcacheUnavailableError });
     t.is(error?.server, 'cache-1:11211');
     t.false(isAmbiguous(error), 'a refused request was not applied');
@@ -175,36 +194,43 @@ test('unreachable: requests are refused as not applied (ECONNREFUSED convention)
   t.throws(() => memcache.unreachable('yes' as unknown as boolean), { instanceOf: TypeError });
 });
 
-test.serial('slow: answered late but within timeoutMs is fine; past it the request fails as maybe applied, and is applied when the server gets to it', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
-  const memcache = new MemcacheStandIn();
-  const c = memcache.client({ timeoutMs: 200 });
-  memcache.slow(150);
-  let settled: unknown;
-  void c.add('k', v('x'), 10).then((r) => { settled = r; });
-  await clock.tickAsync(149);
-  t.is(settled, undefined);
-  t.is(memcache.peek('k'), null, 'applied when answered');
-  await clock.tickAsync(1);
-  t.deepEqual(settled, { status: 'ok', cas: 1n, conn: 1 });
+test.serial(
+  'slow: answered late but within timeoutMs is fine; past it the request fails as maybe applied, and is applied when the server gets to it',
+  async (t) => {
+    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+    t.teardown(() => clock.uninstall());
+    const memcache = new MemcacheStandIn();
+    const c = memcache.client({ timeoutMs: 200 });
+    memcache.slow(150);
+    let settled: unknown;
+    void c.add('k', v('x'), 10).then((r) => {
+      settled = r;
+    });
+    await clock.tickAsync(149);
+    t.is(settled, undefined);
+    t.is(memcache.peek('k'), null, 'applied when answered');
+    await clock.tickAsync(1);
+    t.deepEqual(settled, { status: 'ok', cas: 1n, conn: 1 });
 
-  memcache.slow(500);
-  let failure: unknown;
-  const late = c.add('late', v('x'), 10).catch((error: unknown) => { failure = error; });
-  await clock.tickAsync(199);
-  t.is(failure, undefined);
-  await clock.tickAsync(1);
-  await late;
-  t.true(failure instanceof MemcacheUnavailableError);
-  t.regex((failure as Error).message, /timed out after 200 ms/);
-  t.true(isAmbiguous(failure), 'a timed-out write may have been applied');
-  t.false(c.isCurrent('late', 1), 'a timeout drops the connection, like memlock’s transport');
-  t.is(memcache.peek('late'), null);
-  await clock.tickAsync(300);
-  t.truthy(memcache.peek('late'), 'the write landed after the client gave up');
-  t.throws(() => memcache.slow(-5), { instanceOf: RangeError });
-});
+    memcache.slow(500);
+    let failure: unknown;
+    const late = c.add('late', v('x'), 10).catch((error: unknown) => {
+      failure = error;
+    });
+    await clock.tickAsync(199);
+    t.is(failure, undefined);
+    await clock.tickAsync(1);
+    await late;
+    t.true(failure instanceof MemcacheUnavailableError);
+    t.regex((failure as Error).message, /timed out after 200 ms/);
+    t.true(isAmbiguous(failure), 'a timed-out write may have been applied');
+    t.false(c.isCurrent('late', 1), 'a timeout drops the connection, like memlock’s transport');
+    t.is(memcache.peek('late'), null);
+    await clock.tickAsync(300);
+    t.truthy(memcache.peek('late'), 'the write landed after the client gave up');
+    t.throws(() => memcache.slow(-5), { instanceOf: RangeError });
+  },
+);
 
 test.serial('restart with slow requests in flight: they fail as maybe applied and are never applied', async (t) => {
   const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
@@ -238,36 +264,46 @@ test('keys longer than 250 bytes and values over 1 MB are refused with a server 
   const long = await t.throwsAsync(c.add('k'.repeat(251), v('x'), 10), { instanceOf: MemcacheUnavailableError });
   t.false(isAmbiguous(long));
   t.truthy(await c.add('k'.repeat(250), v('x'), 10));
-  const big = await t.throwsAsync(c.add('big', Buffer.alloc(1024 * 1024), 10), { instanceOf: MemcacheUnavailableError });
+  const big = await t.throwsAsync(c.add('big', Buffer.alloc(1024 * 1024), 10), {
+    instanceOf: MemcacheUnavailableError,
+  });
   t.false(isAmbiguous(big));
   t.is(memcache.peek('big'), null);
 });
 
 test('bad options are typed errors naming the option', (t) => {
-  t.throws(() => new MemcacheStandIn({ now: 5 as unknown as () => number }), { instanceOf: TypeError, message: /`now`/ });
+  t.throws(() => new MemcacheStandIn({ now: 5 as unknown as () => number }), {
+    instanceOf: TypeError,
+    message: /`now`/,
+  });
   t.throws(() => new MemcacheStandIn({ name: 5 as unknown as string }), { instanceOf: TypeError, message: /`name`/ });
   t.throws(() => new MemcacheStandIn(null as never), { instanceOf: TypeError, message: /`options`/ });
   t.throws(() => new MemcacheStandIn().client({ timeoutMs: 0 }), { instanceOf: RangeError, message: /`timeoutMs`/ });
   t.is(new MemcacheStandIn().client().serverOf('k'), 'stand-in:11211');
 });
 
-test.serial('memlock(): a slow server past timeoutMs makes renewals time out, and the holder loses the lock at its deadline', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
-  const memcache = new MemcacheStandIn();
-  const memlock = memcache.memlock({ leaseMs: 4000, heartbeatMs: 500, timeoutMs: 100 });
-  const lock = await memlock.acquire('job', 'A');
-  memcache.slow(1000);
-  await clock.tickAsync(2899);
-  t.false(lock.signal.aborted, 'still inside the guaranteed lease (3 s - 100 ms margin)');
-  await clock.tickAsync(1);
-  t.true(lock.signal.aborted);
-  const reason = lock.signal.reason as LockLostError;
-  t.is(reason.kind, 'unreachable');
-  t.regex((reason.cause as Error).message, /timed out after 100 ms/);
-  memcache.slow(0);
-  await memlock.close();
-});
+test.serial(
+  'memlock(): a slow server past timeoutMs makes renewals time out, and the holder loses the lock at its deadline',
+  async (t) => {
+    const clock = FakeTimers.install({
+      toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'],
+    });
+    t.teardown(() => clock.uninstall());
+    const memcache = new MemcacheStandIn();
+    const memlock = memcache.memlock({ leaseMs: 4000, heartbeatMs: 500, timeoutMs: 100 });
+    const lock = await memlock.acquire('job', 'A');
+    memcache.slow(1000);
+    await clock.tickAsync(2899);
+    t.false(lock.signal.aborted, 'still inside the guaranteed lease (3 s - 100 ms margin)');
+    await clock.tickAsync(1);
+    t.true(lock.signal.aborted);
+    const reason = lock.signal.reason as LockLostError;
+    t.is(reason.kind, 'unreachable');
+    t.regex((reason.cause as Error).message, /timed out after 100 ms/);
+    memcache.slow(0);
+    await memlock.close();
+  },
+);
 
 test('ref: standIn.memlock() keeps the process alive until its close(); a bare client only with ref: true', async (t) => {
   const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
@@ -318,10 +354,16 @@ test('the errors follow memlock’s transport: message, server, mayHaveApplied a
   t.is(invalid?.message, 'memcache add failed with status 0x4 (cache-1:11211): Invalid arguments');
   t.like(invalid, { server: 'cache-1:11211', mayHaveApplied: false });
   t.like(invalid?.cause, { status: 4, message: 'Invalid arguments' });
-  const big = await t.throwsAsync(d.casSet('k', Buffer.alloc(1024 * 1024), 10, 0n), { instanceOf: MemcacheUnavailableError });
+  const big = await t.throwsAsync(d.casSet('k', Buffer.alloc(1024 * 1024), 10, 0n), {
+    instanceOf: MemcacheUnavailableError,
+  });
   t.is(big?.message, 'memcache set failed with status 0x3 (cache-1:11211): Too large.');
   t.like(big?.cause, { status: 3 });
-  t.deepEqual(memcache.ops, { add: 1, get: 0, set: 2, delete: 0 }, 'refused by the server still reached it; refused connections did not');
+  t.deepEqual(
+    memcache.ops,
+    { add: 1, get: 0, set: 2, delete: 0 },
+    'refused by the server still reached it; refused connections did not',
+  );
 });
 
 test('limits at their edges: a 250-byte key and a 1 MB item (key and value together) are accepted; one byte more is not; gets and deletes check the key', async (t) => {
@@ -386,82 +428,115 @@ test('unreachable() twice breaks connections once; unreachable() without an argu
   t.true(c.isCurrent('k', 2), 'reachable again changes no connection');
 });
 
-test.serial('slow: a write whose client timed out lands (delay - timeoutMs) after the timeout, unless a restart comes first; a server error in a slow answer rejects', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
-  const memcache = new MemcacheStandIn();
-  const c = memcache.client({ timeoutMs: 100 });
-  memcache.slow(400);
-  const late = c.add('late', v('x'), 10).catch((error: unknown) => error);
-  await clock.tickAsync(100);
-  t.true(isAmbiguous(await late));
-  await clock.tickAsync(299);
-  t.is(memcache.peek('late'), null, 'not before the server gets to it');
-  await clock.tickAsync(1);
-  t.truthy(memcache.peek('late'), 'applied 400 ms after the send');
-  const lost = c.add('lost', v('x'), 10).catch((error: unknown) => error);
-  await clock.tickAsync(100);
-  await lost;
-  memcache.restart();
-  await clock.tickAsync(1000);
-  t.is(memcache.peek('lost'), null, 'a restart before it was applied: never applied');
-  const d = memcache.client({ timeoutMs: 1000 });
-  const invalid = d.get('').catch((error: unknown) => error);
-  await clock.tickAsync(400);
-  const error = await invalid;
-  t.true(error instanceof MemcacheUnavailableError);
-  t.regex((error as Error).message, /Invalid arguments/);
-  t.false(isAmbiguous(error), 'the server answered: not applied');
-  const answered = d.add('ok', v('x'), 10);
-  await clock.tickAsync(400);
-  t.is((await answered).status, 'ok');
-  t.deepEqual(memcache.keys(), ['ok'], 'the restart took late with it');
-});
+test.serial(
+  'slow: a write whose client timed out lands (delay - timeoutMs) after the timeout, unless a restart comes first; a server error in a slow answer rejects',
+  async (t) => {
+    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+    t.teardown(() => clock.uninstall());
+    const memcache = new MemcacheStandIn();
+    const c = memcache.client({ timeoutMs: 100 });
+    memcache.slow(400);
+    const late = c.add('late', v('x'), 10).catch((error: unknown) => error);
+    await clock.tickAsync(100);
+    t.true(isAmbiguous(await late));
+    await clock.tickAsync(299);
+    t.is(memcache.peek('late'), null, 'not before the server gets to it');
+    await clock.tickAsync(1);
+    t.truthy(memcache.peek('late'), 'applied 400 ms after the send');
+    const lost = c.add('lost', v('x'), 10).catch((error: unknown) => error);
+    await clock.tickAsync(100);
+    await lost;
+    memcache.restart();
+    await clock.tickAsync(1000);
+    t.is(memcache.peek('lost'), null, 'a restart before it was applied: never applied');
+    const d = memcache.client({ timeoutMs: 1000 });
+    const invalid = d.get('').catch((error: unknown) => error);
+    await clock.tickAsync(400);
+    const error = await invalid;
+    t.true(error instanceof MemcacheUnavailableError);
+    t.regex((error as Error).message, /Invalid arguments/);
+    t.false(isAmbiguous(error), 'the server answered: not applied');
+    const answered = d.add('ok', v('x'), 10);
+    await clock.tickAsync(400);
+    t.is((await answered).status, 'ok');
+    t.deepEqual(memcache.keys(), ['ok'], 'the restart took late with it');
+  },
+);
 
-test.serial('close() of a client fails its own pending requests only; a timed-out request’s connection is replaced', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
-  const memcache = new MemcacheStandIn();
-  const a = memcache.client({ timeoutMs: 10_000 });
-  const b = memcache.client({ timeoutMs: 10_000 });
-  memcache.slow(50);
-  const mine = a.add('a', v('x'), 10).catch((error: unknown) => error);
-  const theirs = b.add('b', v('x'), 10);
-  await a.close();
-  t.true(isAmbiguous(await mine), 'sent, then the connection closed: maybe applied');
-  await clock.tickAsync(50);
-  t.is((await theirs).status, 'ok');
-  t.true(b.isCurrent('b', 1));
-  const c = memcache.client({ timeoutMs: 20 });
-  const timedOut = c.get('x').catch((error: unknown) => error);
-  await clock.tickAsync(20);
-  await timedOut;
-  t.false(c.isCurrent('x', 1));
-  t.true(c.isCurrent('x', 2));
-  await clock.tickAsync(100);
-});
+test.serial(
+  'close() of a client fails its own pending requests only; a timed-out request’s connection is replaced',
+  async (t) => {
+    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+    t.teardown(() => clock.uninstall());
+    const memcache = new MemcacheStandIn();
+    const a = memcache.client({ timeoutMs: 10_000 });
+    const b = memcache.client({ timeoutMs: 10_000 });
+    memcache.slow(50);
+    const mine = a.add('a', v('x'), 10).catch((error: unknown) => error);
+    const theirs = b.add('b', v('x'), 10);
+    await a.close();
+    t.true(isAmbiguous(await mine), 'sent, then the connection closed: maybe applied');
+    await clock.tickAsync(50);
+    t.is((await theirs).status, 'ok');
+    t.true(b.isCurrent('b', 1));
+    const c = memcache.client({ timeoutMs: 20 });
+    const timedOut = c.get('x').catch((error: unknown) => error);
+    await clock.tickAsync(20);
+    await timedOut;
+    t.false(c.isCurrent('x', 1));
+    t.true(c.isCurrent('x', 2));
+    await clock.tickAsync(100);
+  },
+);
 
 test('option and argument checks: non-object options, non-number timeoutMs, advance(0) and slow(0) allowed, odd slow() values refused', (t) => {
-  t.throws(() => new MemcacheStandIn(5 as never), { instanceOf: TypeError, message: 'Expected `options` to be an object' });
-  t.throws(() => new MemcacheStandIn().client({ timeoutMs: '5' as never }), { instanceOf: RangeError, message: 'Expected `timeoutMs` to be a number > 0, got 5' });
+  t.throws(() => new MemcacheStandIn(5 as never), {
+    instanceOf: TypeError,
+    message: 'Expected `options` to be an object',
+  });
+  t.throws(() => new MemcacheStandIn().client({ timeoutMs: '5' as never }), {
+    instanceOf: RangeError,
+    message: 'Expected `timeoutMs` to be a number > 0, got 5',
+  });
   t.throws(() => new MemcacheStandIn().client({ timeoutMs: Number.NaN }), { instanceOf: RangeError });
   const memcache = new MemcacheStandIn();
   t.notThrows(() => memcache.advance(0));
   t.notThrows(() => memcache.slow(0));
-  t.throws(() => memcache.slow(Number.POSITIVE_INFINITY), { instanceOf: RangeError, message: 'Expected `ms` to be a finite number >= 0, got Infinity' });
+  t.throws(() => memcache.slow(Number.POSITIVE_INFINITY), {
+    instanceOf: RangeError,
+    message: 'Expected `ms` to be a finite number >= 0, got Infinity',
+  });
   t.throws(() => memcache.slow('5' as never), { instanceOf: RangeError });
-  t.throws(() => memcache.advance(Number.POSITIVE_INFINITY), { instanceOf: RangeError, message: 'Expected `ms` to be a finite number >= 0, got Infinity' });
-  t.throws(() => memcache.unreachable('yes' as never), { instanceOf: TypeError, message: 'Expected `on` to be a boolean' });
+  t.throws(() => memcache.advance(Number.POSITIVE_INFINITY), {
+    instanceOf: RangeError,
+    message: 'Expected `ms` to be a finite number >= 0, got Infinity',
+  });
+  t.throws(() => memcache.unreachable('yes' as never), {
+    instanceOf: TypeError,
+    message: 'Expected `on` to be a boolean',
+  });
 });
 
 test('every request names its operation in errors', async (t) => {
   const memcache = new MemcacheStandIn({ name: 's:1' });
   const c = memcache.client();
-  for (const [op, call] of [['add', () => c.add('', v('x'), 1)], ['add', () => c.addThenGet('', v('x'), 1)], ['get', () => c.get('')], ['set', () => c.casSet('', v('x'), 1, 0n)], ['delete', () => c.casDelete('', 0n)]] as const) {
+  for (const [op, call] of [
+    ['add', () => c.add('', v('x'), 1)],
+    ['add', () => c.addThenGet('', v('x'), 1)],
+    ['get', () => c.get('')],
+    ['set', () => c.casSet('', v('x'), 1, 0n)],
+    ['delete', () => c.casDelete('', 0n)],
+  ] as const) {
     await t.throwsAsync(call(), { message: `memcache ${op} failed with status 0x4 (s:1): Invalid arguments` });
   }
   memcache.unreachable(true);
-  for (const [op, call] of [['add', () => c.add('k', v('x'), 1)], ['add', () => c.addThenGet('k', v('x'), 1)], ['get', () => c.get('k')], ['set', () => c.casSet('k', v('x'), 1, 0n)], ['delete', () => c.casDelete('k', 0n)]] as const) {
+  for (const [op, call] of [
+    ['add', () => c.add('k', v('x'), 1)],
+    ['add', () => c.addThenGet('k', v('x'), 1)],
+    ['get', () => c.get('k')],
+    ['set', () => c.casSet('k', v('x'), 1, 0n)],
+    ['delete', () => c.casDelete('k', 0n)],
+  ] as const) {
     await t.throwsAsync(call(), { message: `memcache ${op} failed (s:1): connect ECONNREFUSED` });
   }
 });
@@ -477,37 +552,42 @@ test('evict() of an entry that already expired says false; peek of a TTL-0 entry
   t.true(memcache.evict('forever'));
 });
 
-test.serial('connection generations never come back: a timeout, an outage and a restart each move a client on', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
-  const memcache = new MemcacheStandIn();
-  const c = memcache.client({ timeoutMs: 10 });
-  await c.get('k');
-  t.true(c.isCurrent('k', 1));
-  memcache.unreachable(true);
-  memcache.unreachable(false);
-  memcache.restart();
-  t.false(c.isCurrent('k', 1), 'an outage then a restart: still a new connection');
-  const current = (): number => {
-    const gens = [1, 2, 3, 4, 5, 6].filter((gen) => c.isCurrent('k', gen));
-    t.is(gens.length, 1, `exactly one current generation: ${gens.join()}`);
-    return gens[0] ?? Number.NaN;
-  };
-  const afterRestart = current();
-  memcache.slow(50);
-  const timedOut = c.get('k').catch(() => 'timeout');
-  await clock.tickAsync(10);
-  t.is(await timedOut, 'timeout');
-  const afterTimeout = current();
-  t.true(afterTimeout > afterRestart, 'a timeout drops the connection');
-  memcache.restart();
-  t.true(current() > afterTimeout, 'and the next restart moves on again, never back');
-  await clock.tickAsync(100);
-});
+test.serial(
+  'connection generations never come back: a timeout, an outage and a restart each move a client on',
+  async (t) => {
+    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
+    t.teardown(() => clock.uninstall());
+    const memcache = new MemcacheStandIn();
+    const c = memcache.client({ timeoutMs: 10 });
+    await c.get('k');
+    t.true(c.isCurrent('k', 1));
+    memcache.unreachable(true);
+    memcache.unreachable(false);
+    memcache.restart();
+    t.false(c.isCurrent('k', 1), 'an outage then a restart: still a new connection');
+    const current = (): number => {
+      const gens = [1, 2, 3, 4, 5, 6].filter((gen) => c.isCurrent('k', gen));
+      t.is(gens.length, 1, `exactly one current generation: ${gens.join()}`);
+      return gens[0] ?? Number.NaN;
+    };
+    const afterRestart = current();
+    memcache.slow(50);
+    const timedOut = c.get('k').catch(() => 'timeout');
+    await clock.tickAsync(10);
+    t.is(await timedOut, 'timeout');
+    const afterTimeout = current();
+    t.true(afterTimeout > afterRestart, 'a timeout drops the connection');
+    memcache.restart();
+    t.true(current() > afterTimeout, 'and the next restart moves on again, never back');
+    await clock.tickAsync(100);
+  },
+);
 
 test.serial('ref: true holds the process with one long interval, without a timeout-overflow warning', async (t) => {
   const warnings: string[] = [];
-  const onWarning = (warning: Error): void => { warnings.push(warning.name); };
+  const onWarning = (warning: Error): void => {
+    warnings.push(warning.name);
+  };
   process.on('warning', onWarning);
   const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
   const before = timeouts();
@@ -521,13 +601,18 @@ test.serial('ref: true holds the process with one long interval, without a timeo
 });
 
 test.serial('memlock({ timeoutMs }) becomes the stand-in client’s operation deadline', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'] });
+  const clock = FakeTimers.install({
+    toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'],
+  });
   t.teardown(() => clock.uninstall());
   const memcache = new MemcacheStandIn();
   const memlock = memcache.memlock({ timeoutMs: 50 });
   memcache.slow(80);
   let failedAt = -1;
-  const failing = memlock.acquire('k', 'A').catch((e: unknown) => { failedAt = performance.now(); return e; });
+  const failing = memlock.acquire('k', 'A').catch((e: unknown) => {
+    failedAt = performance.now();
+    return e;
+  });
   await clock.tickAsync(1000);
   const error = await failing;
   t.is(failedAt, 100, 'the add, then its read-back (the add may have landed), each gave up after 50 ms');

@@ -4,7 +4,15 @@
  */
 import test from 'ava';
 import {
-  QUEUE_ALIVE_MS, QUEUE_TTL_SECONDS, decodeQueue, encodeQueue, joined, liveOthers, readQueue, updateQueue, without,
+  QUEUE_ALIVE_MS,
+  QUEUE_TTL_SECONDS,
+  decodeQueue,
+  encodeQueue,
+  joined,
+  liveOthers,
+  readQueue,
+  updateQueue,
+  without,
 } from '../../src/waiter-queue.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 
@@ -54,13 +62,23 @@ test('updateQueue: add when missing, CAS set when present, CAS delete when empti
   t.is(memcache.ops.add, 1);
   await updateQueue(client, 'q', joined('b', 2));
   t.is(memcache.ops.set, 1);
-  t.deepEqual((await readQueue(client, 'q')).waiters.map((x) => x.token), ['a', 'b']);
-  t.deepEqual(await updateQueue(client, 'q', () => undefined), (await readQueue(client, 'q')).waiters, 'no change: the list as read');
+  t.deepEqual(
+    (await readQueue(client, 'q')).waiters.map((x) => x.token),
+    ['a', 'b'],
+  );
+  t.deepEqual(
+    await updateQueue(client, 'q', () => undefined),
+    (await readQueue(client, 'q')).waiters,
+    'no change: the list as read',
+  );
   // A concurrent change between our read and our write: the CAS fails, we re-read and apply again.
   const state = await readQueue(client, 'q');
   memcache.set('q', encodeQueue([w('a', 1, 99_999), w('b', 2, 99_999), w('c', 3, 99_999)]), 30);
   const next = await updateQueue(client, 'q', joined('d', 4), state);
-  t.deepEqual(next?.map((x) => x.token), ['a', 'b', 'c', 'd']);
+  t.deepEqual(
+    next?.map((x) => x.token),
+    ['a', 'b', 'c', 'd'],
+  );
   t.deepEqual(await updateQueue(client, 'q', without(['a', 'b', 'c', 'd'], 5)), []);
   t.is(memcache.peek('q'), null, 'an emptied queue is deleted');
   t.is(memcache.ops.delete, 1);

@@ -68,7 +68,9 @@ export function startFixture(name: string, env: Record<string, string>): Fixture
         const found = messages.find((m) => m.event === event);
         if (found) return found;
         if (child.exitCode !== null || child.signalCode !== null) {
-          throw new Error(`fixture ${name} exited (${child.exitCode ?? child.signalCode}) before '${event}': ${stderr}`);
+          throw new Error(
+            `fixture ${name} exited (${child.exitCode ?? child.signalCode}) before '${event}': ${stderr}`,
+          );
         }
         const left = deadline - performance.now();
         if (left <= 0) throw new Error(`fixture ${name}: no '${event}' within ${timeoutMs} ms; stderr: ${stderr}`);

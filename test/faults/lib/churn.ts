@@ -17,7 +17,13 @@ export interface Churn {
  * Starts writing. `perSecond` caps the rate (batches of 500 on a timer);
  * without it the writer goes as fast as the socket drains.
  */
-export async function startChurn(target: { host: string; port: number }, keyLength: number, valueLength: number, perSecond = Infinity, prefix = 'churn'): Promise<Churn> {
+export async function startChurn(
+  target: { host: string; port: number },
+  keyLength: number,
+  valueLength: number,
+  perSecond = Infinity,
+  prefix = 'churn',
+): Promise<Churn> {
   const socket = net.connect({ host: target.host, port: target.port });
   socket.on('error', () => undefined);
   socket.on('data', () => undefined); // noreply: only errors would come back
@@ -33,14 +39,18 @@ export async function startChurn(target: { host: string; port: number }, keyLeng
   const pump = (): void => {
     timer = undefined;
     while (!stopped) {
-      const behind = Number.isFinite(perSecond) ? ((performance.now() - started) / 1000) * perSecond - written : Infinity;
+      const behind = Number.isFinite(perSecond)
+        ? ((performance.now() - started) / 1000) * perSecond - written
+        : Infinity;
       if (behind < 500) {
         timer = setTimeout(pump, Math.max(1, ((500 - behind) / perSecond) * 1000));
         return;
       }
       let batch = '';
       for (let i = 0; i < 500; i++) {
-        const key = `${prefix}${(written++).toString(36)}`.padEnd(keyLength, '_').slice(0, Math.max(keyLength, prefix.length + 8));
+        const key = `${prefix}${(written++).toString(36)}`
+          .padEnd(keyLength, '_')
+          .slice(0, Math.max(keyLength, prefix.length + 8));
         batch += `set ${key} 0 0 ${valueLength} noreply\r\n${value}\r\n`;
       }
       if (!socket.write(batch)) {

@@ -51,7 +51,11 @@ export async function runEvictionRound(mc: MemcachedProcess, options: EvictionOp
     for (let b = 0; b < batches; b++) {
       const from = Math.floor((b * n) / batches);
       const to = Math.floor(((b + 1) * n) / batches);
-      held.push(...await Promise.all(Array.from({ length: to - from }, (_, j) => m.acquire(keyOf(from + j), `client-${from + j}`))));
+      held.push(
+        ...(await Promise.all(
+          Array.from({ length: to - from }, (_, j) => m.acquire(keyOf(from + j), `client-${from + j}`)),
+        )),
+      );
       await sleep(heartbeatMs / batches);
     }
     const sample = (await mc.rawGet(prefix + keyOf(0)))!;

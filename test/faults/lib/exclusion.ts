@@ -97,7 +97,13 @@ const DB = {
 };
 
 /** One critical section as recorded (ms on the database clock; `ended` Infinity while unfinished). */
-export interface Row { id: string; key: string; proc: number; started: number; ended: number }
+export interface Row {
+  id: string;
+  key: string;
+  proc: number;
+  started: number;
+  ended: number;
+}
 
 /**
  * The oracle of scenario 8: every pair of sections on one key where the later
@@ -105,7 +111,10 @@ export interface Row { id: string; key: string; proc: number; started: number; e
  * told. `sections` must be ordered by key, then start; `told` maps a section
  * id to its first loss signal (a LockLostError kind, or 'release').
  */
-export function sweepOverlaps(sections: readonly Row[], told: ReadonlyMap<string, { kind: string; at: number }>): OverlapRecord[] {
+export function sweepOverlaps(
+  sections: readonly Row[],
+  told: ReadonlyMap<string, { kind: string; at: number }>,
+): OverlapRecord[] {
   // Sweep each key in start order, keeping the sections still running.
   const overlaps: OverlapRecord[] = [];
   let active: Row[] = [];
@@ -118,7 +127,13 @@ export function sweepOverlaps(sections: readonly Row[], told: ReadonlyMap<string
     active = active.filter((a) => a.ended > row.started);
     for (const earlier of active) {
       const t = told.get(earlier.id);
-      overlaps.push({ key: row.key, earlier: earlier.id, later: row.id, lagMs: t ? t.at - row.started : Number.NaN, toldBy: t?.kind });
+      overlaps.push({
+        key: row.key,
+        earlier: earlier.id,
+        later: row.id,
+        lagMs: t ? t.at - row.started : Number.NaN,
+        toldBy: t?.kind,
+      });
     }
     active.push(row);
   }
@@ -137,24 +152,37 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
   try {
     await db.connect();
   } catch (error) {
-    throw new Error(`scenario 8 records critical sections in PostgreSQL: it needs a server on ${DB.host}:${DB.port} (trust auth, user ${DB.user}, database ${DB.database})`, { cause: error });
+    throw new Error(
+      `scenario 8 records critical sections in PostgreSQL: it needs a server on ${DB.host}:${DB.port} (trust auth, user ${DB.user}, database ${DB.database})`,
+      { cause: error },
+    );
   }
   const children: Fixture[] = [];
   let proxy: FaultProxy | undefined;
   try {
     await db.query(`CREATE TABLE ${table} (id text PRIMARY KEY, key text NOT NULL, proc int NOT NULL, worker int NOT NULL,
       started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz)`);
-    await db.query(`CREATE TABLE ${table}_aborts (id text NOT NULL, kind text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`);
+    await db.query(
+      `CREATE TABLE ${table}_aborts (id text NOT NULL, kind text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`,
+    );
     if (options.mode === 'partition') proxy = await startProxy({ host: mc.host, port: mc.port });
     for (let p = 0; p < processes; p++) {
-      children.push(startFixture('exclusion-worker.mts', {
-        MEMCACHE_SERVERS: p === 0 && proxy ? proxy.address : mc.address,
-        PREFIX: prefix, TABLE: table, PROC: String(p), WORKERS: String(workers), KEYS: String(keys),
-        LEASE_MS: String(options.leaseMs), HEARTBEAT_MS: String(options.heartbeatMs), TIMEOUT_MS: String(options.timeoutMs),
-        HOLD_MIN_MS: String((p === 0 ? options.holdMsProc0 ?? hold : hold)[0]),
-        HOLD_MAX_MS: String((p === 0 ? options.holdMsProc0 ?? hold : hold)[1]),
-        AFTER_ABORT_MS: String(options.mode === 'partition' ? options.afterAbortMs ?? options.leaseMs : 0),
-      }));
+      children.push(
+        startFixture('exclusion-worker.mts', {
+          MEMCACHE_SERVERS: p === 0 && proxy ? proxy.address : mc.address,
+          PREFIX: prefix,
+          TABLE: table,
+          PROC: String(p),
+          WORKERS: String(workers),
+          KEYS: String(keys),
+          LEASE_MS: String(options.leaseMs),
+          HEARTBEAT_MS: String(options.heartbeatMs),
+          TIMEOUT_MS: String(options.timeoutMs),
+          HOLD_MIN_MS: String((p === 0 ? (options.holdMsProc0 ?? hold) : hold)[0]),
+          HOLD_MAX_MS: String((p === 0 ? (options.holdMsProc0 ?? hold) : hold)[1]),
+          AFTER_ABORT_MS: String(options.mode === 'partition' ? (options.afterAbortMs ?? options.leaseMs) : 0),
+        }),
+      );
     }
     await Promise.all(children.map((c) => c.next('ready', 30_000)));
     for (const c of children) c.send(`go ${options.durationMs}`);
@@ -175,8 +203,13 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
       while (performance.now() + stallMs + 500 < until) {
         // Partition process 0 while it holds a key it took moments ago (so its section
         // outlasts the lease deadline; see holdMsProc0).
-        const open = async (): Promise<number> => Number((await db.query(`SELECT count(*) AS n FROM ${table}
-          WHERE proc = 0 AND ended IS NULL AND started > clock_timestamp() - interval '300 milliseconds'`)).rows[0].n);
+        const open = async (): Promise<number> =>
+          Number(
+            (
+              await db.query(`SELECT count(*) AS n FROM ${table}
+          WHERE proc = 0 AND ended IS NULL AND started > clock_timestamp() - interval '300 milliseconds'`)
+            ).rows[0].n,
+          );
         while ((await open()) === 0 && performance.now() + stallMs < until) await sleep(20);
         proxy.stall();
         faults++;
@@ -190,23 +223,30 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
     await Promise.all(children.map((c) => c.exited));
     const elapsedMs = performance.now() - start;
 
-    const sections = (await db.query(`SELECT id, key, proc,
+    const sections = (
+      await db.query(`SELECT id, key, proc,
         (extract(epoch FROM started) * 1000)::float8 AS started,
         COALESCE((extract(epoch FROM ended) * 1000)::float8, 'Infinity'::float8) AS ended
-      FROM ${table} ORDER BY key, started`)).rows as Row[];
-    const aborts = (await db.query(`SELECT id, kind, (extract(epoch FROM at) * 1000)::float8 AS at FROM ${table}_aborts ORDER BY at`)).rows as Array<{ id: string; kind: string; at: number }>;
+      FROM ${table} ORDER BY key, started`)
+    ).rows as Row[];
+    const aborts = (
+      await db.query(`SELECT id, kind, (extract(epoch FROM at) * 1000)::float8 AS at FROM ${table}_aborts ORDER BY at`)
+    ).rows as Array<{ id: string; kind: string; at: number }>;
     const told = new Map<string, { kind: string; at: number }>();
     for (const a of aborts) if (!told.has(a.id)) told.set(a.id, { kind: a.kind, at: a.at });
 
     const overlaps = sweepOverlaps(sections, told);
     const sum = (f: (d: Record<string, unknown>) => number): number => done.reduce((n, d) => n + f(d), 0);
     const lost: Record<string, number> = {};
-    for (const d of done) for (const [k, v] of Object.entries(d.lost as Record<string, number>)) lost[k] = (lost[k] ?? 0) + v;
+    for (const d of done)
+      for (const [k, v] of Object.entries(d.lost as Record<string, number>)) lost[k] = (lost[k] ?? 0) + v;
     const signalled = overlaps.filter((o) => o.toldBy !== undefined && o.toldBy !== 'release');
     return {
       mode: options.mode,
       durationMs: elapsedMs,
-      processes, workers, keys,
+      processes,
+      workers,
+      keys,
       sections: sections.length,
       sectionsPerSecond: sections.length / (elapsedMs / 1000),
       notAcquired: sum((d) => d.notAcquired as number),
@@ -221,7 +261,10 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
       silent: overlaps.filter((o) => o.toldBy === undefined).length,
       maxSignalLagMs: Math.max(0, ...signalled.map((o) => o.lagMs)),
       unfinished: sections.filter((s) => s.ended === Infinity).length,
-      unexpected: [...done.flatMap((d) => d.unexpected as string[]), ...children.filter((c) => c.child.exitCode !== 0).map((c) => `exit ${c.child.exitCode}: ${c.stderr()}`)],
+      unexpected: [
+        ...done.flatMap((d) => d.unexpected as string[]),
+        ...children.filter((c) => c.child.exitCode !== 0).map((c) => `exit ${c.child.exitCode}: ${c.stderr()}`),
+      ],
       sample: overlaps.slice(0, 5),
     };
   } finally {
@@ -235,9 +278,14 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
 
 /** One line of figures, for logs. */
 export function describeExclusion(f: ExclusionFigures): string {
-  const lost = Object.entries(f.lost).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
-  return `${f.mode}: ${f.processes}x${f.workers} workers on ${f.keys} keys for ${(f.durationMs / 1000).toFixed(1)} s: `
-    + `${f.sections} sections (${f.sectionsPerSecond.toFixed(0)}/s), refused ${f.notAcquired}, unavailable ${f.unavailable}, `
-    + `faults ${f.faults}, lost signals: ${lost}, failed releases ${f.releaseFailed}; overlaps ${f.overlaps} `
-    + `(told before ${f.toldBefore}, after ${f.toldAfter} [max lag ${f.maxSignalLagMs.toFixed(1)} ms], by release ${f.toldByRelease}, silent ${f.silent})`;
+  const lost =
+    Object.entries(f.lost)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ') || 'none';
+  return (
+    `${f.mode}: ${f.processes}x${f.workers} workers on ${f.keys} keys for ${(f.durationMs / 1000).toFixed(1)} s: ` +
+    `${f.sections} sections (${f.sectionsPerSecond.toFixed(0)}/s), refused ${f.notAcquired}, unavailable ${f.unavailable}, ` +
+    `faults ${f.faults}, lost signals: ${lost}, failed releases ${f.releaseFailed}; overlaps ${f.overlaps} ` +
+    `(told before ${f.toldBefore}, after ${f.toldAfter} [max lag ${f.maxSignalLagMs.toFixed(1)} ms], by release ${f.toldByRelease}, silent ${f.silent})`
+  );
 }

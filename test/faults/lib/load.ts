@@ -8,7 +8,14 @@ import { getEventListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { Memlock, MemcacheLockClient, type Entry, type Lock, type LockClient, type WriteResult } from '../../../src/index.js';
+import {
+  Memlock,
+  MemcacheLockClient,
+  type Entry,
+  type Lock,
+  type LockClient,
+  type WriteResult,
+} from '../../../src/index.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 
 const DELAY_RESOLUTION_MS = 10;
@@ -54,7 +61,11 @@ class RenewalCounter implements LockClient {
   readonly maxGap: Float64Array;
   readonly renewals: Uint32Array;
   failures = 0;
-  constructor(readonly inner: LockClient, readonly prefix: string, n: number) {
+  constructor(
+    readonly inner: LockClient,
+    readonly prefix: string,
+    n: number,
+  ) {
     this.lastConfirmed = new Float64Array(n);
     this.maxGap = new Float64Array(n);
     this.renewals = new Uint32Array(n);
@@ -110,16 +121,25 @@ class RenewalCounter implements LockClient {
 
 /** Counts timers made through the global setTimeout/setInterval while installed, and how many are still pending. */
 function timerCensus(): { created: () => number; live: () => number; uninstall: () => void } {
-  const original = { setTimeout: globalThis.setTimeout, clearTimeout: globalThis.clearTimeout, setInterval: globalThis.setInterval, clearInterval: globalThis.clearInterval };
+  const original = {
+    setTimeout: globalThis.setTimeout,
+    clearTimeout: globalThis.clearTimeout,
+    setInterval: globalThis.setInterval,
+    clearInterval: globalThis.clearInterval,
+  };
   const live = new Set<unknown>();
   let created = 0;
   const patched = {
     setTimeout: ((fn: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
       created++;
-      const timer = original.setTimeout((...a: unknown[]) => {
-        live.delete(timer);
-        fn(...a);
-      }, ms, ...args);
+      const timer = original.setTimeout(
+        (...a: unknown[]) => {
+          live.delete(timer);
+          fn(...a);
+        },
+        ms,
+        ...args,
+      );
       live.add(timer);
       return timer;
     }) as typeof setTimeout,
@@ -236,7 +256,11 @@ export async function holdMany(mc: MemcachedProcess, options: LoadOptions): Prom
     const acquireStart = performance.now();
     const held: Lock[] = new Array<Lock>(n);
     for (let from = 0; from < n; from += 1000) {
-      const batch = await Promise.all(Array.from({ length: Math.min(1000, n - from) }, (_, j) => memlock.acquire(String(from + j), `c${from + j}`, { signal: caller.signal })));
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(1000, n - from) }, (_, j) =>
+          memlock.acquire(String(from + j), `c${from + j}`, { signal: caller.signal }),
+        ),
+      );
       for (const [j, lock] of batch.entries()) held[from + j] = lock;
     }
     const acquireMs = performance.now() - acquireStart;
@@ -260,7 +284,8 @@ export async function holdMany(mc: MemcachedProcess, options: LoadOptions): Prom
     }
     const steady = heapSamples.slice(1);
     const half = Math.max(1, Math.floor(steady.length / 2));
-    const growth = steady.length >= 2 ? Math.min(...steady.slice(half)) - Math.min(...steady.slice(0, half)) : Number.NaN;
+    const growth =
+      steady.length >= 2 ? Math.min(...steady.slice(half)) - Math.min(...steady.slice(0, half)) : Number.NaN;
     const heldFor = performance.now() - holdStart;
     const timersCreated = census.created();
     const timersLiveEnd = census.live();

@@ -37,7 +37,16 @@ export class SectionMonitor {
 
   /** Call first thing inside `fn`. */
   enter(key: string, holder: string, signal: AbortSignal): Section {
-    const section: Section = { key, holder, start: performance.now(), end: Number.NaN, signal, lostAt: Number.NaN, lostKind: undefined, releaseFailedAt: Number.NaN };
+    const section: Section = {
+      key,
+      holder,
+      start: performance.now(),
+      end: Number.NaN,
+      signal,
+      lostAt: Number.NaN,
+      lostKind: undefined,
+      releaseFailedAt: Number.NaN,
+    };
     const mark = (): void => {
       if (signal.reason instanceof LockLostError) {
         section.lostAt = performance.now();
@@ -49,7 +58,12 @@ export class SectionMonitor {
     let active = this.#active.get(key);
     if (active === undefined) this.#active.set(key, (active = new Set()));
     for (const other of active) {
-      this.overlaps.push({ key, earlier: other, later: section, signalledBefore: !Number.isNaN(other.lostAt) && other.lostAt <= section.start });
+      this.overlaps.push({
+        key,
+        earlier: other,
+        later: section,
+        signalledBefore: !Number.isNaN(other.lostAt) && other.lostAt <= section.start,
+      });
     }
     active.add(section);
     this.sections.push(section);
@@ -102,7 +116,12 @@ export function learnedAt(section: Section): number {
  * overlaps are real and nobody is told, so `monitor.silent()` must list the
  * key: proof the oracle sees violations under the scenario's own load.
  */
-export async function runControl(monitor: SectionMonitor, memlock: Memlock, until: number, key = 'control'): Promise<void> {
+export async function runControl(
+  monitor: SectionMonitor,
+  memlock: Memlock,
+  until: number,
+  key = 'control',
+): Promise<void> {
   const unlocked = (async () => {
     while (performance.now() < until) {
       const section = monitor.enter(key, 'unlocked', new AbortController().signal);

@@ -62,19 +62,33 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
   const prefix = 'p:';
   const mkey = prefix + key;
   const proxy = await startProxy({ host: mc.host, port: mc.port });
-  const recorder = new RecordingClient(new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol }), (_op, k) => k === mkey);
+  const recorder = new RecordingClient(
+    new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol }),
+    (_op, k) => k === mkey,
+  );
   const a = new Memlock({ lockClient: recorder, prefix, leaseMs, heartbeatMs, timeoutMs });
   // B renews rarely, so its CAS stays put while we check that A leaves it alone.
-  const b = new Memlock({ servers: mc.address, protocol: testProtocol, prefix, leaseMs: 30_000, heartbeatMs: 12_000, timeoutMs });
+  const b = new Memlock({
+    servers: mc.address,
+    protocol: testProtocol,
+    prefix,
+    leaseMs: 30_000,
+    heartbeatMs: 12_000,
+    timeoutMs,
+  });
   try {
     const lock = await a.acquire(key, 'A');
     let abortAt = Number.NaN;
     let libraryDeadline = Number.NaN;
-    lock.signal.addEventListener('abort', () => {
-      abortAt = performance.now();
-      // Not part of the Lock interface: the implementation's own deadline, for the strict figure.
-      libraryDeadline = (lock as unknown as { deadline?: number }).deadline ?? Number.NaN;
-    }, { once: true });
+    lock.signal.addEventListener(
+      'abort',
+      () => {
+        abortAt = performance.now();
+        // Not part of the Lock interface: the implementation's own deadline, for the strict figure.
+        libraryDeadline = (lock as unknown as { deadline?: number }).deadline ?? Number.NaN;
+      },
+      { once: true },
+    );
     await sleep(heartbeatMs * 2 + 50); // a few confirmed renewals first
 
     const partitionAt = performance.now();
@@ -97,8 +111,12 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
     const released = await lock.release();
     await sleep(heartbeatMs);
     const after = await mc.rawGet(mkey);
-    const newHolderIntact = bEntry !== null && after !== null && after.cas === bEntry.cas && after.value.equals(bEntry.value)
-      && bEntry.value.toString().endsWith(':B');
+    const newHolderIntact =
+      bEntry !== null &&
+      after !== null &&
+      after.cas === bEntry.cas &&
+      after.value.equals(bEntry.value) &&
+      bEntry.value.toString().endsWith(':B');
 
     const reason: unknown = lock.signal.reason;
     const lastConfirmed = recorder.lastConfirmedWrite(mkey, abortAt);
@@ -111,12 +129,15 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
       abortAfterMs: abortAt - partitionAt,
       marginMs: deadline - abortAt,
       // HeldLock#deadline sits a safety margin before the last safe moment: add it back.
-      strictMarginMs: (Number.isNaN(libraryDeadline) ? deadline : Math.min(deadline, libraryDeadline + leaseMargin(ttlSeconds))) - abortAt,
+      strictMarginMs:
+        (Number.isNaN(libraryDeadline) ? deadline : Math.min(deadline, libraryDeadline + leaseMargin(ttlSeconds))) -
+        abortAt,
       takeoverAfterMs: bAt - partitionAt,
       gapMs: bAt - abortAt,
       renewalsAfterLoss: afterLoss.filter((r) => r.op === 'casSet').length,
       deletesAfterLoss: afterLoss.filter((r) => r.op === 'casDelete').length,
-      appliedAfterLoss: afterLoss.filter((r) => (r.op === 'casSet' || r.op === 'casDelete') && r.outcome === 'ok').length,
+      appliedAfterLoss: afterLoss.filter((r) => (r.op === 'casSet' || r.op === 'casDelete') && r.outcome === 'ok')
+        .length,
       released,
       newHolderIntact,
     };

@@ -30,9 +30,17 @@ export class RecordingClient implements LockClient {
   /** Count of requests written per operation (addThenGet counts as one add and one get). */
   readonly sent = { add: 0, get: 0, casSet: 0, casDelete: 0 };
 
-  constructor(readonly inner: LockClient, private readonly keep: (op: OpName, key: string) => boolean = () => true) {}
+  constructor(
+    readonly inner: LockClient,
+    private readonly keep: (op: OpName, key: string) => boolean = () => true,
+  ) {}
 
-  async #track<T>(op: OpName, key: string, call: () => Promise<T>, outcome: (value: T) => OpRecord['outcome']): Promise<T> {
+  async #track<T>(
+    op: OpName,
+    key: string,
+    call: () => Promise<T>,
+    outcome: (value: T) => OpRecord['outcome'],
+  ): Promise<T> {
     const record: OpRecord = { op, key, sentAt: performance.now(), doneAt: Number.NaN, outcome: 'pending' };
     if (this.keep(op, key)) this.ops.push(record);
     try {
@@ -49,28 +57,53 @@ export class RecordingClient implements LockClient {
 
   add(key: string, value: Buffer, ttlSeconds: number): Promise<WriteResult> {
     this.sent.add++;
-    return this.#track('add', key, () => this.inner.add(key, value, ttlSeconds), (r) => r.status);
+    return this.#track(
+      'add',
+      key,
+      () => this.inner.add(key, value, ttlSeconds),
+      (r) => r.status,
+    );
   }
 
   addThenGet(key: string, value: Buffer, ttlSeconds: number): Promise<{ add: WriteResult; entry: Entry | null }> {
     this.sent.add++;
     this.sent.get++;
-    return this.#track('addThenGet', key, () => this.inner.addThenGet(key, value, ttlSeconds), (r) => r.add.status);
+    return this.#track(
+      'addThenGet',
+      key,
+      () => this.inner.addThenGet(key, value, ttlSeconds),
+      (r) => r.add.status,
+    );
   }
 
   get(key: string): Promise<Entry | null> {
     this.sent.get++;
-    return this.#track('get', key, () => this.inner.get(key), (r) => (r === null ? 'miss' : 'hit'));
+    return this.#track(
+      'get',
+      key,
+      () => this.inner.get(key),
+      (r) => (r === null ? 'miss' : 'hit'),
+    );
   }
 
   casSet(key: string, value: Buffer, ttlSeconds: number, cas: bigint): Promise<WriteResult> {
     this.sent.casSet++;
-    return this.#track('casSet', key, () => this.inner.casSet(key, value, ttlSeconds, cas), (r) => r.status);
+    return this.#track(
+      'casSet',
+      key,
+      () => this.inner.casSet(key, value, ttlSeconds, cas),
+      (r) => r.status,
+    );
   }
 
   casDelete(key: string, cas: bigint): Promise<WriteResult> {
     this.sent.casDelete++;
-    return this.#track('casDelete', key, () => this.inner.casDelete(key, cas), (r) => r.status);
+    return this.#track(
+      'casDelete',
+      key,
+      () => this.inner.casDelete(key, cas),
+      (r) => r.status,
+    );
   }
 
   isCurrent(key: string, conn: number): boolean {
