@@ -2,30 +2,30 @@
 /**
  * Mutation testing (npm run test:mutation): StrykerJS mutates the library's
  * logic and runs the fast tier against each mutant through the command
- * runner (test/mutation/run.mjs picks the test files of the mutated source);
+ * runner (tools/mutation/run.mjs picks the test files of the mutated source);
  * a TypeScript checker drops mutants that do not compile. Once per sandbox,
- * test/mutation/build.mjs compiles sources and tests to JavaScript, so each
+ * tools/mutation/build.mjs compiles sources and tests to JavaScript, so each
  * mutant costs one Node.js process running plain JavaScript test files in
  * worker threads under an in-process stand-in for ava's API
- * (test/mutation/ava-shim.mjs), not an ava start. The checker is our own
- * plugin (test/mutation/ts-checker.mjs): the same type check as
+ * (tools/mutation/ava-shim.mjs), not an ava start. The checker is our own
+ * plugin (tools/mutation/ts-checker.mjs): the same type check as
  * @stryker-mutator/typescript-checker at a fifth of the CPU. Reports:
- * reports/mutation/ (git-ignored). See test/mutation/README.md for times,
+ * reports/mutation/ (git-ignored). See tools/mutation/README.md for times,
  * scores and what each piece is checked against.
  *
  * Left out, each for a reason the fast tier cannot change:
  * - the transport's socket code (connection, cluster, requests, servers,
  *   memjs-client): tested against real memcached, TLS and fault proxies;
  * - src/tasks/: needs PostgreSQL and RabbitMQ (test/tasks/);
- * - src/cli.ts: a process with argv, exit codes and a terminal (test/cli.test.ts);
+ * - src/cli.ts: a process with argv, exit codes and a terminal (test/integration/cli.test.ts);
  * - src/index.ts, src/client.ts: re-exports and types only.
  * @type {import('@stryker-mutator/api/core').PartialStrykerOptions}
  */
 export default {
   testRunner: 'command',
-  commandRunner: { command: 'node test/mutation/run.mjs' },
-  buildCommand: 'node test/mutation/build.mjs',
-  plugins: ['@stryker-mutator/*', './test/mutation/ts-checker.mjs'],
+  commandRunner: { command: 'node tools/mutation/run.mjs' },
+  buildCommand: 'node tools/mutation/build.mjs',
+  plugins: ['@stryker-mutator/*', './tools/mutation/ts-checker.mjs'],
   checkers: ['memlock-typescript'],
   tsconfigFile: 'tsconfig.mutation.json',
   mutate: [

@@ -9,10 +9,10 @@
 import { parseArgs } from 'node:util';
 import type { LockClient } from './client.js';
 import { formatEvent, likelyCause } from './diagnostics.js';
-import { memcacheKey } from './keys.js';
+import { memcacheKeyOf } from './keys.js';
 import { resolveMemlockOptions, type MemlockOptions } from './options.js';
 import { decodeValue, type Holder } from './protocol.js';
-import { MemcacheLockClient } from './transport/cluster.js';
+import { MemcacheLockClient } from './transport/memcache-lock-client.js';
 
 const EXIT_OK = 0;
 const EXIT_NOT_FOUND = 1;
@@ -154,13 +154,13 @@ interface Snapshot {
 }
 
 async function read(client: LockClient, prefix: string, key: string): Promise<Snapshot> {
-  const mkey = memcacheKey(prefix, key);
-  const entry = await client.get(mkey);
+  const memcacheKey = memcacheKeyOf(prefix, key);
+  const entry = await client.get(memcacheKey);
   const holder = entry === null ? null : decodeValue(entry.value);
   return {
     key,
-    memcacheKey: mkey,
-    server: client.serverOf(mkey),
+    memcacheKey: memcacheKey,
+    server: client.serverOf(memcacheKey),
     state: entry === null ? 'free' : holder === null ? 'foreign' : holder.state,
     holder,
     cas: entry?.cas,

@@ -28,7 +28,7 @@ export type {
   FailOpenMessage,
 } from './diagnostics.js';
 export type { LockClient, Entry, WriteResult } from './client.js';
-export { MemcacheLockClient, type MemcacheLockClientOptions } from './transport/cluster.js';
+export { MemcacheLockClient, type MemcacheLockClientOptions } from './transport/memcache-lock-client.js';
 export {
   MemjsClientAdapter,
   type MemjsClientLike,

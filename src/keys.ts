@@ -19,7 +19,7 @@ export const MAX_KEY_BYTES = 250;
 const FORBIDDEN = /[\s\p{Cc}]/u;
 
 /** Maps a caller's key to the memcache key. */
-export function memcacheKey(prefix: string, key: string): string {
+export function memcacheKeyOf(prefix: string, key: string): string {
   const full = prefix + key;
   // Cheap length bound first: a UTF-16 unit is at most 3 UTF-8 bytes.
   const wellFormed = key.isWellFormed();
@@ -40,10 +40,10 @@ export function memcacheKey(prefix: string, key: string): string {
 }
 
 /**
- * The memcache key of `mkey`'s waiter queue (waiter-queue.ts). Always hashed,
+ * The memcache key of the waiter queue of the entry `memcacheKey` (fleet-queue.ts). Always hashed,
  * under a tag no plain or hashed lock key produces ('sha256q:' is not
  * 'sha256:'), so a caller's key can never name another key's queue by accident.
  */
-export function queueKey(prefix: string, mkey: string): string {
-  return prefix + 'sha256q:' + createHash('sha256').update(mkey).digest('hex');
+export function queueKeyOf(prefix: string, memcacheKey: string): string {
+  return prefix + 'sha256q:' + createHash('sha256').update(memcacheKey).digest('hex');
 }

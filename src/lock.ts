@@ -12,7 +12,7 @@ import type { LockClient } from './client.js';
 import { channels, publish } from './diagnostics.js';
 import { LockLostError, type LockLostKind } from './errors.js';
 import { reasonOf } from './options.js';
-import type { Scheduled, Scheduler } from './heartbeat.js';
+import type { Scheduled, Scheduler } from './scheduler.js';
 import {
   leaseDeadline,
   releaseEntry,
@@ -140,8 +140,8 @@ export class HeldLock implements Lock, Scheduled {
   }
 
   /** The memcache key. */
-  get mkey(): string {
-    return this.#held.mkey;
+  get memcacheKey(): string {
+    return this.#held.memcacheKey;
   }
 
   /** `performance.now()` until which the lease is confirmed. */

@@ -9,11 +9,11 @@ import { hostname } from 'node:os';
 import type { LockClient } from './client.js';
 import { channels, publish } from './diagnostics.js';
 import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
-import { Scheduler } from './heartbeat.js';
-import { memcacheKey, queueKey } from './keys.js';
-import { LocalKey, UNKNOWN_PLACE, type Ticket } from './local-queue.js';
+import { Scheduler } from './scheduler.js';
+import { memcacheKeyOf, queueKeyOf } from './keys.js';
+import { LocalKey, UNKNOWN_POSITION, type Ticket } from './local-waiters.js';
 import { HeldLock, type Handoff, type Lock, type LockContext } from './lock.js';
-import { MemcacheLockClient } from './transport/cluster.js';
+import { MemcacheLockClient } from './transport/memcache-lock-client.js';
 import { MemjsClientAdapter } from './transport/memjs-client.js';
 import {
   checkCallArgs,
@@ -43,7 +43,7 @@ import {
   without,
   type QueuedWaiter,
   type QueueState,
-} from './waiter-queue.js';
+} from './fleet-queue.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
 const CONTESTED_LIMIT = 4096;
@@ -52,7 +52,6 @@ const REMOTE_WINDOW_MS = 10_000;
 /** A key whose queue had other waiters this recently: a new waiter queues up before its first attempt. */
 const QUEUED_WINDOW_MS = 1000;
 /** Our place in the waiter queue is unknown (not read yet, or the queue failed); -1 means read and absent. */
-const UNKNOWN = UNKNOWN_PLACE;
 /** The first two places poll the entry at least this often: a reservation lives at least 1 s. */
 const MAX_WATCH_MS = 500;
 /** How often a queued waiter refreshes its liveness in the waiter queue (under a third of QUEUE_ALIVE_MS). */
@@ -148,10 +147,10 @@ export class Memlock {
       scheduler: this.#scheduler,
       onDone: (lock) => {
         this.#locks.delete(lock);
-        const local = this.#local.get(lock.mkey);
+        const local = this.#local.get(lock.memcacheKey);
         if (local === undefined) return;
         local.holderDone(lock);
-        this.#forget(lock.mkey, local);
+        this.#forget(lock.memcacheKey, local);
       },
       planRelease: (lock) => this.#planRelease(lock),
     };
@@ -184,14 +183,14 @@ export class Memlock {
     key: string,
     clientId: string,
     fn: (signal: AbortSignal) => T | Promise<T>,
-    opts: ResolvedLockOptions,
+    call: ResolvedLockOptions,
   ): Promise<T> {
     let lock: HeldLock;
     try {
-      lock = await this.#acquire(key, clientId, opts);
+      lock = await this.#acquire(key, clientId, call);
     } catch (error) {
-      if (opts.failOpen && error instanceof MemcacheUnavailableError)
-        return this.#runUnlocked(key, clientId, fn, opts, error);
+      if (call.failOpen && error instanceof MemcacheUnavailableError)
+        return this.#runUnlocked(key, clientId, fn, call, error);
       throw error;
     }
     let result: T;
@@ -210,34 +209,41 @@ export class Memlock {
   /** Acquires `key` and returns a handle; the caller must `release()` it (or `await using`). */
   async acquire(key: string, clientId: string, options?: LockOptions): Promise<Lock> {
     checkCallArgs(key, clientId);
-    const opts = this.#resolve(options);
+    const call = this.#resolve(options);
     // Both need fn's outcome, which only tryWithLock and wrap see.
-    if (opts.holdTtlSeconds > 0)
+    if (call.holdTtlSeconds > 0)
       throw new TypeError(
         'Expected `holdAfterMs` only with tryWithLock or wrap (acquire() has no fn whose success it could mark)',
       );
-    if (opts.failOpen)
+    if (call.failOpen)
       throw new TypeError(
         'Expected `failOpen` only with tryWithLock or wrap (acquire() cannot hand out a lock it does not have)',
       );
-    return this.#acquire(key, clientId, opts);
+    return this.#acquire(key, clientId, call);
   }
 
   #resolve(options: LockOptions | undefined): ResolvedLockOptions {
     return options === undefined ? this.#defaultLockOptions : resolveLockOptions(options, this.#options);
   }
 
-  async #acquire(key: string, clientId: string, opts: ResolvedLockOptions): Promise<HeldLock> {
+  async #acquire(key: string, clientId: string, call: ResolvedLockOptions): Promise<HeldLock> {
     this.#checkOpen();
-    const { signal, dispose } = linkedSignal(opts.signal);
+    const { signal, dispose } = linkedSignal(call.signal);
     try {
       signal?.throwIfAborted();
-      const mkey = memcacheKey(this.#options.prefix, key);
-      if (opts.wait === undefined)
-        return await this.#once(key, mkey, clientId, opts, signal, this.#expectRefusal(mkey) ? 'probe' : 'add');
+      const memcacheKey = memcacheKeyOf(this.#options.prefix, key);
+      if (call.wait === undefined)
+        return await this.#once(
+          key,
+          memcacheKey,
+          clientId,
+          call,
+          signal,
+          this.#expectRefusal(memcacheKey) ? 'probe' : 'add',
+        );
       // Tracked: close() stops waiting calls and lets each finish its cleanup
       // (leaving the waiter queue, deleting an entry handed to it) first.
-      const waiting = this.#waitFor(key, mkey, clientId, opts, signal);
+      const waiting = this.#waitFor(key, memcacheKey, clientId, call, signal);
       this.#track(waiting);
       return await waiting;
     } finally {
@@ -250,13 +256,13 @@ export class Memlock {
     key: string,
     clientId: string,
     fn: (signal: AbortSignal) => T | Promise<T>,
-    opts: ResolvedLockOptions,
+    call: ResolvedLockOptions,
     error: MemcacheUnavailableError,
   ): Promise<T> {
     publish(channels.failOpen, () => ({ key, clientId, error }));
     // A native signal for fn even when the caller's is polyfilled, or absent.
     const controller = new AbortController();
-    const { signal: caller, dispose } = linkedSignal(opts.signal, controller.signal);
+    const { signal: caller, dispose } = linkedSignal(call.signal, controller.signal);
     try {
       return await fn(caller ?? controller.signal);
     } finally {
@@ -267,9 +273,9 @@ export class Memlock {
   /** One attempt; `LockNotAcquiredError` when refused. Counted so `close()` can let it finish. */
   async #once(
     key: string,
-    mkey: string,
+    memcacheKey: string,
     clientId: string,
-    opts: ResolvedLockOptions,
+    call: ResolvedLockOptions,
     signal: AbortSignal | undefined,
     mode: AcquireMode,
   ): Promise<HeldLock> {
@@ -283,10 +289,10 @@ export class Memlock {
       try {
         outcome = await acquireEntry(
           this.#client,
-          mkey,
+          memcacheKey,
           clientId,
-          opts.ttlSeconds,
-          opts.stealAfterMs,
+          call.ttlSeconds,
+          call.stealAfterMs,
           mode,
           this.#token,
         );
@@ -295,9 +301,19 @@ export class Memlock {
         if (this.#closing !== undefined) throw closedError(error);
         throw error;
       }
-      if (!outcome.acquired) throw this.#refused(key, mkey, clientId, outcome.holder, signal);
-      this.#contested.delete(mkey);
-      const lock = this.#hold(key, mkey, clientId, opts, signal, outcome.held, outcome.how, outcome.previous, started);
+      if (!outcome.acquired) throw this.#refused(key, memcacheKey, clientId, outcome.holder, signal);
+      this.#contested.delete(memcacheKey);
+      const lock = this.#hold(
+        key,
+        memcacheKey,
+        clientId,
+        call,
+        signal,
+        outcome.held,
+        outcome.how,
+        outcome.previous,
+        started,
+      );
       return lock instanceof HeldLock ? lock : await lock;
     } finally {
       if (--this.#attempts === 0) this.#settled?.();
@@ -315,18 +331,18 @@ export class Memlock {
   /** A refused attempt: bookkeeping, diagnostics, and the error to throw. */
   #refused(
     key: string,
-    mkey: string,
+    memcacheKey: string,
     clientId: string,
     holder: Holder | null,
     signal: AbortSignal | undefined,
   ): LockNotAcquiredError {
-    const local = this.#local.get(mkey);
+    const local = this.#local.get(memcacheKey);
     // A refusal by our own local holder says nothing about other processes.
-    this.#markContested(mkey, (local?.holders.size ?? 0) === 0);
+    this.#markContested(memcacheKey, (local?.holders.size ?? 0) === 0);
     local?.sawEntry(holder?.token, performance.now(), holder?.state === 'reserved' && holder.clientId !== this.#token);
     const done = holder?.state === 'done';
     const holderId = holder?.state === 'reserved' ? undefined : holder?.clientId;
-    publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(mkey) }));
+    publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(memcacheKey) }));
     this.#checkOpen();
     signal?.throwIfAborted();
     return notAcquired(key, holderId, done ? { done } : undefined);
@@ -339,16 +355,16 @@ export class Memlock {
    */
   #hold(
     key: string,
-    mkey: string,
+    memcacheKey: string,
     clientId: string,
-    opts: ResolvedLockOptions,
+    call: ResolvedLockOptions,
     signal: AbortSignal | undefined,
     held: Held,
     how: AcquireHow,
     previous: Holder | null,
     started: number,
   ): HeldLock | Promise<HeldLock> {
-    const local = this.#localKey(mkey);
+    const local = this.#localKey(memcacheKey);
     // The lock listens to the caller's own signal (a polyfilled one too): the
     // native mirror used while acquiring is disposed when acquire() returns.
     const lock = new HeldLock(
@@ -356,9 +372,9 @@ export class Memlock {
       key,
       clientId,
       held,
-      opts.heartbeatMs,
-      opts.signal,
-      opts.holdTtlSeconds,
+      call.heartbeatMs,
+      call.signal,
+      call.holdTtlSeconds,
       how,
     );
     const earlier = how === 'takeover' || how === 'stolen' ? [...local.holders] : [];
@@ -372,7 +388,7 @@ export class Memlock {
       key,
       clientId,
       how,
-      server: this.#client.serverOf(mkey),
+      server: this.#client.serverOf(memcacheKey),
       durationMs: performance.now() - started,
     }));
     if ((how === 'takeover' || how === 'stolen') && previous !== null) {
@@ -396,21 +412,21 @@ export class Memlock {
   }
 
   /** Drops `local` from the map once nothing uses it (and only if it is still the map's entry). */
-  #forget(mkey: string, local: LocalKey<HeldLock, Held>): void {
-    if (local.idle && !local.queued && this.#local.get(mkey) === local) this.#local.delete(mkey);
+  #forget(memcacheKey: string, local: LocalKey<HeldLock, Held>): void {
+    if (local.idle && !local.queued && this.#local.get(memcacheKey) === local) this.#local.delete(memcacheKey);
   }
 
-  #localKey(mkey: string): LocalKey<HeldLock, Held> {
-    let local = this.#local.get(mkey);
+  #localKey(memcacheKey: string): LocalKey<HeldLock, Held> {
+    let local = this.#local.get(memcacheKey);
     if (local === undefined) {
       local = new LocalKey<HeldLock, Held>();
-      this.#local.set(mkey, local);
+      this.#local.set(memcacheKey, local);
     }
     return local;
   }
 
   /**
-   * Waits for `key`, fairly across processes (waiter-queue.ts). The local
+   * Waits for `key`, fairly across processes (fleet-queue.ts). The local
    * head speaks for this instance; once refused, the instance queues up in
    * the key's waiter queue. A releaser reserves the key for the queue's head,
    * so only the first two places need to watch the lock entry: the head
@@ -420,45 +436,46 @@ export class Memlock {
    */
   async #waitFor(
     key: string,
-    mkey: string,
+    memcacheKey: string,
     clientId: string,
-    opts: ResolvedLockOptions,
+    call: ResolvedLockOptions,
     signal: AbortSignal | undefined,
   ): Promise<HeldLock> {
-    const wait = opts.wait as NonNullable<ResolvedLockOptions['wait']>;
+    const wait = call.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
     // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
-    if ([...(this.#local.get(mkey)?.holders ?? [])].some((held) => held.clientId === clientId)) {
+    if ([...(this.#local.get(memcacheKey)?.holders ?? [])].some((held) => held.clientId === clientId)) {
       try {
-        return await this.#once(key, mkey, clientId, opts, signal, 'probe');
+        return await this.#once(key, memcacheKey, clientId, call, signal, 'probe');
       } catch (error) {
         // Taken by someone else meanwhile: wait like anyone else.
         if (!(error instanceof LockNotAcquiredError) || error.done) throw error;
       }
     }
     // Looked up after any await: the map entry may have been replaced meanwhile.
-    const local = this.#localKey(mkey);
-    const ticket = local.join(clientId, opts.ttlSeconds);
+    const local = this.#localKey(memcacheKey);
+    const ticket = local.join(clientId, call.ttlSeconds);
     const started = performance.now();
     // Waiting stops on the caller's signal (its reason, unchanged) or on
     // close() (ERR_MEMLOCK_CLOSED), whichever comes first.
     const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
-    let mode: AcquireMode = this.#expectRefusal(mkey) ? 'probe' : 'pipelined';
+    let mode: AcquireMode = this.#expectRefusal(memcacheKey) ? 'probe' : 'pipelined';
     let holder: string | undefined;
     try {
       // Other processes queue for this key: go to the back of the queue
       // rather than race them for it (the queue's head is about to get it).
-      let attempt = !this.#queued(mkey);
+      let attempt = !this.#queued(memcacheKey);
       if (!attempt) mode = 'probe';
       for (;;) {
         if (!(await local.turn(ticket, stop, deadline - performance.now())))
           throw waitTimeout(key, wait.timeoutMs, holder ?? first(local.holders)?.clientId);
-        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
+        if (ticket.granted !== undefined)
+          return await this.#adopt(key, memcacheKey, clientId, call, stop, ticket, started);
         if (attempt) {
           try {
-            const lock = await this.#once(key, mkey, clientId, opts, stop, mode);
+            const lock = await this.#once(key, memcacheKey, clientId, call, stop, mode);
             local.startTurn();
-            local.position = UNKNOWN;
+            local.position = UNKNOWN_POSITION;
             // The releaser that reserved the key for us took us out of the queue
             // (if it died between its two writes, our entry expires or is
             // reserved once more: best effort).
@@ -479,7 +496,7 @@ export class Memlock {
         let lookNow = false;
         if (local.position < 0 || local.position > 1 || performance.now() - local.queuedAt >= QUEUE_REFRESH_MS) {
           // Taken out of the queue behind our back (and joined again): maybe reserved for us.
-          lookNow = await this.#queueUp(local, mkey);
+          lookNow = await this.#queueUp(local, memcacheKey);
         }
         // Just moved up to the head by a queue read: the key may be reserved for us already.
         const promoted = (local.position === 0 && before !== 0) || lookNow;
@@ -492,11 +509,11 @@ export class Memlock {
         // distance to when the hold should end, then polls every minDelayMs;
         // a hold far longer than usual slows polls to an eighth of its length.
         // The first two places never sleep past a reservation's guaranteed
-        // second; without a queue (UNKNOWN: it failed) everyone polls like a head.
+        // second; without a queue (UNKNOWN_POSITION: it failed) everyone polls like a head.
         const pace =
           local.position === -1 || promoted
             ? 0
-            : local.position === 0 || local.position === UNKNOWN
+            : local.position === 0 || local.position === UNKNOWN_POSITION
               ? Math.min(Math.max(wait.minDelayMs, (cycle - held) / 2, held / 8), MAX_WATCH_MS)
               : local.position === 1
                 ? Math.min(Math.max(wait.minDelayMs, cycle / 2, held / 8), MAX_WATCH_MS)
@@ -507,7 +524,8 @@ export class Memlock {
                   Math.max(wait.minDelayMs, (local.position - 1) * cycle * 0.75, Math.min(held / 8, MAX_WATCH_MS));
         attempt = local.position <= 1 || lookNow;
         await local.turn(ticket, stop, Math.min(pace, wait.maxDelayMs, deadline - now), true);
-        if (ticket.granted !== undefined) return await this.#adopt(key, mkey, clientId, opts, stop, ticket, started);
+        if (ticket.granted !== undefined)
+          return await this.#adopt(key, memcacheKey, clientId, call, stop, ticket, started);
       }
     } catch (error) {
       // Handed the entry while giving up (timeout, abort, close): let go of it
@@ -526,25 +544,27 @@ export class Memlock {
       if (local.waiting === 0) {
         // The turn's waiters are gone: a later waiter starts a new turn.
         local.batch = 0;
-        if (local.queued) this.#dequeue(local, mkey);
+        if (local.queued) this.#dequeue(local, memcacheKey);
       }
-      this.#forget(mkey, local);
+      this.#forget(memcacheKey, local);
     }
   }
 
   /** A local releaser transferred the entry to us: hold it (no round trip), continuing this turn. */
   #adopt(
     key: string,
-    mkey: string,
+    memcacheKey: string,
     clientId: string,
-    opts: ResolvedLockOptions,
+    call: ResolvedLockOptions,
     signal: AbortSignal | undefined,
     ticket: Ticket<Held>,
     started: number,
   ): Promise<HeldLock> {
     const held = ticket.granted as Held;
     ticket.granted = undefined;
-    const adopted = Promise.resolve(this.#hold(key, mkey, clientId, opts, signal, held, 'handoff', null, started));
+    const adopted = Promise.resolve(
+      this.#hold(key, memcacheKey, clientId, call, signal, held, 'handoff', null, started),
+    );
     this.#track(adopted);
     return adopted.then((lock) => {
       lock.waited = true;
@@ -559,8 +579,8 @@ export class Memlock {
    * us, so the caller must look at the entry now, wherever the join put us.
    * Never rejects.
    */
-  async #queueUp(local: LocalKey<HeldLock, Held>, mkey: string): Promise<boolean> {
-    const qkey = queueKey(this.#options.prefix, mkey);
+  async #queueUp(local: LocalKey<HeldLock, Held>, memcacheKey: string): Promise<boolean> {
+    const queueKey = queueKeyOf(this.#options.prefix, memcacheKey);
     const now = performance.now();
     const believed = local.queued;
     let missing = false;
@@ -568,18 +588,18 @@ export class Memlock {
       let list: readonly { token: string; expiresAt: number }[] | undefined;
       if (!local.queued || now - local.queuedAt >= QUEUE_REFRESH_MS) {
         const join = joined(this.#token, Date.now());
-        list = await updateQueue(this.#client, qkey, (waiters) => {
+        list = await updateQueue(this.#client, queueKey, (waiters) => {
           missing = !waiters.some((w) => w.token === this.#token);
           return join(waiters);
         });
         local.queued = list !== undefined;
         local.queuedAt = now;
       } else {
-        list = (await readQueue(this.#client, qkey)).waiters;
+        list = (await readQueue(this.#client, queueKey)).waiters;
       }
       if (list === undefined) {
         // CAS conflicts persisted: we do not know our place; poll like a head.
-        local.position = UNKNOWN;
+        local.position = UNKNOWN_POSITION;
         return;
       }
       const wall = Date.now();
@@ -595,16 +615,20 @@ export class Memlock {
       await work;
     } catch {
       // The queue is a fairness aid: without it, waiting degrades to polling.
-      local.position = UNKNOWN;
+      local.position = UNKNOWN_POSITION;
     }
     return believed && missing;
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */
-  #dequeue(local: LocalKey<HeldLock, Held>, mkey: string): void {
+  #dequeue(local: LocalKey<HeldLock, Held>, memcacheKey: string): void {
     local.queued = false;
-    local.position = UNKNOWN;
-    const work = updateQueue(this.#client, queueKey(this.#options.prefix, mkey), without([this.#token], Date.now()));
+    local.position = UNKNOWN_POSITION;
+    const work = updateQueue(
+      this.#client,
+      queueKeyOf(this.#options.prefix, memcacheKey),
+      without([this.#token], Date.now()),
+    );
     this.#track(work);
     work.catch(noop);
   }
@@ -615,40 +639,40 @@ export class Memlock {
    * it, reserve it for the queue's head; else delete it.
    */
   #planRelease(lock: HeldLock): Handoff | Promise<Handoff | undefined> | undefined {
-    const mkey = lock.mkey;
-    const local = this.#local.get(mkey);
+    const memcacheKey = lock.memcacheKey;
+    const local = this.#local.get(memcacheKey);
     const localWaiters = local?.waiting ?? 0;
     if (local !== undefined && localWaiters > 0 && local.batch > 0) {
       local.batch--;
       return localHandoff(local);
     }
-    const seen = this.#remote.get(mkey);
+    const seen = this.#remote.get(memcacheKey);
     const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
     // Nobody else seems to want it: delete, decided synchronously (the uncontended path).
     if (localWaiters === 0 && !remote && !lock.waited && local?.queued !== true) return undefined;
-    return this.#planRemote(mkey, local, localWaiters);
+    return this.#planRemote(memcacheKey, local, localWaiters);
   }
 
   /** Reads the waiter queue: reserve for its head, or hand to a local waiter, or delete. Never rejects. */
   async #planRemote(
-    mkey: string,
+    memcacheKey: string,
     local: LocalKey<HeldLock, Held> | undefined,
     localWaiters: number,
   ): Promise<Handoff | undefined> {
-    const qkey = queueKey(this.#options.prefix, mkey);
+    const queueKey = queueKeyOf(this.#options.prefix, memcacheKey);
     let state: QueueState;
     try {
-      state = await readQueue(this.#client, qkey);
+      state = await readQueue(this.#client, queueKey);
     } catch {
       return undefined;
     }
     const head = liveOthers(state.waiters, this.#token, Date.now())[0];
     if (head === undefined) return local !== undefined && localWaiters > 0 ? localHandoff(local) : undefined;
-    this.#sawRemote(mkey);
+    this.#sawRemote(memcacheKey);
     return {
       kind: 'remote',
       token: head.token,
-      reserved: () => this.#reserved(local ?? this.#localKey(mkey), mkey, qkey, state, head.token),
+      reserved: () => this.#reserved(local ?? this.#localKey(memcacheKey), memcacheKey, queueKey, state, head.token),
     };
   }
 
@@ -659,8 +683,8 @@ export class Memlock {
    */
   async #reserved(
     local: LocalKey<HeldLock, Held>,
-    mkey: string,
-    qkey: string,
+    memcacheKey: string,
+    queueKey: string,
     state: QueueState,
     head: string,
   ): Promise<void> {
@@ -676,10 +700,10 @@ export class Memlock {
     };
     local.batch = 0;
     try {
-      const list = await updateQueue(this.#client, qkey, change, state);
+      const list = await updateQueue(this.#client, queueKey, change, state);
       local.queued = requeue && list !== undefined;
       local.queuedAt = performance.now();
-      local.position = UNKNOWN;
+      local.position = UNKNOWN_POSITION;
       if (list !== undefined)
         local.observe(
           list.filter((w) => w.expiresAt > now).findIndex((w) => w.token === this.#token),
@@ -691,8 +715,8 @@ export class Memlock {
     // Whatever the write did: if no call of ours waits by the next turn of the
     // event loop, leave the queue and let the local state go.
     const check = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-      if (local.waiting === 0 && local.queued) this.#dequeue(local, mkey);
-      this.#forget(mkey, local);
+      if (local.waiting === 0 && local.queued) this.#dequeue(local, memcacheKey);
+      this.#forget(memcacheKey, local);
     });
     this.#track(check);
   }
@@ -746,7 +770,7 @@ export class Memlock {
     if (typeof key !== 'string') throw new TypeError(`Expected \`key\` to be a string, got ${typeof key}`);
     if (key === '') throw new TypeError('Expected `key` to be a non-empty string');
     this.#checkOpen();
-    const holder = await readHolder(this.#client, memcacheKey(this.#options.prefix, key));
+    const holder = await readHolder(this.#client, memcacheKeyOf(this.#options.prefix, key));
     return holder === null || holder.state === 'reserved'
       ? null
       : { clientId: holder.clientId, acquiredAt: new Date(holder.acquiredAt) };
@@ -783,40 +807,40 @@ export class Memlock {
     if (this.#closing !== undefined) throw closedError();
   }
 
-  /** Whether other processes queued for `mkey` recently: a new waiter then queues up before its first attempt. */
-  #queued(mkey: string): boolean {
-    const seen = this.#remote.get(mkey);
+  /** Whether other processes queued for `memcacheKey` recently: a new waiter then queues up before its first attempt. */
+  #queued(memcacheKey: string): boolean {
+    const seen = this.#remote.get(memcacheKey);
     return seen !== undefined && performance.now() - seen < QUEUED_WINDOW_MS;
   }
 
   /**
-   * Whether an attempt on `mkey` will probably be refused (refused recently,
+   * Whether an attempt on `memcacheKey` will probably be refused (refused recently,
    * or held by this instance): then the attempt reads first (or, while
    * waiting, sends the read with the add), so a refusal costs one round trip.
    */
-  #expectRefusal(mkey: string): boolean {
-    return this.#contested.has(mkey) || (this.#local.get(mkey)?.holders.size ?? 0) > 0;
+  #expectRefusal(memcacheKey: string): boolean {
+    return this.#contested.has(memcacheKey) || (this.#local.get(memcacheKey)?.holders.size ?? 0) > 0;
   }
 
-  /** Other processes want `mkey` (a refusal, a queue with others in it). Bounded like #contested. */
-  #sawRemote(mkey: string): void {
-    this.#remote.delete(mkey);
-    this.#remote.set(mkey, performance.now());
+  /** Other processes want `memcacheKey` (a refusal, a queue with others in it). Bounded like #contested. */
+  #sawRemote(memcacheKey: string): void {
+    this.#remote.delete(memcacheKey);
+    this.#remote.set(memcacheKey, performance.now());
     if (this.#remote.size > CONTESTED_LIMIT) {
       const oldest = this.#remote.keys().next().value;
       if (oldest !== undefined) this.#remote.delete(oldest);
     }
   }
 
-  #markContested(mkey: string, remote: boolean): void {
+  #markContested(memcacheKey: string, remote: boolean): void {
     // A refusal by our own local holder says nothing about other processes.
-    if (remote) this.#sawRemote(mkey);
-    if (this.#contested.has(mkey)) return;
+    if (remote) this.#sawRemote(memcacheKey);
+    if (this.#contested.has(memcacheKey)) return;
     if (this.#contested.size >= CONTESTED_LIMIT) {
       const oldest = this.#contested.keys().next().value;
       if (oldest !== undefined) this.#contested.delete(oldest);
     }
-    this.#contested.set(mkey, true);
+    this.#contested.set(memcacheKey, true);
   }
 }
 

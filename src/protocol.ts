@@ -26,7 +26,7 @@
  * - Entry states: an entry is held (`ml1`), a completed marker left by
  *   `holdAfterMs` (`ml1d`: refuses everyone, never taken over or stolen, ends
  *   by expiry), or a reservation (`ml1r`) a releaser wrote for the head of the
- *   waiter queue (see waiter-queue.ts): only that waiter may take it over by
+ *   waiter queue (see fleet-queue.ts): only that waiter may take it over by
  *   CAS; it expires after RESERVATION_TTL_SECONDS if that waiter died.
  */
 import { randomUUID } from 'node:crypto';
@@ -58,7 +58,7 @@ export interface Holder {
 
 /** What we know about an entry we hold; mutated by renewals. */
 export interface Held {
-  readonly mkey: string;
+  readonly memcacheKey: string;
   readonly value: Buffer;
   readonly ttlSeconds: number;
   cas: bigint;
@@ -137,7 +137,7 @@ export type AcquireMode = 'add' | 'pipelined' | 'probe';
  */
 export async function acquireEntry(
   client: LockClient,
-  mkey: string,
+  memcacheKey: string,
   clientId: string,
   ttlSeconds: number,
   stealAfterMs: number | undefined,
@@ -154,7 +154,7 @@ export async function acquireEntry(
     let entry: Entry | null | undefined;
     if (mode === 'probe' && round === 0) {
       // A read is safe to repeat and changes nothing: its errors need no recovery.
-      entry = await client.get(mkey);
+      entry = await client.get(memcacheKey);
     }
     const sentAt = performance.now();
     const value = entry != null ? undefined : valueOf();
@@ -162,23 +162,23 @@ export async function acquireEntry(
       if (value === undefined) {
         // Held: skip the add, decide below.
       } else if (mode === 'pipelined') {
-        const both = await client.addThenGet(mkey, value, ttlSeconds);
-        if (both.add.status === 'ok') return added(mkey, value, ttlSeconds, both.add.cas, both.add.conn, sentAt);
+        const both = await client.addThenGet(memcacheKey, value, ttlSeconds);
+        if (both.add.status === 'ok') return added(memcacheKey, value, ttlSeconds, both.add.cas, both.add.conn, sentAt);
         entry = both.entry;
       } else {
-        const add = await client.add(mkey, value, ttlSeconds);
-        if (add.status === 'ok') return added(mkey, value, ttlSeconds, add.cas, add.conn, sentAt);
+        const add = await client.add(memcacheKey, value, ttlSeconds);
+        if (add.status === 'ok') return added(memcacheKey, value, ttlSeconds, add.cas, add.conn, sentAt);
       }
     } catch (error) {
-      return recover(client, mkey, value as Buffer, ttlSeconds, sentAt, error);
+      return recover(client, memcacheKey, value as Buffer, ttlSeconds, sentAt, error);
     }
-    entry ??= await client.get(mkey);
+    entry ??= await client.get(memcacheKey);
     if (entry === null) continue;
     if (value !== undefined && entry.value.equals(value)) {
       // Only possible if an earlier ambiguous add of ours landed late.
       return {
         acquired: true,
-        held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt),
+        held: held(memcacheKey, value, ttlSeconds, entry.cas, entry.conn, sentAt),
         how: 'recovered',
         previous: null,
       };
@@ -193,19 +193,19 @@ export async function acquireEntry(
     else if (stealAfterMs !== undefined && Date.now() - holder.acquiredAt > stealAfterMs) how = 'stolen';
     if (how === undefined) return { acquired: false, holder };
     // A CAS from a connection that has since been replaced may predate a restart.
-    if (!client.isCurrent(mkey, entry.conn)) continue;
+    if (!client.isCurrent(memcacheKey, entry.conn)) continue;
     const casSentAt = performance.now();
     const casValue = valueOf();
     let result;
     try {
-      result = await client.casSet(mkey, casValue, ttlSeconds, entry.cas);
+      result = await client.casSet(memcacheKey, casValue, ttlSeconds, entry.cas);
     } catch (error) {
-      return recover(client, mkey, casValue, ttlSeconds, casSentAt, error);
+      return recover(client, memcacheKey, casValue, ttlSeconds, casSentAt, error);
     }
     if (result.status === 'ok') {
       return {
         acquired: true,
-        held: held(mkey, casValue, ttlSeconds, result.cas, result.conn, casSentAt),
+        held: held(memcacheKey, casValue, ttlSeconds, result.cas, result.conn, casSentAt),
         how,
         previous: how === 'handoff' ? null : holder,
       };
@@ -214,19 +214,24 @@ export async function acquireEntry(
   return { acquired: false, holder: lastHolder };
 }
 
-function held(mkey: string, value: Buffer, ttlSeconds: number, cas: bigint, conn: number, sentAt: number): Held {
-  return { mkey, value, ttlSeconds, cas, conn, sentAt, verify: false };
+function held(memcacheKey: string, value: Buffer, ttlSeconds: number, cas: bigint, conn: number, sentAt: number): Held {
+  return { memcacheKey, value, ttlSeconds, cas, conn, sentAt, verify: false };
 }
 
 function added(
-  mkey: string,
+  memcacheKey: string,
   value: Buffer,
   ttlSeconds: number,
   cas: bigint,
   conn: number,
   sentAt: number,
 ): AcquireOutcome {
-  return { acquired: true, held: held(mkey, value, ttlSeconds, cas, conn, sentAt), how: 'added', previous: null };
+  return {
+    acquired: true,
+    held: held(memcacheKey, value, ttlSeconds, cas, conn, sentAt),
+    how: 'added',
+    previous: null,
+  };
 }
 
 /**
@@ -237,7 +242,7 @@ function added(
  */
 async function recover(
   client: LockClient,
-  mkey: string,
+  memcacheKey: string,
   value: Buffer,
   ttlSeconds: number,
   sentAt: number,
@@ -246,7 +251,7 @@ async function recover(
   if (!isAmbiguous(error)) throw error;
   let entry: Entry | null;
   try {
-    entry = await client.get(mkey);
+    entry = await client.get(memcacheKey);
   } catch {
     throw error;
   }
@@ -254,7 +259,7 @@ async function recover(
   if (entry.value.equals(value)) {
     return {
       acquired: true,
-      held: held(mkey, value, ttlSeconds, entry.cas, entry.conn, sentAt),
+      held: held(memcacheKey, value, ttlSeconds, entry.cas, entry.conn, sentAt),
       how: 'recovered',
       previous: null,
     };
@@ -269,16 +274,16 @@ export function isAmbiguous(error: unknown): boolean {
 
 /** Makes sure `held.cas` is usable: re-reads when the connection changed or a write was ambiguous. */
 async function freshCas(client: LockClient, held: Held): Promise<'ok' | 'gone' | 'taken'> {
-  if (!held.verify && client.isCurrent(held.mkey, held.conn)) return 'ok';
-  const entry = await client.get(held.mkey);
+  if (!held.verify && client.isCurrent(held.memcacheKey, held.conn)) return 'ok';
+  const entry = await client.get(held.memcacheKey);
   if (entry === null) return 'gone';
   if (!entry.value.equals(held.value)) return 'taken';
   held.cas = entry.cas;
   held.conn = entry.conn;
   held.verify = false;
-  if (!client.isCurrent(held.mkey, held.conn)) {
+  if (!client.isCurrent(held.memcacheKey, held.conn)) {
     throw new MemcacheUnavailableError('memcache connection changed during a renewal', {
-      server: client.serverOf(held.mkey),
+      server: client.serverOf(held.memcacheKey),
     });
   }
   return 'ok';
@@ -287,14 +292,14 @@ async function freshCas(client: LockClient, held: Held): Promise<'ok' | 'gone' |
 /** Renews a held entry with one CAS-checked write (plus a read after a reconnect). */
 export async function renewEntry(client: LockClient, held: Held): Promise<'renewed' | 'gone' | 'taken'> {
   // The common case checks synchronously: no extra promise per renewal.
-  if (held.verify || !client.isCurrent(held.mkey, held.conn)) {
+  if (held.verify || !client.isCurrent(held.memcacheKey, held.conn)) {
     const fresh = await freshCas(client, held);
     if (fresh !== 'ok') return fresh;
   }
   const sentAt = performance.now();
   let result;
   try {
-    result = await client.casSet(held.mkey, held.value, held.ttlSeconds, held.cas);
+    result = await client.casSet(held.memcacheKey, held.value, held.ttlSeconds, held.cas);
   } catch (error) {
     held.verify = true;
     throw error;
@@ -324,7 +329,7 @@ export async function replaceEntry(
   let result;
   try {
     result = await client.casSet(
-      held.mkey,
+      held.memcacheKey,
       encodeValue(clientId, Date.now(), randomUUID(), state),
       ttlSeconds,
       held.cas,
@@ -353,30 +358,46 @@ export async function transferEntry(
   const sentAt = performance.now();
   let result;
   try {
-    result = await client.casSet(held.mkey, value, ttlSeconds, held.cas);
+    result = await client.casSet(held.memcacheKey, value, ttlSeconds, held.cas);
   } catch (error) {
     held.verify = true;
     // The write may have landed: read back, so the new holder's entry is never left orphaned.
     if (!isAmbiguous(error)) throw error;
-    const entry = await client.get(held.mkey).catch(() => null);
+    const entry = await client.get(held.memcacheKey).catch(() => null);
     if (entry === null || !entry.value.equals(value)) throw error;
-    return { mkey: held.mkey, value, ttlSeconds, cas: entry.cas, conn: entry.conn, sentAt, verify: false };
+    return {
+      memcacheKey: held.memcacheKey,
+      value,
+      ttlSeconds,
+      cas: entry.cas,
+      conn: entry.conn,
+      sentAt,
+      verify: false,
+    };
   }
   if (result.status === 'ok')
-    return { mkey: held.mkey, value, ttlSeconds, cas: result.cas, conn: result.conn, sentAt, verify: false };
+    return {
+      memcacheKey: held.memcacheKey,
+      value,
+      ttlSeconds,
+      cas: result.cas,
+      conn: result.conn,
+      sentAt,
+      verify: false,
+    };
   return result.status === 'not_found' ? 'gone' : 'taken';
 }
 
 /** Deletes a held entry with a CAS-checked delete: never removes another holder's entry. */
 export async function releaseEntry(client: LockClient, held: Held): Promise<'released' | 'gone' | 'taken'> {
   // The common case checks synchronously: no extra promise per release.
-  if (held.verify || !client.isCurrent(held.mkey, held.conn)) {
+  if (held.verify || !client.isCurrent(held.memcacheKey, held.conn)) {
     const fresh = await freshCas(client, held);
     if (fresh !== 'ok') return fresh;
   }
   let result;
   try {
-    result = await client.casDelete(held.mkey, held.cas);
+    result = await client.casDelete(held.memcacheKey, held.cas);
   } catch (error) {
     held.verify = true;
     throw error;
@@ -385,8 +406,8 @@ export async function releaseEntry(client: LockClient, held: Held): Promise<'rel
   return result.status === 'not_found' ? 'gone' : 'taken';
 }
 
-/** Reads who holds `mkey`; `null` when free (or held by something memlock did not write). */
-export async function readHolder(client: LockClient, mkey: string): Promise<Holder | null> {
-  const entry = await client.get(mkey);
+/** Reads who holds `memcacheKey`; `null` when free (or held by something memlock did not write). */
+export async function readHolder(client: LockClient, memcacheKey: string): Promise<Holder | null> {
+  const entry = await client.get(memcacheKey);
   return entry === null ? null : decodeValue(entry.value);
 }

@@ -5,7 +5,7 @@
 import test from 'ava';
 import { Memlock } from '../../src/index.js';
 import { RESERVATION_TTL_SECONDS } from '../../src/protocol.js';
-import { QUEUE_ALIVE_MS } from '../../src/waiter-queue.js';
+import { QUEUE_ALIVE_MS } from '../../src/fleet-queue.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { startFixture, type Fixture } from './lib/child.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';

@@ -30,7 +30,7 @@ let m: Memlock;
 let other: Memlock;
 const prefix = 'h:';
 /** Locks held by other clients during the properties; keys nobody will generate. */
-const sentinels: Array<{ lock: Lock; mkey: string; value: string }> = [];
+const sentinels: Array<{ lock: Lock; memcacheKey: string; value: string }> = [];
 
 test.before(async () => {
   mc = await startMemcached();
@@ -44,7 +44,7 @@ test.before(async () => {
     const key = `sentinel-${randomUUID()}`;
     const lock = await instance.acquire(key, `sentinel-holder-${randomUUID()}`);
     const entry = await mc.rawGet(prefix + key);
-    sentinels.push({ lock, mkey: prefix + key, value: entry!.value.toString() });
+    sentinels.push({ lock, memcacheKey: prefix + key, value: entry!.value.toString() });
     void i;
   }
 });
@@ -316,7 +316,7 @@ function acceptable(error: unknown, built: Built): boolean {
 async function sentinelsIntact(): Promise<boolean> {
   for (const s of sentinels) {
     if (s.lock.signal.aborted) return false;
-    const entry = await mc.rawGet(s.mkey);
+    const entry = await mc.rawGet(s.memcacheKey);
     if (entry?.value.toString() !== s.value) return false;
   }
   return true;

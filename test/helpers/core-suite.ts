@@ -1,6 +1,6 @@
 /**
  * memlock's core semantics (acquire, refuse, takeover, steal, renew, release,
- * loss) as one suite, run against a real memcached (test/core-memcached.test.ts)
+ * loss) as one suite, run against a real memcached (test/integration/core-memcached.test.ts)
  * and against the `memlock/testing` stand-in (test/unit/core-standin.test.ts):
  * the same assertions on both, so the stand-in cannot drift from the server.
  * Real time on both; bounds follow the configured lease and heartbeat.
@@ -22,11 +22,11 @@ export interface CoreBackend {
   /** A Memlock on this server (closed by `close()`). */
   memlock(options?: Omit<MemlockOptions, 'servers' | 'client' | 'lockClient'>): Memlock;
   /** The raw entry under a memcache key, with its CAS and remaining TTL (whole seconds, as the server counts them). */
-  peek(mkey: string): Promise<{ value: Buffer; cas: bigint; ttlSeconds: number } | null>;
+  peek(memcacheKey: string): Promise<{ value: Buffer; cas: bigint; ttlSeconds: number } | null>;
   /** Deletes an entry behind memlock's back (eviction). */
-  evict(mkey: string): Promise<boolean>;
+  evict(memcacheKey: string): Promise<boolean>;
   /** Overwrites an entry behind memlock's back (another party's write). */
-  overwrite(mkey: string, value: string): Promise<void>;
+  overwrite(memcacheKey: string, value: string): Promise<void>;
   /** Makes the server unreachable from now on (killed / connection refused). */
   down(): Promise<void>;
   /** Closes every Memlock and the server. */

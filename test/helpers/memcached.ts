@@ -134,12 +134,12 @@ export class MemcachedProcess {
   /** @internal use {@link startMemcached}. */
   constructor(
     port: number,
-    private readonly opts: MemcachedOptions,
+    private readonly options: MemcachedOptions,
     private readonly saslDir: string | undefined,
   ) {
     this.port = port;
-    this.sasl = opts.sasl;
-    this.raw = opts.sasl ? binarySaslClient(this, opts.sasl) : textClient(this);
+    this.sasl = options.sasl;
+    this.raw = options.sasl ? binarySaslClient(this, options.sasl) : textClient(this);
   }
 
   /** 'host:port', what memjs and Memlock take as a server. */
@@ -172,7 +172,7 @@ export class MemcachedProcess {
       '-U',
       '0',
       '-m',
-      String(this.opts.memoryMb ?? 64),
+      String(this.options.memoryMb ?? 64),
       '-t',
       '1',
       '-c',
@@ -180,7 +180,7 @@ export class MemcachedProcess {
       '-u',
       'root',
       ...(this.sasl ? ['-S', '-B', 'binary'] : []),
-      ...(this.opts.extraArgs ?? []),
+      ...(this.options.extraArgs ?? []),
     ];
     const env = this.saslDir ? { ...process.env, SASL_CONF_PATH: this.saslDir } : process.env;
     this.stderrTail = '';
@@ -204,7 +204,7 @@ export class MemcachedProcess {
     child.unref();
     (child.stderr as net.Socket | null)?.unref?.();
 
-    const timeoutMs = this.opts.startTimeoutMs ?? 5000;
+    const timeoutMs = this.options.startTimeoutMs ?? 5000;
     const deadline = Date.now() + timeoutMs;
     let lastErr: unknown;
     while (Date.now() < deadline) {
@@ -306,29 +306,29 @@ export class MemcachedProcess {
   }
 
   /** `flush_all`: drops every entry, behind the library's back. */
-  flush(opts?: RawOptions): Promise<void> {
-    return this.raw.flush(opts);
+  flush(options?: RawOptions): Promise<void> {
+    return this.raw.flush(options);
   }
 
   /** Reads an entry with its CAS (`gets`), without memjs. */
-  rawGet(key: string, opts?: RawOptions): Promise<RawEntry | null> {
-    return this.raw.get(key, opts);
+  rawGet(key: string, options?: RawOptions): Promise<RawEntry | null> {
+    return this.raw.get(key, options);
   }
 
   /** Unconditionally writes an entry (flags 0), without memjs. */
-  rawSet(key: string, value: string | Buffer, ttlSeconds = 0, opts?: RawOptions): Promise<void> {
-    return this.raw.set(key, value, ttlSeconds, opts);
+  rawSet(key: string, value: string | Buffer, ttlSeconds = 0, options?: RawOptions): Promise<void> {
+    return this.raw.set(key, value, ttlSeconds, options);
   }
 
   /**
    * Remaining TTL of an entry in whole seconds as the server counts it (meta
    * `mg <key> t`): -1 for no expiry, `null` when missing.
    */
-  async rawTtl(key: string, opts?: RawOptions): Promise<number | null> {
+  async rawTtl(key: string, options?: RawOptions): Promise<number | null> {
     return new Promise<number | null>((resolve, reject) => {
       const socket = net.createConnection({ host: this.host, port: this.port });
       let reply = '';
-      const timer = setTimeout(() => socket.destroy(new Error(`mg ${key}: no reply`)), opts?.timeoutMs ?? 2000);
+      const timer = setTimeout(() => socket.destroy(new Error(`mg ${key}: no reply`)), options?.timeoutMs ?? 2000);
       socket.setEncoding('latin1');
       socket.on('connect', () => socket.write(`mg ${key} t\r\n`));
       socket.on('data', (chunk: string) => {
@@ -349,13 +349,13 @@ export class MemcachedProcess {
   }
 
   /** Deletes an entry; resolves true if it existed. */
-  rawDelete(key: string, opts?: RawOptions): Promise<boolean> {
-    return this.raw.delete(key, opts);
+  rawDelete(key: string, options?: RawOptions): Promise<boolean> {
+    return this.raw.delete(key, options);
   }
 
   /** Server `stats` as strings (e.g. `curr_connections`, `cmd_get`, `pid`). */
-  stats(opts?: RawOptions): Promise<Record<string, string>> {
-    return this.raw.stats(opts);
+  stats(options?: RawOptions): Promise<Record<string, string>> {
+    return this.raw.stats(options);
   }
 
   /** @internal synchronous SIGKILL for the exit hook; also removes the SASL dir. */
@@ -393,14 +393,14 @@ export class MemcachedStartError extends Error {
  * resolves once it answers `stats` with its own pid. Rejects with memcached's
  * stderr if it does not come up within `startTimeoutMs`.
  */
-export async function startMemcached(opts: MemcachedOptions = {}): Promise<MemcachedProcess> {
+export async function startMemcached(options: MemcachedOptions = {}): Promise<MemcachedProcess> {
   installExitHook();
-  const saslDir = opts.sasl ? await makeSaslDir(opts.sasl) : undefined;
+  const saslDir = options.sasl ? await makeSaslDir(options.sasl) : undefined;
   // With an OS-picked port another process may grab it between our probe and
   // memcached's bind; then simply pick another one.
   for (let attempt = 1; ; attempt++) {
-    const port = opts.port ?? (await freePort());
-    const m = new MemcachedProcess(port, opts, saslDir);
+    const port = options.port ?? (await freePort());
+    const m = new MemcachedProcess(port, options, saslDir);
     registry.add(m);
     try {
       await m.spawn();
@@ -408,7 +408,7 @@ export async function startMemcached(opts: MemcachedOptions = {}): Promise<Memca
     } catch (err) {
       registry.delete(m);
       const busy = err instanceof MemcachedStartError && /in use/i.test(err.stderr);
-      if (opts.port !== undefined || !busy || attempt >= 5) {
+      if (options.port !== undefined || !busy || attempt >= 5) {
         m.removeSaslDir();
         throw err;
       }

@@ -38,11 +38,11 @@ export interface RawOptions {
 
 /** The operations every raw client offers. */
 export interface RawClient {
-  get(key: string, opts?: RawOptions): Promise<RawEntry | null>;
-  set(key: string, value: string | Buffer, ttlSeconds: number, opts?: RawOptions): Promise<void>;
-  delete(key: string, opts?: RawOptions): Promise<boolean>;
-  flush(opts?: RawOptions): Promise<void>;
-  stats(opts?: RawOptions): Promise<Record<string, string>>;
+  get(key: string, options?: RawOptions): Promise<RawEntry | null>;
+  set(key: string, value: string | Buffer, ttlSeconds: number, options?: RawOptions): Promise<void>;
+  delete(key: string, options?: RawOptions): Promise<boolean>;
+  flush(options?: RawOptions): Promise<void>;
+  stats(options?: RawOptions): Promise<Record<string, string>>;
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -139,11 +139,11 @@ function oneLine<T>(expected: Record<string, T>, what: string): (reply: Buffer) 
 
 /** A raw client speaking the memcache text protocol. */
 export function textClient(target: RawTarget): RawClient {
-  const run = <T>(req: Buffer, parse: (r: Buffer) => T | undefined, what: string, opts?: RawOptions) =>
-    exchange(target, req, parse, what, opts?.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  const run = <T>(req: Buffer, parse: (r: Buffer) => T | undefined, what: string, options?: RawOptions) =>
+    exchange(target, req, parse, what, options?.timeoutMs ?? DEFAULT_TIMEOUT_MS);
 
   return {
-    async get(key, opts) {
+    async get(key, options) {
       checkKey(key);
       const what = `gets ${key}`;
       return run(
@@ -169,11 +169,11 @@ export function textClient(target: RawTarget): RawClient {
           };
         },
         what,
-        opts,
+        options,
       );
     },
 
-    async set(key, value, ttlSeconds, opts) {
+    async set(key, value, ttlSeconds, options) {
       checkKey(key);
       const data = typeof value === 'string' ? Buffer.from(value) : value;
       const req = Buffer.concat([
@@ -181,24 +181,24 @@ export function textClient(target: RawTarget): RawClient {
         data,
         Buffer.from(CRLF),
       ]);
-      await run(req, oneLine({ STORED: true }, `set ${key}`), `set ${key}`, opts);
+      await run(req, oneLine({ STORED: true }, `set ${key}`), `set ${key}`, options);
     },
 
-    async delete(key, opts) {
+    async delete(key, options) {
       checkKey(key);
       return run(
         Buffer.from(`delete ${key}${CRLF}`),
         oneLine({ DELETED: true, NOT_FOUND: false }, `delete ${key}`),
         `delete ${key}`,
-        opts,
+        options,
       );
     },
 
-    async flush(opts) {
-      await run(Buffer.from(`flush_all${CRLF}`), oneLine({ OK: true }, 'flush_all'), 'flush_all', opts);
+    async flush(options) {
+      await run(Buffer.from(`flush_all${CRLF}`), oneLine({ OK: true }, 'flush_all'), 'flush_all', options);
     },
 
-    async stats(opts) {
+    async stats(options) {
       return run(
         Buffer.from(`stats${CRLF}`),
         (reply) => {
@@ -216,7 +216,7 @@ export function textClient(target: RawTarget): RawClient {
           }
         },
         'stats',
-        opts,
+        options,
       );
     },
   };
@@ -297,7 +297,7 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
   );
 
   /** Runs one request; `done` sees the packets answering it (auth reply removed). */
-  const run = <T>(req: Buffer, done: (pkts: BinPacket[]) => T | undefined, what: string, opts?: RawOptions) =>
+  const run = <T>(req: Buffer, done: (pkts: BinPacket[]) => T | undefined, what: string, options?: RawOptions) =>
     exchange(
       target,
       Buffer.concat([auth, req]),
@@ -315,7 +315,7 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
         return rest.length === 0 ? undefined : done(rest);
       },
       what,
-      opts?.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      options?.timeoutMs ?? DEFAULT_TIMEOUT_MS,
     );
 
   const fail = (what: string, p: BinPacket): never => {
@@ -323,7 +323,7 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
   };
 
   return {
-    async get(key, opts) {
+    async get(key, options) {
       checkKey(key);
       const what = `get ${key}`;
       return run(
@@ -335,11 +335,11 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
           return { value: p.value, cas: p.cas, flags: p.extras.length >= 4 ? p.extras.readUInt32BE(0) : 0 };
         },
         what,
-        opts,
+        options,
       );
     },
 
-    async set(key, value, ttlSeconds, opts) {
+    async set(key, value, ttlSeconds, options) {
       checkKey(key);
       const what = `set ${key}`;
       const extras = Buffer.alloc(8);
@@ -352,11 +352,11 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
           return p.status === STATUS_OK ? true : fail(what, p);
         },
         what,
-        opts,
+        options,
       );
     },
 
-    async delete(key, opts) {
+    async delete(key, options) {
       checkKey(key);
       const what = `delete ${key}`;
       return run(
@@ -367,11 +367,11 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
           return p.status === STATUS_OK ? true : fail(what, p);
         },
         what,
-        opts,
+        options,
       );
     },
 
-    async flush(opts) {
+    async flush(options) {
       await run(
         binRequest(OP.flush, OP_OPAQUE, Buffer.alloc(0)),
         ([p]) => {
@@ -379,11 +379,11 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
           return p.status === STATUS_OK ? true : fail('flush', p);
         },
         'flush',
-        opts,
+        options,
       );
     },
 
-    async stats(opts) {
+    async stats(options) {
       return run(
         binRequest(OP.stat, OP_OPAQUE, Buffer.alloc(0)),
         (pkts) => {
@@ -396,7 +396,7 @@ export function binarySaslClient(target: RawTarget, creds: SaslCredentials): Raw
           return undefined;
         },
         'stats',
-        opts,
+        options,
       );
     },
   };

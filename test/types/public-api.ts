@@ -1,5 +1,5 @@
 /**
- * Type tests of the public API (expect-type). Checked by `test/types.test.ts`
+ * Type tests of the public API (expect-type). Checked by `test/integration/types.test.ts`
  * with `tsc -p test/types` under the strict settings users run with
  * (`strict`, `exactOptionalPropertyTypes`, `noUncheckedIndexedAccess`,
  * `skipLibCheck: false`). A wrong type is a compile error, not a runtime one.

@@ -1,7 +1,7 @@
 /**
  * The core semantics suite (test/helpers/core-suite.ts) against the
  * `memlock/testing` stand-in, one stand-in per test. The same suite runs
- * against a real memcached in test/core-memcached.test.ts.
+ * against a real memcached in test/integration/core-memcached.test.ts.
  */
 import test from 'ava';
 import type { Memlock } from '../../src/index.js';
@@ -17,12 +17,12 @@ coreSemantics(test, async () => {
       instances.push(m);
       return m;
     },
-    async peek(mkey) {
-      return memcache.peek(mkey);
+    async peek(memcacheKey) {
+      return memcache.peek(memcacheKey);
     },
-    evict: async (mkey) => memcache.evict(mkey),
-    overwrite: async (mkey, value) => {
-      memcache.set(mkey, value, 30);
+    evict: async (memcacheKey) => memcache.evict(memcacheKey),
+    overwrite: async (memcacheKey, value) => {
+      memcache.set(memcacheKey, value, 30);
     },
     down: async () => memcache.unreachable(true),
     async close() {

@@ -1,7 +1,7 @@
 /**
  * diagnostics.ts without a server: typed `subscribe`, the NODE_DEBUG line
  * format (`formatEvent`) and the likely-cause hints (`likelyCause`). The
- * NODE_DEBUG output of a real process is in test/diagnostics.test.ts.
+ * NODE_DEBUG output of a real process is in test/integration/diagnostics.test.ts.
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';

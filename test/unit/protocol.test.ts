@@ -23,7 +23,7 @@ import {
 import { MemcacheStandIn } from '../../src/testing.js';
 
 const held = (value: Buffer, fields: Partial<Held> = {}): Held => ({
-  mkey: 'k',
+  memcacheKey: 'k',
   value,
   ttlSeconds: 5,
   cas: 1n,
@@ -406,7 +406,7 @@ test('transfer: one CAS write of the new holder’s value; gone and taken told a
   if (typeof next === 'string') return t.fail(next);
   t.like(decodeValue(memcache.peek('k')!.value), { clientId: 'B', state: 'held' });
   t.is(memcache.peek('k')?.ttlSeconds, 9);
-  t.like(next, { mkey: 'k', ttlSeconds: 9, cas: memcache.peek('k')!.cas, verify: false });
+  t.like(next, { memcacheKey: 'k', ttlSeconds: 9, cas: memcache.peek('k')!.cas, verify: false });
   t.true(next.sentAt >= before && next.sentAt <= performance.now());
   t.true(next.value.equals(memcache.peek('k')!.value));
   t.deepEqual(memcache.ops, { add: 1, get: 0, set: 1, delete: 0 }, 'one write, no read');

@@ -16,7 +16,7 @@ import {
 } from '../../src/index.js';
 import { notAcquired } from '../../src/errors.js';
 import { publish } from '../../src/diagnostics.js';
-import { MAX_KEY_BYTES, memcacheKey, queueKey } from '../../src/keys.js';
+import { MAX_KEY_BYTES, memcacheKeyOf, queueKeyOf } from '../../src/keys.js';
 import {
   MAX_CLIENT_ID_BYTES,
   MAX_LEASE_MS,
@@ -36,8 +36,8 @@ const sha = (prefix: string, key: string, encoding: BufferEncoding = 'utf8'): st
 
 test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (t) => {
   t.is(MAX_KEY_BYTES, 250);
-  t.is(memcacheKey('p:', 'plain'), 'p:plain');
-  t.is(memcacheKey('p:', 'ключ-🔒'), 'p:ключ-🔒');
+  t.is(memcacheKeyOf('p:', 'plain'), 'p:plain');
+  t.is(memcacheKeyOf('p:', 'ключ-🔒'), 'p:ключ-🔒');
   for (const dirty of [
     'has space',
     'tab\tkey',
@@ -48,20 +48,20 @@ test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (
     'nbsp\u00a0',
     'ideo\u3000',
   ]) {
-    t.is(memcacheKey('p:', dirty), sha('p:', dirty), JSON.stringify(dirty));
+    t.is(memcacheKeyOf('p:', dirty), sha('p:', dirty), JSON.stringify(dirty));
   }
-  t.is(memcacheKey('p:', 'x'.repeat(248)), 'p:' + 'x'.repeat(248), 'exactly 250 bytes fits');
-  t.is(memcacheKey('p:', 'x'.repeat(249)), sha('p:', 'x'.repeat(249)), '251 bytes is hashed');
-  t.is(memcacheKey('p:', 'é'.repeat(124)), 'p:' + 'é'.repeat(124), '248 bytes of 2-byte characters fit');
-  t.is(memcacheKey('p:', 'é'.repeat(125)), sha('p:', 'é'.repeat(125)));
-  t.is(memcacheKey('p:', '€'.repeat(82)), 'p:' + '€'.repeat(82), '3-byte characters counted in bytes');
-  t.is(memcacheKey('p:', '€'.repeat(83)), sha('p:', '€'.repeat(83)));
+  t.is(memcacheKeyOf('p:', 'x'.repeat(248)), 'p:' + 'x'.repeat(248), 'exactly 250 bytes fits');
+  t.is(memcacheKeyOf('p:', 'x'.repeat(249)), sha('p:', 'x'.repeat(249)), '251 bytes is hashed');
+  t.is(memcacheKeyOf('p:', 'é'.repeat(124)), 'p:' + 'é'.repeat(124), '248 bytes of 2-byte characters fit');
+  t.is(memcacheKeyOf('p:', 'é'.repeat(125)), sha('p:', 'é'.repeat(125)));
+  t.is(memcacheKeyOf('p:', '€'.repeat(82)), 'p:' + '€'.repeat(82), '3-byte characters counted in bytes');
+  t.is(memcacheKeyOf('p:', '€'.repeat(83)), sha('p:', '€'.repeat(83)));
   // Lone surrogates hash from UTF-16 code units, so distinct strings stay distinct.
-  t.is(memcacheKey('p:', '\uD800'), sha('p:', '\uD800', 'utf16le'));
-  t.not(memcacheKey('p:', '\uD800'), memcacheKey('p:', '\uDBFF'));
+  t.is(memcacheKeyOf('p:', '\uD800'), sha('p:', '\uD800', 'utf16le'));
+  t.not(memcacheKeyOf('p:', '\uD800'), memcacheKeyOf('p:', '\uDBFF'));
   t.is(sha('p:', 'x').length, 'p:sha256:'.length + 64);
-  t.regex(queueKey('p:', 'p:k'), /^p:sha256q:[0-9a-f]{64}$/);
-  t.is(queueKey('p:', 'p:k'), 'p:sha256q:' + createHash('sha256').update('p:k').digest('hex'));
+  t.regex(queueKeyOf('p:', 'p:k'), /^p:sha256q:[0-9a-f]{64}$/);
+  t.is(queueKeyOf('p:', 'p:k'), 'p:sha256q:' + createHash('sha256').update('p:k').digest('hex'));
 });
 
 test('options: defaults and bounds', (t) => {
@@ -351,7 +351,7 @@ test.serial('diagnostics: an unobserved lock cycle publishes nothing', async (t)
   t.deepEqual(calls, []);
 });
 
-test('options: every validation names its option (the unit-tier twin of test/validation.test.ts)', (t) => {
+test('options: every validation names its option (the unit-tier twin of test/integration/validation.test.ts)', (t) => {
   const named = (fn: () => unknown, type: typeof TypeError | typeof RangeError, message: string | RegExp): void => {
     const error = t.throws(fn);
     t.true(error instanceof type, `${error?.name}: ${error?.message}`);

@@ -1,6 +1,6 @@
 /**
- * Waiting across processes (memlock.ts's wait loop, waiter-queue.ts,
- * local-queue.ts) on fake timers: each `standIn.memlock()` is its own
+ * Waiting across processes (memlock.ts's wait loop, fleet-queue.ts,
+ * local-waiters.ts) on fake timers: each `standIn.memlock()` is its own
  * Memlock instance with its own waiter-queue token, as a process is. A
  * recording client logs every request by kind and key, so a test can say
  * which key a waiter polls and how often.
@@ -9,10 +9,10 @@ import test from 'ava';
 import FakeTimers from '@sinonjs/fake-timers';
 import type { Entry, LockClient, WriteResult } from '../../src/client.js';
 import { LockNotAcquiredError, Memlock, type LockOptions } from '../../src/index.js';
-import { memcacheKey, queueKey } from '../../src/keys.js';
+import { memcacheKeyOf, queueKeyOf } from '../../src/keys.js';
 import { decodeValue, encodeValue, RESERVATION_TTL_SECONDS } from '../../src/protocol.js';
-import { decodeQueue, encodeQueue } from '../../src/waiter-queue.js';
-import { MAX_BATCH } from '../../src/local-queue.js';
+import { decodeQueue, encodeQueue } from '../../src/fleet-queue.js';
+import { MAX_BATCH } from '../../src/local-waiters.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 
 type Clock = ReturnType<typeof FakeTimers.install>;
@@ -42,8 +42,8 @@ function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
   return clock;
 }
 
-const MKEY = memcacheKey('memlock:', 'k');
-const QKEY = queueKey('memlock:', MKEY);
+const MKEY = memcacheKeyOf('memlock:', 'k');
+const QKEY = queueKeyOf('memlock:', MKEY);
 
 interface Sent {
   op: string;

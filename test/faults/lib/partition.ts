@@ -60,11 +60,11 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
   const { mode, leaseMs, heartbeatMs, timeoutMs } = options;
   const key = options.key ?? `partition-${mode}`;
   const prefix = 'p:';
-  const mkey = prefix + key;
+  const memcacheKey = prefix + key;
   const proxy = await startProxy({ host: mc.host, port: mc.port });
   const recorder = new RecordingClient(
     new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol }),
-    (_op, k) => k === mkey,
+    (_op, k) => k === memcacheKey,
   );
   const a = new Memlock({ lockClient: recorder, prefix, leaseMs, heartbeatMs, timeoutMs });
   // B renews rarely, so its CAS stays put while we check that A leaves it alone.
@@ -101,7 +101,7 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
     const ttlSeconds = Math.ceil(leaseMs / 1000);
     const bLock = await b.acquire(key, 'B', { wait: { timeoutMs: leaseMs + 5000, minDelayMs: 5, maxDelayMs: 50 } });
     const bAt = performance.now();
-    const bEntry = await mc.rawGet(mkey);
+    const bEntry = await mc.rawGet(memcacheKey);
     // The loss must already be known; allow the deadline to pass in case it has not (the figures tell).
     const waitUntil = performance.now() + leaseMs;
     while (Number.isNaN(abortAt) && performance.now() < waitUntil) await sleep(5);
@@ -110,7 +110,7 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
     await sleep(heartbeatMs * 3); // A's heartbeat, if it were still running, would renew now
     const released = await lock.release();
     await sleep(heartbeatMs);
-    const after = await mc.rawGet(mkey);
+    const after = await mc.rawGet(memcacheKey);
     const newHolderIntact =
       bEntry !== null &&
       after !== null &&
@@ -119,9 +119,9 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
       bEntry.value.toString().endsWith(':B');
 
     const reason: unknown = lock.signal.reason;
-    const lastConfirmed = recorder.lastConfirmedWrite(mkey, abortAt);
+    const lastConfirmed = recorder.lastConfirmedWrite(memcacheKey, abortAt);
     const deadline = lastConfirmed + (ttlSeconds - 1) * 1000;
-    const afterLoss = Number.isNaN(abortAt) ? recorder.ops : recorder.opsOn(mkey, abortAt);
+    const afterLoss = Number.isNaN(abortAt) ? recorder.ops : recorder.opsOn(memcacheKey, abortAt);
     const figures: PartitionFigures = {
       mode,
       kind: reason instanceof LockLostError ? reason.kind : undefined,
