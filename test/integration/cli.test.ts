@@ -66,6 +66,8 @@ test('--help prints usage and exits 0; usage errors exit 2 with a clear message'
   t.is(help.code, 0);
   t.regex(help.stdout, /Usage: memlock <command>/);
   t.regex(help.stdout, /inspect KEY/);
+  t.regex(help.stdout, /--ca FILE/);
+  t.regex(help.stdout, /NODE_EXTRA_CA_CERTS=FILE/);
   const cases: Array<[string[], RegExp]> = [
     [[], /missing command/],
     [['frobnicate', 'k'], /unknown command "frobnicate"/],
@@ -77,6 +79,8 @@ test('--help prints usage and exits 0; usage errors exit 2 with a clear message'
     [['inspect', 'k', '--timeout-ms', 'soon'], /--timeout-ms must be a positive number/],
     [['inspect', 'k', '--servers', 'host:notaport'], /servers/],
     [['inspect', 'k', '--prefix', 'has space'], /prefix/],
+    [['inspect', 'k', '--ca', '/nonexistent/ca.pem'], /--ca: cannot read "\/nonexistent\/ca.pem"/],
+    [['inspect', 'k', '--ca', path.join(root, 'package.json')], /--ca: .* holds no PEM certificate/],
   ];
   for (const [args, message] of cases) {
     const r = await run(args);
