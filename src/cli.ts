@@ -200,7 +200,7 @@ function describeSnapshot(s: Snapshot, now: number): Record<string, unknown> {
 const stateText: Record<Snapshot['state'], string> = {
   free: 'free (no entry)',
   held: 'held',
-  done: 'completed (holdAfterMs marker)',
+  done: 'done (a completed run: holdAfterMs marker)',
   reserved: 'reserved for a waiter (fair handoff)',
   foreign: 'blocked by an entry memlock did not write',
 };

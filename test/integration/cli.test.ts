@@ -119,6 +119,17 @@ test('inspect: holder, acquired at and entry age of a held key; --json; exit 1 w
   t.true(await lock.release());
 });
 
+test('inspect: a holdAfterMs marker reads as done, as the README calls it, naming who completed it', async (t) => {
+  const { args, memlock } = setup();
+  await memlock.tryWithLock('report', 'worker-3', () => 'ok', { holdAfterMs: 10_000 });
+  const text = await run(['inspect', 'report', ...args]);
+  t.is(text.code, 0, text.stderr);
+  t.regex(text.stdout, /^state: +done \(a completed run: holdAfterMs marker\)$/m);
+  t.regex(text.stdout, /^holder: +worker-3$/m);
+  const json = await run(['inspect', 'report', '--json', ...args]);
+  t.like(JSON.parse(json.stdout), { state: 'done', clientId: 'worker-3' });
+});
+
 test('--protocol meta reads the same entries as the binary protocol', async (t) => {
   const { args, memlock } = setup();
   const lock = await memlock.acquire('meta', 'worker-m');
