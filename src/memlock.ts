@@ -8,7 +8,7 @@ import { setMaxListeners } from 'node:events';
 import { hostname } from 'node:os';
 import type { LockClient } from './client.js';
 import { channels, publish } from './diagnostics.js';
-import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
+import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, quoteId } from './errors.js';
 import { Scheduler } from './scheduler.js';
 import { memcacheKeyOf, queueKeyOf } from './keys.js';
 import { LocalKey, UNKNOWN_POSITION, type Ticket } from './local-waiters.js';
@@ -356,7 +356,7 @@ export class Memlock {
     publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(memcacheKey) }));
     this.#checkOpen();
     signal?.throwIfAborted();
-    return notAcquired(key, holderId, done ? { done } : undefined);
+    return new LockNotAcquiredError(key, holderId, done ? { done } : undefined);
   }
 
   /**
@@ -880,8 +880,9 @@ function first<T>(items: Iterable<T>): T | undefined {
 }
 
 function waitTimeout(key: string, timeoutMs: number, holder: string | undefined): LockNotAcquiredError {
+  const last = holder === undefined ? '' : ` (last held by ${quoteId(holder)})`;
   return new LockNotAcquiredError(key, holder, {
-    message: `Timed out after ${timeoutMs} ms waiting for lock "${key}"`,
+    message: `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(key)}${last}`,
   });
 }
 
