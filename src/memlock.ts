@@ -315,6 +315,13 @@ export class Memlock {
     this.#waiting.addHolder(lock, how);
     this.#locks.add(lock);
     if (this.#closing !== undefined || signal?.aborted === true) return this.#giveUp(lock, signal);
+    // Confirmed after its deadline (a slow reply, a stalled event loop): the
+    // server may have let the entry expire and granted it again already.
+    // Never handed out: it fails as a loss, and the entry is deleted (CAS).
+    if (performance.now() >= lock.deadline) {
+      lock.lose('deadline', undefined);
+      return this.#giveUp(lock, signal);
+    }
     publish(channels.acquired, () => ({
       key,
       clientId,
@@ -334,12 +341,16 @@ export class Memlock {
     return lock;
   }
 
-  /** Giving up an entry just acquired: delete it, never hand it on (our own ticket may still head the local queue). */
+  /**
+   * Giving up an entry just acquired (closed, aborted, or confirmed too
+   * late): delete it, never hand it on (our own ticket may still head the
+   * local queue), and reject with the reason.
+   */
   async #giveUp(lock: HeldLock, signal: AbortSignal | undefined): Promise<never> {
     await lock.drop();
     this.#checkOpen();
     signal?.throwIfAborted();
-    throw new Error('unreachable: #giveUp without a reason');
+    throw lock.signal.reason;
   }
 
   /**

@@ -22,7 +22,14 @@ import { LocalKey, UNKNOWN_POSITION, type Ticket } from './local-waiters.js';
 import type { Handoff, HeldLock } from './lock.js';
 import type { ResolvedLockOptions } from './options.js';
 import { nextDelay } from './pacing.js';
-import { releaseEntry, type AcquireHow, type AcquireMode, type Held, type Holder } from './protocol.js';
+import {
+  cancelReservation,
+  releaseEntry,
+  type AcquireHow,
+  type AcquireMode,
+  type Held,
+  type Holder,
+} from './protocol.js';
 import { linkedSignal } from './signals.js';
 
 /** Keys refused recently: their next attempt pipelines the read with the add. */
@@ -153,6 +160,7 @@ export class Waiting {
     const waiting: Attempt = { ...attempt, signal: stop };
     let mode: AcquireMode = this.expectRefusal(memcacheKey) ? 'probe' : 'pipelined';
     let holder: string | undefined;
+    let gaveUp = false;
     try {
       // Other processes queue for this key: go to the back of the queue
       // rather than race them for it (the queue's head is about to get it).
@@ -206,11 +214,12 @@ export class Waiting {
         if (ticket.granted !== undefined) return await this.#adopt(waiting, ticket, started);
       }
     } catch (error) {
+      gaveUp = true;
       if (ticket.granted !== undefined) await this.#dropGranted(ticket);
       throw error;
     } finally {
       dispose();
-      this.#leave(local, ticket, memcacheKey);
+      this.#leave(local, ticket, memcacheKey, gaveUp);
     }
   }
 
@@ -226,12 +235,19 @@ export class Waiting {
     await drop;
   }
 
-  /** A waiting call is done (acquired, gave up or failed): leave the local queue, and the remote one with the last waiter. */
-  #leave(local: LocalKey<HeldLock, Held>, ticket: Ticket<Held>, memcacheKey: string): void {
+  /**
+   * A waiting call is done (acquired, or gave up: `gaveUp`): leave the local
+   * queue, and the remote one with the last waiter.
+   */
+  #leave(local: LocalKey<HeldLock, Held>, ticket: Ticket<Held>, memcacheKey: string, gaveUp: boolean): void {
     local.leave(ticket);
     if (local.waiting === 0) {
       // The turn's waiters are gone: a later waiter starts a new turn.
       local.batch = 0;
+      // A releaser may have reserved the key for us (only a queued waiter
+      // can be reserved for): the last local waiter to give up deletes
+      // that reservation, so the key is not blocked until it expires.
+      if (gaveUp && local.queued) this.#cancelReservation(memcacheKey);
       if (local.queued) this.#dequeue(local, memcacheKey);
     }
     this.#forget(memcacheKey, local);
@@ -296,6 +312,13 @@ export class Waiting {
       local.position = UNKNOWN_POSITION;
     }
     return believed && missing;
+  }
+
+  /** Deletes a reservation made for this instance, in the background (tracked: close() waits for it). */
+  #cancelReservation(memcacheKey: string): void {
+    const work = cancelReservation(this.#host.client, memcacheKey, this.#host.token);
+    this.#host.track(work);
+    work.catch(noop);
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */
