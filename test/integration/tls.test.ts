@@ -2,10 +2,13 @@
  * TLS against a real `memcached -Z` with a throwaway CA (see helpers/tls.ts):
  * locks work over TLS on both protocols; a wrong CA or a wrong host name
  * fails with MemcacheUnavailableError whose cause is the TLS error, before
- * the operation deadline, and nothing is sent.
- * The `memlock` command: `--ca`, and a hint per TLS failure.
+ * the operation deadline, and nothing is sent. The `memlock` command:
+ * `--ca FILE`, `--tls` with a private CA through NODE_EXTRA_CA_CERTS (as
+ * the README says), and a hint of its own for each TLS failure.
  */
 import test from 'ava';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
 import {
   Memlock,
   MemcacheLockClient,
@@ -18,9 +21,7 @@ import { makePki, startTlsMemcached, type TestPki, type TlsMemcached } from '../
 import { failOnUnhandled } from '../helpers/unhandled.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { root } from '../helpers/package.js';
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import path from 'node:path';
 
 failOnUnhandled(test);
 
@@ -165,7 +166,7 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: numbe
     execFile(
       process.execPath,
       [path.join(root, 'dist', 'cli.js'), ...args],
-      { env: { ...process.env, MEMCACHE_SERVERS: undefined, ...env }, timeout: 20_000 },
+      { env: { ...process.env, MEMCACHE_SERVERS: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env }, timeout: 20_000 },
       (error, stdout, stderr) =>
         resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr }),
     );
@@ -225,3 +226,30 @@ test.serial('memlock command: each TLS failure gets its own hint, not "down, unr
     /likely cause: 127\.0\.0\.1:\d+ does not speak TLS on that port: drop --tls, or use its TLS port/,
   );
 });
+
+test.serial(
+  'README Connecting: the CLI with --tls trusts a private CA given in NODE_EXTRA_CA_CERTS, and without it fails as unavailable',
+  async (t) => {
+    const cli = path.join(root, 'dist', 'cli.js');
+    const inspect = (env: NodeJS.ProcessEnv): Promise<{ code: number; out: string }> =>
+      new Promise((resolve) => {
+        execFile(
+          process.execPath,
+          [cli, 'inspect', 'private-ca', '--servers', server.address, '--tls', '--timeout-ms', '3000'],
+          {
+            env: { ...process.env, MEMCACHE_SERVERS: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env },
+            timeout: 20_000,
+          },
+          (error, stdout, stderr) =>
+            resolve({
+              code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1,
+              out: stdout + stderr,
+            }),
+        );
+      });
+    const trusted = await inspect({ NODE_EXTRA_CA_CERTS: path.join(pki.dir, 'ca.pem') });
+    t.is(trusted.code, 1, `the key is free (exit 1), read over TLS: ${trusted.out}`);
+    const untrusted = await inspect({});
+    t.is(untrusted.code, 3, `memcache unavailable (exit 3) without the CA: ${untrusted.out}`);
+  },
+);
