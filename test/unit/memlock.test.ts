@@ -2,8 +2,9 @@
  * The public Memlock surface against the `memlock/testing` stand-in, on fake
  * timers where time matters: tryWithLock/acquire/wrap/inspect/close, caller
  * signals, waiting, holdAfterMs, failOpen, diagnostics. The same behaviour
- * against real memcached is in test/integration/lock.test.ts, test/integration/api.test.ts,
- * test/integration/deploy.test.ts and the core suite.
+ * against real memcached is in test/integration/lock.protocols.test.ts,
+ * test/integration/api.protocols.test.ts, test/integration/deploy.test.ts and
+ * the core suite.
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';
