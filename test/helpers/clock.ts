@@ -10,7 +10,8 @@ export type Clock = ReturnType<typeof FakeTimers.install>;
 /**
  * Fake time starts EPOCH ms in: with a clock at 0, `now - since` and
  * `now + since` agree for anything that happened at the start, and a test
- * could not tell them apart. Times a test logs (`Sent.at`) count from EPOCH.
+ * could not tell them apart. Times a test logs (`Sent.at`) count from EPOCH;
+ * it is a whole second (the stand-in's memcached clock counts seconds).
  */
 export const EPOCH = 1_000_000;
 
