@@ -7,6 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { hostname } from 'node:os';
 import type { LockClient } from './client.js';
+import { onAbort } from './abort-listeners.js';
 import { channels, publish } from './diagnostics.js';
 import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
 import { Scheduler } from './scheduler.js';
@@ -931,12 +932,9 @@ function linkedSignal(...sources: Array<AbortSignal | undefined>): {
     controller.abort(reasonOf(aborted));
     return { signal: controller.signal, dispose: noop };
   }
-  const listeners = inputs.map((source) => {
-    const onAbort = (): void => controller.abort(reasonOf(source));
-    source.addEventListener('abort', onAbort, { once: true });
-    return () => source.removeEventListener('abort', onAbort);
-  });
-  return { signal: controller.signal, dispose: () => listeners.forEach((remove) => remove()) };
+  // One shared listener per source (abort-listeners.ts): many waiting calls may pass the same signal.
+  const stops = inputs.map((source) => onAbort(source, (reason) => controller.abort(reason)));
+  return { signal: controller.signal, dispose: () => stops.forEach((stop) => stop()) };
 }
 
 function noop(): void {}
