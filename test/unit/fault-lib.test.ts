@@ -10,7 +10,8 @@ import FakeTimers from '@sinonjs/fake-timers';
 import { LockLostError } from '../../src/index.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { SectionMonitor, learnedAt } from '../faults/lib/monitor.js';
-import { sweepOverlaps, type Row } from '../faults/lib/exclusion.js';
+import { sweepOverlaps, tallyOverlaps, type Row } from '../faults/lib/exclusion.js';
+import { LossStamps, type LossStamp } from '../faults/lib/sections.js';
 import { RecordingClient } from '../faults/lib/recording.js';
 
 type Clock = ReturnType<typeof FakeTimers.install>;
@@ -156,6 +157,78 @@ test('exclusion sweep: a clean run has no overlaps; a planted overlap, a late si
   t.is(silent.length, 1);
   t.is(silent[0]?.toldBy, undefined);
   t.true(Number.isNaN(silent[0]?.lagMs));
+});
+
+/**
+ * A history as the workers write it: each event stamped on a manual clock,
+ * loss rows written through a store whose INSERT waits `insertMs` for a
+ * connection (the clock moves on meanwhile, as it does while a pool is busy).
+ */
+function slowHistory(insertMs: number): {
+  clock: { now: number };
+  rows: Row[];
+  stored: LossStamp[];
+  grant: (id: string, key: string) => void;
+  stamps: LossStamps;
+} {
+  const clock = { now: 0 };
+  const rows: Row[] = [];
+  const stored: LossStamp[] = [];
+  const stamps = new LossStamps(
+    async (stamp) => {
+      await Promise.resolve();
+      clock.now += insertMs;
+      stored.push(stamp);
+    },
+    (error) => {
+      throw error;
+    },
+    () => clock.now,
+  );
+  const grant = (id: string, key: string): void => {
+    rows.push({ id, key, proc: rows.length, started: clock.now, ended: Infinity });
+  };
+  return { clock, rows, stored, grant, stamps };
+}
+
+test('exclusion oracle: an abort told 50 ms after another holder was granted is reported as toldAfter, with its lag', async (t) => {
+  const h = slowHistory(0);
+  h.grant('A', 'k');
+  h.clock.now += 10;
+  h.grant('B', 'k');
+  h.clock.now += 50;
+  h.stamps.told('A', 'unreachable');
+  await h.stamps.settled();
+  const tally = tallyOverlaps(h.rows, h.stored);
+  t.like(tally, { overlaps: 1, toldBefore: 0, toldAfter: 1, silent: 0, toldByRelease: 0, maxSignalLagMs: 50 });
+});
+
+test('exclusion oracle: an abort told in time but written 300 ms later (slow INSERT) is not late', async (t) => {
+  const h = slowHistory(300);
+  h.grant('A', 'k');
+  h.clock.now += 10;
+  h.stamps.told('A', 'unreachable');
+  h.clock.now += 20;
+  h.grant('B', 'k');
+  h.grant('C', 'other');
+  h.clock.now += 5;
+  h.stamps.told('C', 'gone');
+  await h.stamps.settled();
+  t.true(h.clock.now >= 600, 'both INSERTs ran long after the events');
+  t.deepEqual(
+    h.stored.map((s) => [s.id, s.at]),
+    [
+      ['A', 10],
+      ['C', 35],
+    ],
+    'stamped when told, not when written',
+  );
+  const tally = tallyOverlaps(h.rows, h.stored);
+  t.like(tally, { overlaps: 1, toldBefore: 1, toldAfter: 0, silent: 0, maxSignalLagMs: 0 });
+  t.is(tally.sample[0]?.lagMs, -20);
+  // The earliest loss of a section counts, whatever order the rows come back in.
+  const again = tallyOverlaps(h.rows, [{ id: 'A', kind: 'release', at: 900 }, ...h.stored]);
+  t.like(again, { toldBefore: 1, toldAfter: 0, toldByRelease: 0 });
 });
 
 test('recording client: records what was sent, how it ended, and the last confirmed write', async (t) => {
