@@ -259,6 +259,24 @@ test('latency delays each direction by the configured ms, preserving order', asy
   conn.socket.destroy();
 });
 
+test("latency in one direction: 'down' applies the request at once and delays only its reply", async (t) => {
+  const m = await startMemcached();
+  const proxy = await startProxy(m);
+  t.teardown(() => proxy.close());
+  const conn = await openRaw(proxy.port);
+  t.is(await conn.request('version'), 'VERSION 1.6.18');
+  proxy.setLatency(300, 'down');
+  const start = performance.now();
+  const reply = conn.request('set dir 0 0 1\r\nx');
+  await waitFor(async () => (await m.rawGet('dir')) !== null, 250, 5, 'the set reached the server before its reply');
+  t.true(performance.now() - start < 250, 'the request was not delayed');
+  t.is(await reply, 'STORED');
+  const roundTrip = performance.now() - start;
+  t.true(roundTrip >= 295, `round trip ${roundTrip.toFixed(1)} ms`);
+  t.throws(() => proxy.setLatency(10, 'sideways' as 'up'), { instanceOf: RangeError, message: /direction/ });
+  conn.socket.destroy();
+});
+
 test('stall answers nothing but keeps the connection; heal resumes on it', async (t) => {
   const m = await startMemcached();
   const proxy = await startProxy(m);
