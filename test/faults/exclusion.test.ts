@@ -125,6 +125,7 @@ test.serial(
     });
     t.log(describeExclusion(f));
     t.log(figuresLine(f));
+    t.log(JSON.stringify(f.sample));
     t.deepEqual(f.unexpected, []);
     t.true(f.faults > 5);
     t.true(f.overlaps > 0, 'the faults did cause double grants (memcache cannot prevent them)');

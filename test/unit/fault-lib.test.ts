@@ -231,6 +231,30 @@ test('exclusion oracle: an abort told in time but written 300 ms later (slow INS
   t.like(again, { toldBefore: 1, toldAfter: 0, toldByRelease: 0 });
 });
 
+test('exclusion oracle: the sample shows the worst overlaps first (silent, then late), with how long each lasted', (t) => {
+  const row = (id: string, key: string, started: number, ended: number): Row => ({ id, key, proc: 0, started, ended });
+  const sections = [
+    row('a', 'k1', 0, 50),
+    row('b', 'k1', 10, 20), // a/b: a told before b
+    row('c', 'k2', 0, 40),
+    row('d', 'k2', 30, 100), // c/d: c told 5 ms late
+    row('e', 'k3', 0, 12),
+    row('f', 'k3', 9, 30), // e/f: e never told
+  ];
+  const tally = tallyOverlaps(sections, [
+    { id: 'a', kind: 'gone', at: 5 },
+    { id: 'c', kind: 'unreachable', at: 35 },
+  ]);
+  t.deepEqual(
+    tally.sample.map((o) => [o.earlier, o.toldBy, o.overlapMs]),
+    [
+      ['e', undefined, 3],
+      ['c', 'unreachable', 10],
+      ['a', 'gone', 10],
+    ],
+  );
+});
+
 test('recording client: records what was sent, how it ended, and the last confirmed write', async (t) => {
   const memcache = new MemcacheStandIn();
   const recorder = new RecordingClient(memcache.client(), (op) => op !== 'get');

@@ -60,6 +60,12 @@ export interface OverlapRecord {
   readonly lagMs: number;
   /** How it was told: a LockLostError kind, 'release', or undefined. */
   readonly toldBy: string | undefined;
+  /**
+   * How long both were in their sections (the earlier's end minus the later's
+   * start, ms; Infinity while unfinished): a few ms would be a clock-reading
+   * artefact, hundreds of ms a real double grant.
+   */
+  readonly overlapMs: number;
 }
 
 export interface ExclusionFigures {
@@ -89,6 +95,7 @@ export interface ExclusionFigures {
   readonly maxSignalLagMs: number;
   readonly unfinished: number;
   readonly unexpected: string[];
+  /** Up to 5 overlaps, the worst first (see {@link OverlapTally}). */
   readonly sample: OverlapRecord[];
 }
 
@@ -129,6 +136,7 @@ export function sweepOverlaps(
         later: row.id,
         lagMs: t ? t.at - row.started : Number.NaN,
         toldBy: t?.kind,
+        overlapMs: Math.min(earlier.ended, row.ended) - row.started,
       });
     }
     active.push(row);
@@ -144,6 +152,7 @@ export interface OverlapTally {
   readonly toldByRelease: number;
   readonly silent: number;
   readonly maxSignalLagMs: number;
+  /** Up to 5 overlaps, the worst first: silent ones, then those told late, then the rest. */
   readonly sample: OverlapRecord[];
 }
 
@@ -167,7 +176,11 @@ export function tallyOverlaps(sections: readonly Row[], losses: readonly LossSta
     toldByRelease: overlaps.filter((o) => o.toldBy === 'release').length,
     silent: overlaps.filter((o) => o.toldBy === undefined).length,
     maxSignalLagMs: Math.max(0, ...signalled.map((o) => o.lagMs)),
-    sample: overlaps.slice(0, 5),
+    sample: [
+      ...overlaps.filter((o) => o.toldBy === undefined),
+      ...signalled.filter((o) => o.lagMs > 0),
+      ...overlaps.filter((o) => o.toldBy !== undefined && !(o.lagMs > 0 && o.toldBy !== 'release')),
+    ].slice(0, 5),
   };
 }
 
