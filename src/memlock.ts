@@ -28,6 +28,7 @@ import {
 } from './options.js';
 import {
   acquireEntry,
+  cancelReservation,
   readHolder,
   releaseEntry,
   type AcquireHow,
@@ -384,6 +385,13 @@ export class Memlock {
     for (const other of earlier) other.lose('taken', undefined);
     this.#locks.add(lock);
     if (this.#closing !== undefined || signal?.aborted === true) return this.#giveUp(lock, signal);
+    // Confirmed after its deadline (a slow reply, a stalled event loop): the
+    // server may have let the entry expire and granted it again already.
+    // Never handed out: it fails as a loss, and the entry is deleted (CAS).
+    if (performance.now() >= lock.deadline) {
+      lock.lose('deadline', undefined);
+      return this.#giveUp(lock, signal);
+    }
     publish(channels.acquired, () => ({
       key,
       clientId,
@@ -403,12 +411,16 @@ export class Memlock {
     return lock;
   }
 
-  /** Giving up an entry just acquired: delete it, never hand it on (our own ticket may still head the local queue). */
+  /**
+   * Giving up an entry just acquired (closed, aborted, or confirmed too
+   * late): delete it, never hand it on (our own ticket may still head the
+   * local queue), and reject with the reason.
+   */
   async #giveUp(lock: HeldLock, signal: AbortSignal | undefined): Promise<never> {
     await lock.drop();
     this.#checkOpen();
     signal?.throwIfAborted();
-    throw new Error('unreachable: #giveUp without a reason');
+    throw lock.signal.reason;
   }
 
   /** Drops `local` from the map once nothing uses it (and only if it is still the map's entry). */
@@ -461,6 +473,7 @@ export class Memlock {
     const { signal: stop, dispose } = linkedSignal(signal, this.#closed.signal);
     let mode: AcquireMode = this.#expectRefusal(memcacheKey) ? 'probe' : 'pipelined';
     let holder: string | undefined;
+    let gaveUp = false;
     try {
       // Other processes queue for this key: go to the back of the queue
       // rather than race them for it (the queue's head is about to get it).
@@ -528,6 +541,7 @@ export class Memlock {
           return await this.#adopt(key, memcacheKey, clientId, call, stop, ticket, started);
       }
     } catch (error) {
+      gaveUp = true;
       // Handed the entry while giving up (timeout, abort, close): let go of it
       // (tracked, so close() waits for this delete before closing sockets).
       const granted = ticket.granted;
@@ -544,6 +558,10 @@ export class Memlock {
       if (local.waiting === 0) {
         // The turn's waiters are gone: a later waiter starts a new turn.
         local.batch = 0;
+        // A releaser may have reserved the key for us (only a queued waiter
+        // can be reserved for): the last local waiter to give up deletes
+        // that reservation, so the key is not blocked until it expires.
+        if (gaveUp && local.queued) this.#cancelReservation(memcacheKey);
         if (local.queued) this.#dequeue(local, memcacheKey);
       }
       this.#forget(memcacheKey, local);
@@ -618,6 +636,13 @@ export class Memlock {
       local.position = UNKNOWN_POSITION;
     }
     return believed && missing;
+  }
+
+  /** Deletes a reservation made for this instance, in the background (tracked: close() waits for it). */
+  #cancelReservation(memcacheKey: string): void {
+    const work = cancelReservation(this.#client, memcacheKey, this.#token);
+    this.#track(work);
+    work.catch(noop);
   }
 
   /** Leaves the waiter queue in the background (no local waiter is left). */

@@ -160,6 +160,10 @@ export class MemcacheLockClient implements LockClient {
     const getP = this.#send(connection, 'get', getSeq, getBuf) as Promise<Entry | null>;
     const [add, entry] = await Promise.allSettled([addP, getP]);
     if (add.status === 'rejected') throw add.reason;
+    // A granted add stands whatever became of the read (it only matters
+    // when the add is refused): throwing here would leave our own entry
+    // blocking the key for a whole lease.
+    if (add.value.status === 'ok') return { add: add.value, entry: entry.status === 'fulfilled' ? entry.value : null };
     if (entry.status === 'rejected') throw entry.reason;
     return { add: add.value, entry: entry.value };
   }
