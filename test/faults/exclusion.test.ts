@@ -10,6 +10,7 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
+import { leaseTtlSeconds } from '../../src/protocol.js';
 import { startMemcached } from '../helpers/memcached.js';
 import { describeExclusion, figuresLine, runExclusion, tallyOverlaps } from './lib/exclusion.js';
 import {
@@ -150,7 +151,10 @@ test.serial(
       timeoutMs: 200,
       holdMs: [2, 10],
       holdMsProc0: [1500, 2000],
-      afterAbortMs: 2000,
+      // A stubborn section must outlast the partitioned entry, which lives up to
+      // its TTL after the last renewal (TTL ceil(lease) + 1 since issue 16):
+      // shorter, and it ends before anyone else can get the key.
+      afterAbortMs: leaseTtlSeconds(leaseMs) * 1000,
     });
     t.log(describeExclusion(f));
     t.log(figuresLine(f));
