@@ -231,7 +231,7 @@ test('exclusion oracle: an abort told in time but written 300 ms later (slow INS
   t.like(again, { toldBefore: 1, toldAfter: 0, toldByRelease: 0 });
 });
 
-test('exclusion oracle: the sample shows the worst overlaps first (silent, then late), with how long each lasted', (t) => {
+test('exclusion oracle: the sample shows the worst overlaps first (silent, then late), how long each lasted, and whether the later holder was told', (t) => {
   const row = (id: string, key: string, started: number, ended: number): Row => ({ id, key, proc: 0, started, ended });
   const sections = [
     row('a', 'k1', 0, 50),
@@ -239,18 +239,19 @@ test('exclusion oracle: the sample shows the worst overlaps first (silent, then 
     row('c', 'k2', 0, 40),
     row('d', 'k2', 30, 100), // c/d: c told 5 ms late
     row('e', 'k3', 0, 12),
-    row('f', 'k3', 9, 30), // e/f: e never told
+    row('f', 'k3', 9, 30), // e/f: e never told, f told at its release
   ];
   const tally = tallyOverlaps(sections, [
     { id: 'a', kind: 'gone', at: 5 },
     { id: 'c', kind: 'unreachable', at: 35 },
+    { id: 'f', kind: 'release', at: 31 },
   ]);
   t.deepEqual(
-    tally.sample.map((o) => [o.earlier, o.toldBy, o.overlapMs]),
+    tally.sample.map((o) => [o.earlier, o.toldBy, o.overlapMs, o.laterToldBy]),
     [
-      ['e', undefined, 3],
-      ['c', 'unreachable', 10],
-      ['a', 'gone', 10],
+      ['e', undefined, 3, 'release'],
+      ['c', 'unreachable', 10, undefined],
+      ['a', 'gone', 10, undefined],
     ],
   );
 });

@@ -66,6 +66,13 @@ export interface OverlapRecord {
    * artefact, hundreds of ms a real double grant.
    */
   readonly overlapMs: number;
+  /**
+   * How the later holder was told it lost its lock, if it was. An untold
+   * earlier holder with a told later one suggests the two starts are stamped
+   * in the wrong order: a grant is stamped when the worker's code runs after
+   * it, which a loaded process can delay by hundreds of ms.
+   */
+  readonly laterToldBy: string | undefined;
 }
 
 export interface ExclusionFigures {
@@ -137,6 +144,7 @@ export function sweepOverlaps(
         lagMs: t ? t.at - row.started : Number.NaN,
         toldBy: t?.kind,
         overlapMs: Math.min(earlier.ended, row.ended) - row.started,
+        laterToldBy: told.get(row.id)?.kind,
       });
     }
     active.push(row);
