@@ -59,7 +59,7 @@ const testsFor = {
 // Without an active mutant (Stryker's dry run): the whole fast tier, less
 // three files. core-standin.test waits seconds of real time (the same
 // behaviour is covered on fake timers by memlock.test and heartbeat.test);
-// readme-testing.test compares its own TypeScript source with README.md;
+// readme-testing.test compares its own TypeScript source with docs/testing.md;
 // mutation-runner.test tests this runner (from the checkout, not a sandbox).
 const LEFT_OUT = new Set(['core-standin', 'readme-testing', 'mutation-runner']);
 const all = readdirSync('.mutation-build/test/unit')
