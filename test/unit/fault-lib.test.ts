@@ -10,7 +10,7 @@ import FakeTimers from '@sinonjs/fake-timers';
 import { LockLostError } from '../../src/index.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { SectionMonitor, learnedAt } from '../faults/lib/monitor.js';
-import { sweepOverlaps, tallyOverlaps, type Row } from '../faults/lib/exclusion.js';
+import { isInverted, sweepOverlaps, tallyOverlaps, type Row } from '../faults/lib/exclusion.js';
 import { LossStamps, type LossStamp } from '../faults/lib/sections.js';
 import { RecordingClient } from '../faults/lib/recording.js';
 
@@ -229,6 +229,25 @@ test('exclusion oracle: an abort told in time but written 300 ms later (slow INS
   // The earliest loss of a section counts, whatever order the rows come back in.
   const again = tallyOverlaps(h.rows, [{ id: 'A', kind: 'release', at: 900 }, ...h.stored]);
   t.like(again, { toldBefore: 1, toldAfter: 0, toldByRelease: 0 });
+});
+
+test('exclusion oracle: an untold earlier holder whose later one was told "taken" is counted as stamped out of order, not silent', (t) => {
+  const row = (id: string, key: string, started: number, ended: number): Row => ({ id, key, proc: 0, started, ended });
+  // g/h: h was granted first in truth (stamped late), lost its entry, g took the key, h was told 'taken'.
+  // i/j: j told only by its failed release: that stays silent (a release may have deleted j's entry).
+  const sections = [row('g', 'k1', 0, 100), row('h', 'k1', 10, 60), row('i', 'k2', 0, 100), row('j', 'k2', 10, 60)];
+  const tally = tallyOverlaps(sections, [
+    { id: 'h', kind: 'taken', at: 50 },
+    { id: 'j', kind: 'release', at: 61 },
+  ]);
+  t.like(tally, { overlaps: 2, silent: 1, inverted: 1, toldAfter: 0, toldBefore: 0 });
+  t.deepEqual(
+    tally.sample.map((o) => [o.earlier, isInverted(o)]),
+    [
+      ['i', false],
+      ['g', true],
+    ],
+  );
 });
 
 test('exclusion oracle: the sample shows the worst overlaps first (silent, then late), how long each lasted, and whether the later holder was told', (t) => {

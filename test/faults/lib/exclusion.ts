@@ -96,8 +96,10 @@ export interface ExclusionFigures {
   readonly toldAfter: number;
   /** Told only by its release (a section shorter than a heartbeat). */
   readonly toldByRelease: number;
-  /** Never told. */
+  /** Never told (see {@link isInverted} for the one exception). */
   readonly silent: number;
+  /** Untold earlier holder, later one told 'taken': the starts were stamped in the wrong order. */
+  readonly inverted: number;
   /** Largest lag of a signal after the later start (ms), 0 if none. */
   readonly maxSignalLagMs: number;
   readonly unfinished: number;
@@ -159,9 +161,32 @@ export interface OverlapTally {
   readonly toldAfter: number;
   readonly toldByRelease: number;
   readonly silent: number;
+  readonly inverted: number;
   readonly maxSignalLagMs: number;
-  /** Up to 5 overlaps, the worst first: silent ones, then those told late, then the rest. */
+  /** Up to 5 overlaps, the worst first: silent ones, then those told late, then inverted ones, then the rest. */
   readonly sample: OverlapRecord[];
+}
+
+/**
+ * An overlap whose earlier-stamped holder was never told while the later
+ * one was told 'taken' (its entry was replaced by another acquisition): the
+ * later one really was granted first, its start was stamped late.
+ *
+ * A grant is stamped when the worker's code runs after acquire() resolves,
+ * which a process starved of CPU does hundreds of ms after memcached
+ * granted the add (seen under two CPU hogs: 133 and 143 ms). Read in stamp
+ * order, the holder whose entry was deleted behind its back looks like the
+ * later one, and the other holder, which lost nothing, looks silent. A
+ * holder that lost its entry and is never told is not hidden by this: its
+ * release cannot delete its entry once another add succeeded, so it is told
+ * at its release at the latest; an earlier holder stays untold only if its
+ * entry survived, that is if it took the key after the later-stamped one.
+ * Only 'taken' is read this way: a later holder told 'gone' or by its
+ * release may have lost its entry to a release that deleted the wrong one,
+ * which must stay silent.
+ */
+export function isInverted(o: OverlapRecord): boolean {
+  return o.toldBy === undefined && o.laterToldBy === 'taken';
 }
 
 /**
@@ -182,11 +207,13 @@ export function tallyOverlaps(sections: readonly Row[], losses: readonly LossSta
     toldBefore: signalled.filter((o) => o.lagMs <= 0).length,
     toldAfter: signalled.filter((o) => o.lagMs > 0).length,
     toldByRelease: overlaps.filter((o) => o.toldBy === 'release').length,
-    silent: overlaps.filter((o) => o.toldBy === undefined).length,
+    silent: overlaps.filter((o) => o.toldBy === undefined && !isInverted(o)).length,
+    inverted: overlaps.filter(isInverted).length,
     maxSignalLagMs: Math.max(0, ...signalled.map((o) => o.lagMs)),
     sample: [
-      ...overlaps.filter((o) => o.toldBy === undefined),
+      ...overlaps.filter((o) => o.toldBy === undefined && !isInverted(o)),
       ...signalled.filter((o) => o.lagMs > 0),
+      ...overlaps.filter(isInverted),
       ...overlaps.filter((o) => o.toldBy !== undefined && !(o.lagMs > 0 && o.toldBy !== 'release')),
     ].slice(0, 5),
   };
@@ -295,6 +322,7 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
       toldAfter: tally.toldAfter,
       toldByRelease: tally.toldByRelease,
       silent: tally.silent,
+      inverted: tally.inverted,
       maxSignalLagMs: tally.maxSignalLagMs,
       unfinished: sections.filter((s) => s.ended === Infinity).length,
       unexpected: [
@@ -321,17 +349,17 @@ export function describeExclusion(f: ExclusionFigures): string {
     `${f.mode}: ${f.processes}x${f.workers} workers on ${f.keys} keys for ${(f.durationMs / 1000).toFixed(1)} s: ` +
     `${f.sections} sections (${f.sectionsPerSecond.toFixed(0)}/s), refused ${f.notAcquired}, unavailable ${f.unavailable}, ` +
     `faults ${f.faults}, lost signals: ${lost}, failed releases ${f.releaseFailed}; overlaps ${f.overlaps} ` +
-    `(told before ${f.toldBefore}, after ${f.toldAfter} [max lag ${f.maxSignalLagMs.toFixed(1)} ms], by release ${f.toldByRelease}, silent ${f.silent})`
+    `(told before ${f.toldBefore}, after ${f.toldAfter} [max lag ${f.maxSignalLagMs.toFixed(1)} ms], by release ${f.toldByRelease}, silent ${f.silent}, stamped out of order ${f.inverted})`
   );
 }
 
 /**
  * The counts test/faults/repeat.sh adds up over runs, as one greppable line:
- * `figures: scenario=exclusion mode=M overlaps=N toldAfter=N silent=N toldByRelease=N maxLagMs=N`.
+ * `figures: scenario=exclusion mode=M overlaps=N toldAfter=N silent=N toldByRelease=N inverted=N maxLagMs=N`.
  */
 export function figuresLine(f: ExclusionFigures): string {
   return (
     `figures: scenario=exclusion mode=${f.mode} overlaps=${f.overlaps} toldAfter=${f.toldAfter} ` +
-    `silent=${f.silent} toldByRelease=${f.toldByRelease} maxLagMs=${f.maxSignalLagMs.toFixed(1)}`
+    `silent=${f.silent} toldByRelease=${f.toldByRelease} inverted=${f.inverted} maxLagMs=${f.maxSignalLagMs.toFixed(1)}`
   );
 }
