@@ -34,7 +34,7 @@ for ((h = 0; h < hogs; h++)); do
   node -e 'for (;;) {}' </dev/null >/dev/null 2>&1 &
   hog_pids+=("$!")
 done
-echo "repeat: $runs runs of exclusion.test.ts + partition.test.ts under $hogs CPU hog(s); logs in $log_dir"
+echo "repeat: $runs runs of exclusion.protocols.test.ts + partition.protocols.test.ts under $hogs CPU hog(s); logs in $log_dir"
 
 # Sums field $1 (e.g. toldAfter) over the figures lines of log $2 whose mode matches $3 (a regex).
 sum_field() {
@@ -57,7 +57,7 @@ dirty_runs=0
 for ((run = 1; run <= runs; run++)); do
   log="$log_dir/run-$run.log"
   started=$SECONDS
-  if npx ava test/faults/exclusion.test.ts test/faults/partition.test.ts </dev/null >"$log" 2>&1; then
+  if npx ava test/faults/exclusion.protocols.test.ts test/faults/partition.protocols.test.ts </dev/null >"$log" 2>&1; then
     result=PASS
     passed=$((passed + 1))
   else
