@@ -341,7 +341,7 @@ async function main(): Promise<number> {
     // The Markdown tables as printed, with the command and the system line: what docs/benchmarks.md and the README quote.
     writeFileSync(
       `${dir}latest.md`,
-      `Run of ${system.date}: \`node --import=tsx bench/cli.ts ${process.argv.slice(2).join(' ')}\`\n\n` +
+      `Run of ${system.date}: \`npm run bench -- ${process.argv.slice(2).join(' ')}\`\n\n` +
         `${reports.map((r) => renderTable(r)).join('\n\n')}\n\n${systemLine(system)}\n`,
     );
     progress(`wrote bench/results/latest.json, latest.md and latest.svg`);
