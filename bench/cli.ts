@@ -224,6 +224,7 @@ async function main(): Promise<number> {
     progress('checking servers');
     let memcacheServers = process.env.MEMCACHE_SERVERS?.trim() || null;
     let memcachedStartedWith: string | null = null;
+    let memcachedPid: number | null = null;
     let memcacheReason: string | null = null;
     // A fresh machine: no memcached and none configured. Run memlock on the
     // stand-in instead of stopping (not in CI, where that is an error).
@@ -244,11 +245,12 @@ async function main(): Promise<number> {
         exitCleanups.push(own.value.stop);
         memcacheServers = own.value.servers;
         memcachedStartedWith = own.value.args.join(' ');
+        memcachedPid = own.value.pid;
         progress(`started memcached on ${memcacheServers}`);
       } else memcacheReason = own.reason;
     }
     const [mc, redis, pgProbe, memlock] = await Promise.all([
-      memcacheServers ? probeMemcache(memcacheServers) : Promise.resolve(null),
+      memcacheServers ? probeMemcache(memcacheServers, memcachedPid) : Promise.resolve(null),
       needs.has('redis') ? probeRedis() : Promise.resolve(null),
       needs.has('pg') ? probePg() : Promise.resolve(null),
       needs.has('memlock') ? loadMemlock() : Promise.resolve(null),
@@ -369,7 +371,13 @@ async function main(): Promise<number> {
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'latest.json'), `${JSON.stringify(jsonDocument(system, reports), null, 2)}\n`);
     writeFileSync(join(dir, 'latest.svg'), renderSvg(system, reports));
-    progress(`wrote ${join(dir, 'latest.json')} and ${join(dir, 'latest.svg')}`);
+    // The Markdown tables as printed, with the command and the system line: what docs/benchmarks.md and the README quote.
+    writeFileSync(
+      join(dir, 'latest.md'),
+      `Run of ${system.date}: \`npm run bench -- ${process.argv.slice(2).join(' ')}\`\n\n` +
+        `${reports.map((r) => renderTable(r)).join('\n\n')}\n\n${systemLine(system)}\n`,
+    );
+    progress(`wrote ${join(dir, 'latest.json')}, latest.md and latest.svg`);
     return failed > 0 ? 1 : 0;
   } finally {
     for (const close of asyncCleanups.reverse()) await Promise.resolve(close()).catch(() => undefined);

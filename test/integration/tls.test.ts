@@ -160,6 +160,33 @@ test.serial('a TLS handshake that never completes fails at the deadline, as not 
   t.is(await server.raw.get('tls-handshake'), null);
 });
 
+test.serial(
+  'README Connecting: the CLI with --tls trusts a private CA given in NODE_EXTRA_CA_CERTS, and without it fails as unavailable',
+  async (t) => {
+    const cli = path.join(root, 'dist', 'cli.js');
+    const inspect = (env: NodeJS.ProcessEnv): Promise<{ code: number; out: string }> =>
+      new Promise((resolve) => {
+        execFile(
+          process.execPath,
+          [cli, 'inspect', 'private-ca', '--servers', server.address, '--tls', '--timeout-ms', '3000'],
+          {
+            env: { ...process.env, MEMCACHE_SERVERS: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env },
+            timeout: 20_000,
+          },
+          (error, stdout, stderr) =>
+            resolve({
+              code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1,
+              out: stdout + stderr,
+            }),
+        );
+      });
+    const trusted = await inspect({ NODE_EXTRA_CA_CERTS: path.join(pki.dir, 'ca.pem') });
+    t.is(trusted.code, 1, `the key is free (exit 1), read over TLS: ${trusted.out}`);
+    const untrusted = await inspect({});
+    t.is(untrusted.code, 3, `memcache unavailable (exit 3) without the CA: ${untrusted.out}`);
+  },
+);
+
 /** Runs the `memlock` command (dist/cli.js) with `env` added; never rejects. */
 function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -226,30 +253,3 @@ test.serial('memlock command: each TLS failure gets its own hint, not "down, unr
     /likely cause: 127\.0\.0\.1:\d+ does not speak TLS on that port: drop --tls, or use its TLS port/,
   );
 });
-
-test.serial(
-  'README Connecting: the CLI with --tls trusts a private CA given in NODE_EXTRA_CA_CERTS, and without it fails as unavailable',
-  async (t) => {
-    const cli = path.join(root, 'dist', 'cli.js');
-    const inspect = (env: NodeJS.ProcessEnv): Promise<{ code: number; out: string }> =>
-      new Promise((resolve) => {
-        execFile(
-          process.execPath,
-          [cli, 'inspect', 'private-ca', '--servers', server.address, '--tls', '--timeout-ms', '3000'],
-          {
-            env: { ...process.env, MEMCACHE_SERVERS: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env },
-            timeout: 20_000,
-          },
-          (error, stdout, stderr) =>
-            resolve({
-              code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1,
-              out: stdout + stderr,
-            }),
-        );
-      });
-    const trusted = await inspect({ NODE_EXTRA_CA_CERTS: path.join(pki.dir, 'ca.pem') });
-    t.is(trusted.code, 1, `the key is free (exit 1), read over TLS: ${trusted.out}`);
-    const untrusted = await inspect({});
-    t.is(untrusted.code, 3, `memcache unavailable (exit 3) without the CA: ${untrusted.out}`);
-  },
-);

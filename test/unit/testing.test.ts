@@ -8,10 +8,10 @@ import test from 'ava';
 import { MemcacheUnavailableError, LockLostError } from '../../src/index.js';
 import { isAmbiguous } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
+import { fakeTime } from '../helpers/clock.js';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fakeTime } from '../helpers/clock.js';
 
 const v = (text: string): Buffer => Buffer.from(text);
 
