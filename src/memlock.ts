@@ -116,6 +116,7 @@ export class Memlock {
       client: this.#client,
       prefix: this.#options.prefix,
       token: this.#token,
+      turn: this.#options.turn,
       closed: this.#closed.signal,
       track: (work) => this.#track(work),
       once: (attempt, mode) => this.#once(attempt, mode),
@@ -209,8 +210,12 @@ export class Memlock {
       signal?.throwIfAborted();
       const memcacheKey = memcacheKeyOf(this.#options.prefix, key);
       const attempt: Attempt = { key, memcacheKey, clientId, call, signal };
-      if (call.wait === undefined)
+      if (call.wait === undefined) {
+        // Parked by our own release moments ago, during a turn: take it with one CAS.
+        const parked = await this.#waiting.takeParked(attempt);
+        if (parked !== undefined) return parked;
         return await this.#once(attempt, this.#waiting.expectRefusal(memcacheKey) ? 'probe' : 'add');
+      }
       // Tracked: close() stops waiting calls and lets each finish its cleanup
       // (leaving the waiter queue, deleting an entry handed to it) first.
       const waiting = this.#waiting.waitFor(attempt);
@@ -422,6 +427,7 @@ export class Memlock {
   }
 
   async #close(): Promise<void> {
+    this.#waiting.flushParked();
     const locks = [...this.#locks];
     for (const lock of locks) lock.lose('closed', undefined);
     await Promise.all(locks.map((lock) => lock.release()));
