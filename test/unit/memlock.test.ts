@@ -2,13 +2,13 @@
  * The public Memlock surface against the `memlock/testing` stand-in, on fake
  * timers where time matters: tryWithLock/acquire/wrap/inspect/close, caller
  * signals, waiting, holdAfterMs, failOpen, diagnostics. The same behaviour
- * against real memcached is in test/integration/lock.test.ts, test/integration/api.test.ts,
- * test/integration/deploy.test.ts and the core suite.
+ * against real memcached is in test/integration/lock.protocols.test.ts,
+ * test/integration/api.protocols.test.ts, test/integration/deploy.test.ts and
+ * the core suite.
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
-import FakeTimers from '@sinonjs/fake-timers';
 import {
   LockLostError,
   LockNotAcquiredError,
@@ -19,27 +19,7 @@ import {
 } from '../../src/index.js';
 import { decodeValue, encodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
-
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({
-    toFake: [
-      'setTimeout',
-      'clearTimeout',
-      'setImmediate',
-      'clearImmediate',
-      'setInterval',
-      'clearInterval',
-      'performance',
-      'Date',
-    ],
-  });
-  t.teardown(() => clock.uninstall());
-  // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
-  clock.tick(1_000_000);
-  return clock;
-}
+import { fakeTime } from '../helpers/clock.js';
 
 function setup(
   t: { teardown: (fn: () => Promise<void> | void) => void },
@@ -142,6 +122,41 @@ test('refused: LockNotAcquiredError naming the holder; the next attempt on a con
   await lock.release();
   const mine = await other.acquire('k', 'B');
   t.true(await mine.release());
+});
+
+test('a refusal says who holds the key (or completed it) in its message, and has a stack reaching the caller', async (t) => {
+  const { memcache, memlock } = setup(t);
+  const other = memcache.memlock();
+  t.teardown(() => other.close());
+  const lock = await memlock.acquire('k', 'host:1:abc');
+  async function theCallersOwnFunction(): Promise<unknown> {
+    return await other.tryWithLock('k', 'B', () => 1);
+  }
+  const held = await t.throwsAsync(theCallersOwnFunction(), { instanceOf: LockNotAcquiredError });
+  t.is(held?.message, 'Lock "k" is held by "host:1:abc"');
+  t.regex(
+    held?.stack ?? '',
+    /^LockNotAcquiredError: Lock "k" is held by "host:1:abc"\n\s+at /,
+    'a stack, not just a line',
+  );
+  t.regex(held?.stack ?? '', /theCallersOwnFunction/, 'down to the caller (async stack trace)');
+  await lock.release();
+  await memlock.tryWithLock('k', 'host:2:def', () => 'done', { holdAfterMs: 5000 });
+  const done = await t.throwsAsync(
+    other.tryWithLock('k', 'B', () => 1),
+    { instanceOf: LockNotAcquiredError },
+  );
+  t.like(done, { done: true, holder: 'host:2:def', message: 'Lock "k" was completed by "host:2:def" (holdAfterMs)' });
+  const again = await memlock.acquire('w', 'host:3:ghi');
+  t.teardown(() => again.release());
+  const waited = await t.throwsAsync(
+    other.tryWithLock('w', 'B', () => 1, { wait: { timeoutMs: 50 } }),
+    {
+      instanceOf: LockNotAcquiredError,
+    },
+  );
+  t.is(waited?.message, 'Timed out after 50 ms waiting for lock "w" (last held by "host:3:ghi")');
+  t.regex(waited?.stack ?? '', /\n\s+at /);
 });
 
 test('acquire: a handle for await using; release is idempotent and says whether it deleted our entry', async (t) => {

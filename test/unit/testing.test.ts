@@ -5,10 +5,13 @@
  * timers, so every bound here is exact.
  */
 import test from 'ava';
-import FakeTimers from '@sinonjs/fake-timers';
 import { MemcacheUnavailableError, LockLostError } from '../../src/index.js';
 import { isAmbiguous } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
+import { fakeTime } from '../helpers/clock.js';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const v = (text: string): Buffer => Buffer.from(text);
 
@@ -245,8 +248,7 @@ test('unreachable: requests are refused as not applied (ECONNREFUSED convention)
 test.serial(
   'slow: answered late but within timeoutMs is fine; past it the request fails as maybe applied, and is applied when the server gets to it',
   async (t) => {
-    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-    t.teardown(() => clock.uninstall());
+    const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
     const memcache = new MemcacheStandIn();
     const c = memcache.client({ timeoutMs: 200 });
     memcache.slow(150);
@@ -281,8 +283,7 @@ test.serial(
 );
 
 test.serial('restart with slow requests in flight: they fail as maybe applied and are never applied', async (t) => {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-  t.teardown(() => clock.uninstall());
+  const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
   const memcache = new MemcacheStandIn();
   const c = memcache.client({ timeoutMs: 100 });
   memcache.slow(300);
@@ -333,10 +334,9 @@ test('bad options are typed errors naming the option', (t) => {
 test.serial(
   'memlock(): a slow server past timeoutMs makes renewals time out, and the holder loses the lock at its deadline',
   async (t) => {
-    const clock = FakeTimers.install({
+    const clock = fakeTime(t, {
       toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'],
     });
-    t.teardown(() => clock.uninstall());
     const memcache = new MemcacheStandIn();
     const memlock = memcache.memlock({ leaseMs: 4000, heartbeatMs: 500, timeoutMs: 100 });
     const lock = await memlock.acquire('job', 'A');
@@ -353,28 +353,44 @@ test.serial(
   },
 );
 
-test('ref: standIn.memlock() keeps the process alive until its close(); a bare client only with ref: true', async (t) => {
-  const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
-  const before = timeouts();
-  const memcache = new MemcacheStandIn();
-  const bare = memcache.client();
-  t.is(timeouts(), before, 'a bare client holds nothing');
-  const held = memcache.client({ ref: true });
-  t.is(timeouts(), before + 1);
-  await held.close();
-  t.is(timeouts(), before);
-  const memlock = memcache.memlock();
-  t.is(timeouts(), before + 1, 'like an open connection');
-  const closing = memlock.close();
-  t.is(memlock.close(), closing, 'close() is idempotent');
-  await closing;
-  t.is(timeouts(), before);
-  const unref = memcache.memlock({ ref: false });
-  t.is(timeouts(), before, 'ref: false holds nothing');
-  await unref.close();
-  t.is(await bare.get('k'), null);
-  t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
-});
+test.serial(
+  'ref: standIn.memlock() holds the process while it holds a lock, ref: true until close(); a bare client only with ref: true',
+  async (t) => {
+    const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const before = timeouts();
+    const memcache = new MemcacheStandIn();
+    const bare = memcache.client();
+    t.is(timeouts(), before, 'a bare client holds nothing');
+    const held = memcache.client({ ref: true });
+    t.is(timeouts(), before + 1);
+    await held.close();
+    t.is(timeouts(), before);
+    const memlock = memcache.memlock();
+    t.is(timeouts(), before, 'idle: holds nothing (a forgotten close() does not hang the process)');
+    const lock = await memlock.acquire('k', 'A');
+    const holding = timeouts();
+    t.true(holding > before, 'holding a lock: held (the heartbeat timer is unref’d)');
+    await sleep(300); // several checks
+    t.is(timeouts(), holding, 'still held while the lock is');
+    await lock.release();
+    await sleep(300);
+    t.is(timeouts(), before, 'released: idle again');
+    const closing = memlock.close();
+    t.is(memlock.close(), closing, 'close() is idempotent');
+    await closing;
+    t.is(timeouts(), before);
+    const connection = memcache.memlock({ ref: true });
+    t.is(timeouts(), before + 1, 'ref: true, like an open connection');
+    await connection.close();
+    t.is(timeouts(), before);
+    const unref = memcache.memlock({ ref: false });
+    await unref.acquire('k2', 'A');
+    t.is(timeouts(), before, 'ref: false holds nothing, even while holding');
+    await unref.close();
+    t.is(await bare.get('k'), null);
+    t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
+  },
+);
 
 test('the errors follow memlock’s transport: message, server, mayHaveApplied and a cause with the socket code or server status', async (t) => {
   const memcache = new MemcacheStandIn({ name: 'cache-1:11211' });
@@ -479,8 +495,7 @@ test('unreachable() twice breaks connections once; unreachable() without an argu
 test.serial(
   'slow: a write whose client timed out lands (delay - timeoutMs) after the timeout, unless a restart comes first; a server error in a slow answer rejects',
   async (t) => {
-    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-    t.teardown(() => clock.uninstall());
+    const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
     const memcache = new MemcacheStandIn();
     const c = memcache.client({ timeoutMs: 100 });
     memcache.slow(400);
@@ -514,8 +529,7 @@ test.serial(
 test.serial(
   'close() of a client fails its own pending requests only; a timed-out request’s connection is replaced',
   async (t) => {
-    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-    t.teardown(() => clock.uninstall());
+    const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
     const memcache = new MemcacheStandIn();
     const a = memcache.client({ timeoutMs: 10_000 });
     const b = memcache.client({ timeoutMs: 10_000 });
@@ -603,8 +617,7 @@ test('evict() of an entry that already expired says false; peek of a TTL-0 entry
 test.serial(
   'connection generations never come back: a timeout, an outage and a restart each move a client on',
   async (t) => {
-    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-    t.teardown(() => clock.uninstall());
+    const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
     const memcache = new MemcacheStandIn();
     const c = memcache.client({ timeoutMs: 10 });
     await c.get('k');
@@ -649,24 +662,42 @@ test.serial('ref: true holds the process with one long interval, without a timeo
 });
 
 test.serial('memlock({ timeoutMs }) becomes the stand-in client’s operation deadline', async (t) => {
-  const clock = FakeTimers.install({
+  const clock = fakeTime(t, {
     toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'],
   });
-  t.teardown(() => clock.uninstall());
   const memcache = new MemcacheStandIn();
   const memlock = memcache.memlock({ timeoutMs: 50 });
   memcache.slow(80);
   let failedAt = -1;
+  const start = performance.now();
   const failing = memlock.acquire('k', 'A').catch((e: unknown) => {
     failedAt = performance.now();
     return e;
   });
   await clock.tickAsync(1000);
   const error = await failing;
-  t.is(failedAt, 100, 'the add, then its read-back (the add may have landed), each gave up after 50 ms');
+  t.is(failedAt - start, 100, 'the add, then its read-back (the add may have landed), each gave up after 50 ms');
   t.true(error instanceof MemcacheUnavailableError);
   t.regex((error as Error).message, /timed out after 50 ms/);
   await clock.tickAsync(200);
   memcache.slow(0);
   await memlock.close();
+});
+
+/** Runs test/fixtures/standin-forgets-close.mts; rejects if it has not exited on its own within 20 s. */
+function forgetsClose(mode: string): Promise<string> {
+  const script = fileURLToPath(new URL('../fixtures/standin-forgets-close.mts', import.meta.url));
+  return new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, ['--import=tsx', script, mode], { timeout: 20_000 }, (error, out, err) =>
+      error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out),
+    );
+  });
+}
+
+test('a process that forgets close() on the stand-in’s memlock exits on its own', async (t) => {
+  t.deepEqual(JSON.parse(await forgetsClose('idle')), { result: 42 });
+});
+
+test('a process awaiting a held lock’s signal on the stand-in lives until it aborts, then exits without close()', async (t) => {
+  t.deepEqual(JSON.parse(await forgetsClose('await-signal')), { lost: 'gone' });
 });
