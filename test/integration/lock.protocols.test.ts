@@ -424,3 +424,49 @@ test('server paused (stalled) at acquire: MemcacheUnavailableError within the op
     await own.stop();
   }
 });
+
+for (const workers of [1, 3]) {
+  // Serial: ava runs serial tests first, so the wait bound is not measured against the file's other tests.
+  test.serial(
+    `bounded-fair turns: 3 instances x ${workers} worker(s) on one key never overlap, share fairly, wait a bounded time`,
+    async (t) => {
+      const prefix = `turn${randomUUID().slice(0, 6)}:`;
+      const turn = { maxMs: 5, maxHandoffs: 16 };
+      const instances = [0, 1, 2].map(() => memlock({ turn }, prefix));
+      const wait = { timeoutMs: 10_000, maxDelayMs: 100 };
+      const holdMs = 1;
+      let inside = 0;
+      let overlaps = 0;
+      let maxWaitMs = 0;
+      const commits = [0, 0, 0];
+      const until = performance.now() + 1500;
+      await Promise.all(
+        instances.flatMap((m, i) =>
+          Array.from({ length: workers }, async (_, w) => {
+            while (performance.now() < until) {
+              const asked = performance.now();
+              await m.tryWithLock(
+                'hot',
+                `i${i}w${w}`,
+                async () => {
+                  maxWaitMs = Math.max(maxWaitMs, performance.now() - asked);
+                  if (++inside > 1) overlaps++;
+                  await sleep(holdMs);
+                  inside--;
+                },
+                { wait },
+              );
+              commits[i]!++;
+            }
+          }),
+        ),
+      );
+      t.log(`commits ${commits.join('/')}, longest wait ${maxWaitMs.toFixed(1)} ms`);
+      t.is(overlaps, 0);
+      t.true(Math.min(...commits) / Math.max(...commits) >= 0.5, `share ${commits.join('/')}`);
+      // A turn per instance ahead, a poll of the head, and slack for a loaded machine.
+      const bound = instances.length * (turn.maxMs + holdMs * 2 + 1) + wait.maxDelayMs + 1000;
+      t.true(maxWaitMs <= bound, `longest wait ${maxWaitMs} ms > ${bound} ms`);
+    },
+  );
+}

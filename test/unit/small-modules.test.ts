@@ -65,7 +65,7 @@ test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (
 
 test('options: defaults and bounds', (t) => {
   t.deepEqual(
-    { ...defaults, wait: { ...defaults.wait } },
+    { ...defaults, wait: { ...defaults.wait }, turn: { ...defaults.turn } },
     {
       prefix: 'memlock:',
       leaseMs: 16_000,
@@ -73,9 +73,10 @@ test('options: defaults and bounds', (t) => {
       timeoutMs: 500,
       servers: 'localhost:11211',
       wait: { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 },
+      turn: { maxMs: 5, maxHandoffs: 16 },
     },
   );
-  t.true(Object.isFrozen(defaults) && Object.isFrozen(defaults.wait));
+  t.true(Object.isFrozen(defaults) && Object.isFrozen(defaults.wait) && Object.isFrozen(defaults.turn));
   t.is(MIN_LEASE_MS, 2000);
   t.is(MAX_LEASE_MS, 30 * 24 * 3600 * 1000);
   t.is(MAX_CLIENT_ID_BYTES, 4096);
@@ -94,7 +95,19 @@ test('options: defaults and bounds', (t) => {
     timeoutMs: 500,
     servers: ['localhost:11211'],
     ref: true,
+    turn: { maxMs: 5, maxHandoffs: 16 },
   });
+  t.deepEqual(resolveMemlockOptions({ turn: { maxMs: 0 } }).turn, { maxMs: 0, maxHandoffs: 16 });
+  t.deepEqual(resolveMemlockOptions({ turn: { maxHandoffs: 0 } }).turn, { maxMs: 5, maxHandoffs: 0 });
+  for (const [turn, error, pattern] of [
+    [3, TypeError, /`turn` to be an object/],
+    [{ maxMs: '5' }, TypeError, /`turn.maxMs` to be a number/],
+    [{ maxMs: -1 }, RangeError, /`turn.maxMs`/],
+    [{ maxMs: Infinity }, RangeError, /`turn.maxMs`/],
+    [{ maxHandoffs: 1.5 }, RangeError, /`turn.maxHandoffs` to be an integer/],
+    [{ maxHandoffs: -1 }, RangeError, /`turn.maxHandoffs`/],
+  ] as const)
+    t.throws(() => resolveMemlockOptions({ turn } as never), { instanceOf: error, message: pattern });
   process.env.MEMCACHE_SERVERS = ' a:1 , b:2 ,';
   t.deepEqual(resolveMemlockOptions({}).servers, ['a:1', 'b:2']);
   t.deepEqual(resolveMemlockOptions({ servers: 'x:1,y:2' }).servers, ['x:1', 'y:2']);
