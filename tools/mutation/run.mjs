@@ -51,7 +51,7 @@ const testsFor = {
   'memlock.ts': [unit('memlock', 'waiting'), unit('contested', 'lock', 'local-waiters', 'scheduler')],
   'waiting.ts': [unit('waiting', 'memlock'), unit('contested', 'lock', 'local-waiters', 'fleet-queue')],
   'pacing.ts': [unit('pacing'), unit('waiting')],
-  'signals.ts': [unit('memlock'), unit('waiting', 'local-waiters')],
+  'signals.ts': [unit('abort-listeners', 'memlock'), unit('waiting', 'local-waiters')],
   'fleet-queue.ts': [unit('fleet-queue'), unit('waiting', 'memlock')],
   'testing.ts': [unit('testing'), unit('protocol', 'memlock')],
   'transport/hashring.ts': [unit('hashring')],
