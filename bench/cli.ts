@@ -4,13 +4,25 @@
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadMemlock } from './lib.js';
 import { describeError, withDeadline } from './measure.js';
 import { applyRatios, jsonDocument, renderSvg, renderTable, systemLine, type SystemInfo } from './report.js';
-import { describePg, probeMemcache, probePg, probeRedis, redisUrl, startMemcached } from './servers.js';
+import {
+  REAL_MEMCACHED_HOWTO,
+  describePg,
+  loadStandIn,
+  memcachedOnPath,
+  probeMemcache,
+  probePg,
+  probeRedis,
+  redisUrl,
+  startMemcached,
+} from './servers.js';
+import { standInScenario } from './scenarios/stand-in.js';
 import { scenarioReport } from './scenario-kit.js';
 import type { BenchContext, Scenario, ScenarioReport, ServerKind } from './types.js';
 import { uncontended } from './scenarios/uncontended.js';
@@ -49,6 +61,7 @@ Options:
                     (default: ${FLEET_SHAPES.join(', ')})
   --subject NAME    fleet: run only this subject; repeatable (${FLEET_SUBJECTS.join(', ')}; default: all)
   --json            print one JSON document on stdout instead of tables
+  --results DIR     write latest.json and latest.svg to DIR (default: bench/results)
   --help            show this help
 
 Scenarios:
@@ -56,7 +69,10 @@ ${SCENARIOS.map((s) => `  ${s.name.padEnd(15)} ${s.summary}`).join('\n')}
 
 Environment:
   MEMCACHE_SERVERS  memcached to use ('host:port,...'); unset: start a private
-                    memcached (from PATH) on a free port, stopped on exit
+                    memcached (from PATH) on a free port, stopped on exit; none
+                    on PATH either: memlock runs on the built-in stand-in
+                    (memlock/testing, in-process; labelled, never shown as
+                    memcached's figures) and the memcached subjects are skipped
   REDIS_URL         Redis for the redlock subjects (default redis://127.0.0.1:6379)
   PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE
                     PostgreSQL for pg-advisory, prefilter and dedupe (pg defaults)
@@ -79,6 +95,7 @@ interface Options {
   fleetShapes: string[];
   fleetSubjects: string[];
   fleetDurationMs: number;
+  resultsDir: string | undefined;
 }
 
 class UsageError extends Error {}
@@ -94,6 +111,7 @@ function parseOptions(argv: string[]): Options | 'help' {
       shape: { type: 'string', multiple: true },
       subject: { type: 'string', multiple: true },
       json: { type: 'boolean', default: false },
+      results: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -151,6 +169,7 @@ function parseOptions(argv: string[]): Options | 'help' {
     rounds: number('rounds', values.rounds, 5, 1, 100, true),
     locks: number('locks', values.locks, 10_000, 1, 1_000_000, true),
     json: values.json,
+    resultsDir: values.results,
   };
 }
 
@@ -207,7 +226,20 @@ async function main(): Promise<number> {
     let memcachedStartedWith: string | null = null;
     let memcachedPid: number | null = null;
     let memcacheReason: string | null = null;
-    if (!memcacheServers && needs.has('memcache')) {
+    // A fresh machine: no memcached and none configured. Run memlock on the
+    // stand-in instead of stopping (not in CI, where that is an error).
+    const standIn = !memcacheServers && needs.has('memcache') && !ci && !memcachedOnPath();
+    if (standIn) {
+      memcacheReason = 'no memcached (none on PATH, MEMCACHE_SERVERS unset): see the stand-in table';
+      progress(
+        `memcached not found on PATH and MEMCACHE_SERVERS is unset: memlock runs on the built-in stand-in (memlock/testing, in-process), whose figures are memlock's own cost, NOT memcached's; the subjects that need a memcached are skipped. ${REAL_MEMCACHED_HOWTO}`,
+      );
+      const loaded = await loadStandIn();
+      if (loaded.ok) {
+        options.scenarios.unshift(standInScenario(loaded.value));
+        needs.add('memlock');
+      } else progress(`skipping the stand-in: ${loaded.reason}`);
+    } else if (!memcacheServers && needs.has('memcache')) {
       const own = await startMemcached();
       if (own.ok) {
         exitCleanups.push(own.value.stop);
@@ -261,7 +293,7 @@ async function main(): Promise<number> {
       memcached: mc?.ok ? [...new Set(mc.value.versions)].join('/') : null,
       redis: redis?.ok ? redis.value.version : null,
       postgres: pgProbe?.ok ? pgProbe.value.version : null,
-      memcacheServers,
+      memcacheServers: standIn ? 'none: memlock/testing stand-in (in-process), not memcached' : memcacheServers,
       memcachedStartedWith,
       // A fleet-only run measures once per shape and subject for its own duration.
       durationSeconds: (onlyFleet ? options.fleetDurationMs : options.durationMs) / 1000,
@@ -333,18 +365,19 @@ async function main(): Promise<number> {
 
     if (options.json) process.stdout.write(`${JSON.stringify(jsonDocument(system, reports), null, 2)}\n`);
     else process.stdout.write(`${systemLine(system)}\n`);
+    if (standIn) process.stderr.write(`Ran on the built-in stand-in, not memcached. ${REAL_MEMCACHED_HOWTO}\n`);
 
-    const dir = fileURLToPath(new URL('./results/', import.meta.url));
+    const dir = options.resultsDir ?? fileURLToPath(new URL('./results/', import.meta.url));
     mkdirSync(dir, { recursive: true });
-    writeFileSync(`${dir}latest.json`, `${JSON.stringify(jsonDocument(system, reports), null, 2)}\n`);
-    writeFileSync(`${dir}latest.svg`, renderSvg(system, reports));
+    writeFileSync(join(dir, 'latest.json'), `${JSON.stringify(jsonDocument(system, reports), null, 2)}\n`);
+    writeFileSync(join(dir, 'latest.svg'), renderSvg(system, reports));
     // The Markdown tables as printed, with the command and the system line: what docs/benchmarks.md and the README quote.
     writeFileSync(
-      `${dir}latest.md`,
+      join(dir, 'latest.md'),
       `Run of ${system.date}: \`npm run bench -- ${process.argv.slice(2).join(' ')}\`\n\n` +
         `${reports.map((r) => renderTable(r)).join('\n\n')}\n\n${systemLine(system)}\n`,
     );
-    progress(`wrote bench/results/latest.json, latest.md and latest.svg`);
+    progress(`wrote ${join(dir, 'latest.json')}, latest.md and latest.svg`);
     return failed > 0 ? 1 : 0;
   } finally {
     for (const close of asyncCleanups.reverse()) await Promise.resolve(close()).catch(() => undefined);

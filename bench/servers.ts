@@ -7,7 +7,8 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, extname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { Avail, MemcacheTarget, RedisTarget } from './types.js';
@@ -194,8 +195,9 @@ export async function probeMemcache(servers: string, ownPid: number | null = nul
   }
 }
 
+/** PATH only, as a shell finds it (and as the "not found on PATH" message says). */
 function findOnPath(name: string): string | null {
-  const dirs = (process.env.PATH ?? '').split(delimiter).concat(['/usr/bin', '/usr/local/bin', '/usr/sbin']);
+  const dirs = (process.env.PATH ?? '').split(delimiter).filter((dir) => dir !== '');
   for (const dir of dirs) {
     const candidate = join(dir, name);
     try {
@@ -219,6 +221,34 @@ function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
+}
+
+/** Whether `memcached` is on PATH (without it, and without MEMCACHE_SERVERS, the bench runs on the stand-in). */
+export function memcachedOnPath(): boolean {
+  return findOnPath('memcached') !== null;
+}
+
+/** The one line that says how to bench against a real memcached instead of the stand-in. */
+export const REAL_MEMCACHED_HOWTO =
+  'For memcached itself: apt-get install memcached (or brew install memcached), or set MEMCACHE_SERVERS=host:port.';
+
+/** The in-process memcache stand-in of `memlock/testing`, from the same build as the library under test. */
+export type StandInModule = typeof import('../src/testing.js');
+
+/** Loads `memlock/testing` next to the library under test (dist/, or beside MEMLOCK_BENCH_MODULE). */
+export async function loadStandIn(): Promise<Avail<StandInModule>> {
+  const override = process.env.MEMLOCK_BENCH_MODULE;
+  const specifier = override
+    ? pathToFileURL(resolve(dirname(override), `testing${extname(override)}`)).href
+    : new URL('../dist/testing.js', import.meta.url).href;
+  try {
+    const mod = (await import(specifier)) as StandInModule;
+    if (typeof mod.MemcacheStandIn !== 'function')
+      return { ok: false, reason: `${specifier} exports no MemcacheStandIn` };
+    return { ok: true, value: mod };
+  } catch (err) {
+    return { ok: false, reason: `memlock/testing did not load (${describeError(err).split('\n')[0]})` };
+  }
 }
 
 export interface OwnMemcached {

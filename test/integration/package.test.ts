@@ -103,8 +103,8 @@ test.serial(
     );
     t.notRegex(
       readFileSync(path.join(dist, 'errors.d.ts'), 'utf8'),
-      /function notAcquired\b/,
-      'stripInternal removed notAcquired()',
+      /function quoteId\b/,
+      'stripInternal removed quoteId()',
     );
     const { stdout } = await sh(
       process.execPath,

@@ -2,10 +2,9 @@
  * TLS against a real `memcached -Z` with a throwaway CA (see helpers/tls.ts):
  * locks work over TLS on both protocols; a wrong CA or a wrong host name
  * fails with MemcacheUnavailableError whose cause is the TLS error, before
- * the operation deadline, and nothing is sent. The CLI's `--tls` trusts a
- * private CA through NODE_EXTRA_CA_CERTS, as the README says.
- * the operation deadline, and nothing is sent.
- * The `memlock` command: `--ca`, and a hint per TLS failure.
+ * the operation deadline, and nothing is sent. The `memlock` command:
+ * `--ca FILE`, `--tls` with a private CA through NODE_EXTRA_CA_CERTS (as
+ * the README says), and a hint of its own for each TLS failure.
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -20,8 +19,8 @@ import {
 import { tlsFor } from '../../src/transport/servers.js';
 import { makePki, startTlsMemcached, type TestPki, type TlsMemcached } from '../helpers/tls.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';
-import { root } from '../helpers/package.js';
 import { startMemcached } from '../helpers/memcached.js';
+import { root } from '../helpers/package.js';
 import { writeFileSync } from 'node:fs';
 
 failOnUnhandled(test);
@@ -187,13 +186,14 @@ test.serial(
     t.is(untrusted.code, 3, `memcache unavailable (exit 3) without the CA: ${untrusted.out}`);
   },
 );
+
 /** Runs the `memlock` command (dist/cli.js) with `env` added; never rejects. */
 function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       [path.join(root, 'dist', 'cli.js'), ...args],
-      { env: { ...process.env, MEMCACHE_SERVERS: undefined, ...env }, timeout: 20_000 },
+      { env: { ...process.env, MEMCACHE_SERVERS: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env }, timeout: 20_000 },
       (error, stdout, stderr) =>
         resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr }),
     );
