@@ -6,11 +6,12 @@
  * failing or timed-out test leaves nothing behind.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { accessSync, constants as fsConstants, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { deathSigPrefix, freePort } from './child-process.js';
 import {
   binarySaslClient,
   textClient,
@@ -21,6 +22,7 @@ import {
 } from './raw-protocol.js';
 
 export type { RawEntry, RawOptions, SaslCredentials } from './raw-protocol.js';
+export { freePort } from './child-process.js';
 
 /** Options of {@link startMemcached}. */
 export interface MemcachedOptions {
@@ -54,37 +56,6 @@ function installExitHook(): void {
     for (const m of registry) m.killSync();
   });
 }
-
-/** Asks the OS for a free loopback port (bind :0, read it, close). */
-export async function freePort(): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => (port ? resolve(port) : reject(new Error('could not read a free port'))));
-    });
-  });
-}
-
-/**
- * `setpriv --pdeathsig KILL` (util-linux) makes the kernel SIGKILL memcached
- * when the test process dies in a way that skips 'exit' handlers (SIGKILL,
- * ava's timeout teardown). setpriv execs memcached, so the pid is unchanged.
- */
-const deathSigPrefix: string[] = (() => {
-  for (const dir of (process.env['PATH'] ?? '').split(path.delimiter)) {
-    try {
-      accessSync(path.join(dir || '.', 'setpriv'), fsConstants.X_OK);
-      return ['setpriv', '--pdeathsig', 'KILL'];
-    } catch {
-      // not in this dir
-    }
-  }
-  return [];
-})();
 
 /** Creates a private SASL config dir (sasldb + memcached.conf) for one user. */
 async function makeSaslDir(creds: SaslCredentials): Promise<string> {
