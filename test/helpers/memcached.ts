@@ -12,6 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { deathSigPrefix, freePort } from './child-process.js';
+import { startRecordingProxy } from './recording-proxy.js';
+import { startTwemproxy } from './twemproxy.js';
 import {
   binarySaslClient,
   textClient,
@@ -40,6 +42,48 @@ export interface MemcachedOptions {
   sasl?: SaslCredentials;
   /** How long to wait for the server to accept connections, default 5000 ms. */
   startTimeoutMs?: number;
+  /**
+   * No front even when the environment asks for one (see {@link testFront}):
+   * `address` is then memcached itself. For tests of binary-only clients.
+   */
+  direct?: boolean;
+}
+
+/** What the environment puts between the tests' clients and each memcached. */
+export interface TestFront {
+  /** MEMLOCK_TEST_VIA=twemproxy: a nutcracker in front of each memcached. */
+  readonly twemproxy: boolean;
+  /**
+   * MEMLOCK_TEST_PROTOCOL=text: a recording proxy in front (of nutcracker,
+   * when there is one) that fails the test process on any command that is
+   * not classic text protocol.
+   */
+  readonly classicOnly: boolean;
+}
+
+/** The front the environment asks for (`npm run test:text` sets it). */
+export function testFront(): TestFront {
+  return {
+    twemproxy: process.env['MEMLOCK_TEST_VIA'] === 'twemproxy',
+    classicOnly: process.env['MEMLOCK_TEST_PROTOCOL'] === 'text',
+  };
+}
+
+/** A running front: where clients connect instead of memcached. */
+interface Front {
+  readonly host: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * An uncaught exception fails the ava test file, whichever test was running:
+ * memlock must never send such a command with the text protocol.
+ */
+function failOnViolation(violation: string): void {
+  process.nextTick(() => {
+    throw new Error(`MEMLOCK_TEST_PROTOCOL=text, but a client sent a non-classic command: ${violation}`);
+  });
 }
 
 const HOST = '127.0.0.1';
@@ -100,6 +144,7 @@ export class MemcachedProcess {
   private exited: Promise<void> = Promise.resolve();
   private stderrTail = '';
   private paused = false;
+  private front: Front | undefined;
   private readonly raw: RawClient;
 
   /** @internal use {@link startMemcached}. */
@@ -113,9 +158,57 @@ export class MemcachedProcess {
     this.raw = options.sasl ? binarySaslClient(this, options.sasl) : textClient(this);
   }
 
-  /** 'host:port', what memjs and Memlock take as a server. */
+  /**
+   * 'host:port', what memjs and Memlock take as a server: memcached itself,
+   * or the front the environment asks for (see {@link testFront}), which
+   * stays up while memcached is killed, paused or restarted.
+   */
   get address(): string {
+    return `${this.endpoint.host}:${this.endpoint.port}`;
+  }
+
+  /** Host and port of {@link address}, e.g. for a fault proxy in front. */
+  get endpoint(): { host: string; port: number } {
+    return this.front ?? { host: this.host, port: this.port };
+  }
+
+  /** 'host:port' of memcached itself, bypassing any front. */
+  get serverAddress(): string {
     return `${this.host}:${this.port}`;
+  }
+
+  /** @internal puts the fronts `wanted` in front of this server. */
+  async openFront(wanted: TestFront): Promise<void> {
+    const closers: Array<() => Promise<void>> = [];
+    let target: { host: string; port: number } = { host: this.host, port: this.port };
+    try {
+      if (wanted.twemproxy) {
+        const proxy = await startTwemproxy([target]);
+        closers.push(() => proxy.stop());
+        target = proxy;
+      }
+      if (wanted.classicOnly) {
+        const recorder = await startRecordingProxy(target, {
+          classicOnly: true,
+          onViolation: failOnViolation,
+          ref: false,
+        });
+        closers.push(() => recorder.close());
+        target = recorder;
+      }
+    } catch (error) {
+      await Promise.all(closers.map((close) => close()));
+      throw error;
+    }
+    if (closers.length === 0) return;
+    this.front = {
+      host: target.host,
+      port: target.port,
+      close: async () => {
+        // Outermost first.
+        for (const close of closers.reverse()) await close();
+      },
+    };
   }
 
   /** Pid of the current process (undefined before the first start). */
@@ -227,9 +320,16 @@ export class MemcachedProcess {
     }
   }
 
-  /** Graceful stop: SIGTERM and wait for the exit. */
+  /** Graceful stop: SIGTERM and wait for the exit; closes the front too. */
   async stop(): Promise<void> {
-    await this.kill('SIGTERM');
+    await Promise.all([this.kill('SIGTERM'), this.closeFront()]);
+  }
+
+  /** Closes the front, if any; `address` is memcached itself from then on. */
+  async closeFront(): Promise<void> {
+    const front = this.front;
+    this.front = undefined;
+    await front?.close();
   }
 
   /**
@@ -375,6 +475,12 @@ export async function startMemcached(options: MemcachedOptions = {}): Promise<Me
     registry.add(m);
     try {
       await m.spawn();
+      if (options.sasl === undefined && options.direct !== true) {
+        await m.openFront(testFront()).catch(async (error: unknown) => {
+          await m.kill();
+          throw error;
+        });
+      }
       return m;
     } catch (err) {
       registry.delete(m);
@@ -393,7 +499,7 @@ export async function stopAll(): Promise<void> {
   registry.clear();
   await Promise.all(
     all.map(async (m) => {
-      await m.kill();
+      await Promise.all([m.kill(), m.closeFront()]);
       m.removeSaslDir();
     }),
   );
