@@ -158,6 +158,38 @@ test('exclusion sweep: a clean run has no overlaps; a planted overlap, a late si
   t.true(Number.isNaN(silent[0]?.lagMs));
 });
 
+test('exclusion sweep: the holder memcached granted first (lower grant CAS) is the one that must be told, whatever order the grants were stamped in', (t) => {
+  const row = (id: string, started: number, ended: number, grantCas?: bigint): Row => ({
+    id,
+    key: 'k',
+    proc: 0,
+    started,
+    ended,
+    grantCas,
+  });
+  // y's write landed first (CAS 7) but its grant was stamped after x's (CAS 9): y must be told.
+  const flipped = [row('x', 0, 50, 9n), row('y', 5, 30, 7n)];
+  const told = new Map([['y', { kind: 'gone', at: 25 }]]);
+  t.deepEqual(
+    sweepOverlaps(flipped, told).map((o) => [o.earlier, o.later, o.toldBy, o.lagMs]),
+    [['y', 'x', 'gone', 20]],
+  );
+  t.deepEqual(
+    sweepOverlaps([row('x', 0, 50, 7n), row('y', 5, 30, 9n)], told).map((o) => [o.earlier, o.toldBy]),
+    [['x', undefined]],
+    'in CAS order: the first-started holder must be told',
+  );
+  t.deepEqual(
+    sweepOverlaps([row('x', 0, 50, 9n), row('y', 5, 30)], told).map((o) => [o.earlier, o.toldBy]),
+    [['x', undefined]],
+    'a CAS unknown: start order',
+  );
+  t.deepEqual(
+    sweepOverlaps([row('x', 0, 50, 9n), row('y', 5, 30, null as never)], told).map((o) => o.earlier),
+    ['x'],
+  );
+});
+
 test('recording client: records what was sent, how it ended, and the last confirmed write', async (t) => {
   const memcache = new MemcacheStandIn();
   const recorder = new RecordingClient(memcache.client(), (op) => op !== 'get');

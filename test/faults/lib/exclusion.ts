@@ -49,9 +49,10 @@ export interface ExclusionOptions {
 
 export interface OverlapRecord {
   readonly key: string;
+  /** The holder whose grant came first on the server: the one that must be told. */
   readonly earlier: string;
   readonly later: string;
-  /** When the earlier holder was told (ms, database clock), minus the later start; NaN when never. */
+  /** When the earlier holder was told (ms, database clock), minus the start of the overlap; NaN when never. */
   readonly lagMs: number;
   /** How it was told: a LockLostError kind, 'release', or undefined. */
   readonly toldBy: string | undefined;
@@ -103,13 +104,24 @@ export interface Row {
   proc: number;
   started: number;
   ended: number;
+  /**
+   * CAS of the entry the grant wrote, when the worker learned it: memcached
+   * numbers writes in the order it applies them, so it orders two grants
+   * even when their replies arrived the other way round.
+   */
+  grantCas?: bigint | null | undefined;
 }
 
 /**
  * The oracle of scenario 8: every pair of sections on one key where the later
  * started before the earlier ended, with when (and how) the earlier holder was
- * told. `sections` must be ordered by key, then start; `told` maps a section
- * id to its first loss signal (a LockLostError kind, or 'release').
+ * told. "Earlier" is the holder whose grant memcached applied first (by grant
+ * CAS, when both are known), else the one that started first: a grant whose
+ * write landed just before a flush and whose reply came after another
+ * holder's fresh add started later, but it is that grant's entry the flush
+ * took, and its holder that must be told. `sections` must be ordered by key,
+ * then start; `told` maps a section id to its first loss signal (a
+ * LockLostError kind, or 'release').
  */
 export function sweepOverlaps(
   sections: readonly Row[],
@@ -125,12 +137,15 @@ export function sweepOverlaps(
       active = [];
     }
     active = active.filter((a) => a.ended > row.started);
-    for (const earlier of active) {
+    for (const before of active) {
+      const flipped = before.grantCas != null && row.grantCas != null && row.grantCas < before.grantCas;
+      const [earlier, later] = flipped ? [row, before] : [before, row];
       const t = told.get(earlier.id);
       overlaps.push({
         key: row.key,
         earlier: earlier.id,
-        later: row.id,
+        later: later.id,
+        // The overlap starts when the second section does.
         lagMs: t ? t.at - row.started : Number.NaN,
         toldBy: t?.kind,
       });
@@ -161,11 +176,11 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
   let proxy: FaultProxy | undefined;
   try {
     await db.query(`CREATE TABLE ${table} (id text PRIMARY KEY, key text NOT NULL, proc int NOT NULL, worker int NOT NULL,
-      started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz)`);
+      started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz, grant_cas numeric)`);
     await db.query(
       `CREATE TABLE ${table}_aborts (id text NOT NULL, kind text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`,
     );
-    if (options.mode === 'partition') proxy = await startProxy({ host: mc.host, port: mc.port });
+    if (options.mode === 'partition') proxy = await startProxy(mc.endpoint);
     for (let p = 0; p < processes; p++) {
       children.push(
         startFixture('exclusion-worker.mts', {
@@ -226,9 +241,13 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
     const sections = (
       await db.query(`SELECT id, key, proc,
         (extract(epoch FROM started) * 1000)::float8 AS started,
-        COALESCE((extract(epoch FROM ended) * 1000)::float8, 'Infinity'::float8) AS ended
+        COALESCE((extract(epoch FROM ended) * 1000)::float8, 'Infinity'::float8) AS ended,
+        grant_cas::text AS grant_cas
       FROM ${table} ORDER BY key, started`)
-    ).rows as Row[];
+    ).rows.map((r: Row & { grant_cas: string | null }) => ({
+      ...r,
+      grantCas: r.grant_cas === null ? null : BigInt(r.grant_cas),
+    })) as Row[];
     const aborts = (
       await db.query(`SELECT id, kind, (extract(epoch FROM at) * 1000)::float8 AS at FROM ${table}_aborts ORDER BY at`)
     ).rows as Array<{ id: string; kind: string; at: number }>;
