@@ -1,5 +1,5 @@
 // Output: ratios to the baseline, one Markdown table per scenario (pasteable
-// into README.md), the JSON document, and a hand-drawn SVG bar chart.
+// into docs/benchmarks.md), the JSON document, and a hand-drawn SVG bar chart.
 
 import type { Format, MetricValue, Result, ScenarioReport } from './types.js';
 

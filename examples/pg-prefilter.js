@@ -4,7 +4,7 @@
 // `{ signal }` option for transactions, so the lock's signal is checked
 // before COMMIT: a lost lock rolls the work back instead of racing a new holder.
 //
-//   MEMCACHE_SERVERS=localhost:11211 PGHOST=127.0.0.1 PGDATABASE=test node examples/pg-prefilter.js
+//   MEMCACHE_SERVERS=localhost:11211 PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=test node examples/pg-prefilter.js
 import os from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';

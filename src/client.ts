@@ -46,7 +46,10 @@ export interface LockClient {
   add(key: string, value: Buffer, ttlSeconds: number): Promise<WriteResult>;
   /**
    * `add` and `get` pipelined on one connection (one round trip). `entry` is
-   * the read's outcome: `null` (missing), the entry, or the error it failed with.
+   * the read's outcome: `null` (missing) or the entry. A granted add stands
+   * whatever became of the read (`entry` is then `null` if the read failed):
+   * failing the call would leave the caller's own entry blocking the key.
+   * A refused add whose read failed rejects with the read's error.
    */
   addThenGet(key: string, value: Buffer, ttlSeconds: number): Promise<{ add: WriteResult; entry: Entry | null }>;
   /** `get` with CAS; `null` when missing. */

@@ -111,6 +111,10 @@ export async function updateQueue(
     if (entry === null) {
       if (next.length === 0) return next;
       status = (await client.add(queueKey, encodeQueue(next), QUEUE_TTL_SECONDS)).status;
+    } else if (!client.isCurrent(queueKey, entry.conn)) {
+      // The CAS came over a connection since replaced: it may predate a
+      // restart (memcached counts CAS from 1 again). Read afresh instead.
+      status = 'exists';
     } else if (next.length === 0) {
       status = (await client.casDelete(queueKey, entry.cas)).status;
     } else {

@@ -73,6 +73,14 @@ export interface LockContext {
   readonly planRelease: (lock: HeldLock) => Handoff | Promise<Handoff | undefined> | undefined;
 }
 
+/**
+ * A host or VM suspend stops `performance.now()` (CLOCK_MONOTONIC) but not
+ * memcached's clock: the wall clock running ahead of the monotonic clock by
+ * more than this (plus a thousandth of the time elapsed, for NTP slewing) is
+ * taken as a suspend, and the lease deadline moves earlier by that much.
+ */
+export const SUSPEND_GAP_MS = 100;
+
 /** Delay before retrying a failed renewal (bounded by the lease deadline). */
 const RETRY_MS = 100;
 /**
@@ -105,6 +113,9 @@ export class HeldLock implements Lock, Scheduled {
   readonly #holdTtlSeconds: number;
   #failures = 0;
   #errorPublishedAt = -Infinity;
+  /** Wall and monotonic clocks at the last suspend check. */
+  #wallAt = Date.now();
+  #monoAt = performance.now();
   /** How this lock was acquired. */
   readonly how: AcquireHow;
   /** Acquired by a waiting call: its release checks the waiter queue. */
@@ -128,7 +139,7 @@ export class HeldLock implements Lock, Scheduled {
     this.#held = held;
     this.#heartbeatMs = heartbeatMs;
     this.signal = this.#controller.signal;
-    this.#deadline = leaseDeadline(held.sentAt, held.ttlSeconds);
+    this.#deadline = this.#leaseDeadline();
     if (callerSignal !== undefined) {
       if (callerSignal.aborted) this.#controller.abort(reasonOf(callerSignal));
       else {
@@ -137,6 +148,25 @@ export class HeldLock implements Lock, Scheduled {
       }
     }
     this.#scheduleBeat();
+  }
+
+  /** The deadline of the last confirmed write, widened by the event-loop delay seen lately. */
+  #leaseDeadline(): number {
+    const held = this.#held;
+    return leaseDeadline(held.sentAt, held.ttlSeconds, this.#ctx.scheduler.loopDelayMs(performance.now()));
+  }
+
+  /**
+   * How far the wall clock ran ahead of the monotonic clock since the last
+   * check, when that looks like a suspend (see SUSPEND_GAP_MS); else 0.
+   */
+  #suspendedMs(now: number): number {
+    const wall = Date.now();
+    const elapsed = now - this.#monoAt;
+    const gap = wall - this.#wallAt - elapsed;
+    this.#wallAt = wall;
+    this.#monoAt = now;
+    return gap > SUSPEND_GAP_MS + elapsed / 1000 ? gap : 0;
   }
 
   /** The memcache key. */
@@ -163,6 +193,7 @@ export class HeldLock implements Lock, Scheduled {
   /** Scheduler callback: lose at the deadline, else renew (or watch an in-flight renewal). */
   fire(now: number): void {
     if (this.#release !== undefined || this.#lost !== undefined) return;
+    this.#deadline -= this.#suspendedMs(now);
     if (now >= this.#deadline) {
       this.lose(this.#lastError === undefined ? 'deadline' : 'unreachable', this.#lastError);
       return;
@@ -207,8 +238,11 @@ export class HeldLock implements Lock, Scheduled {
     if (result === 'renewed') {
       this.#lastError = undefined;
       this.#failures = 0;
-      this.#deadline = leaseDeadline(this.#held.sentAt, this.#held.ttlSeconds);
-      if (performance.now() >= this.#deadline) this.lose('deadline', undefined);
+      const now = performance.now();
+      // A suspend while the renewal was out: its send time on the monotonic
+      // clock understates how much of the lease the server has counted.
+      this.#deadline = this.#leaseDeadline() - this.#suspendedMs(now);
+      if (now >= this.#deadline) this.lose('deadline', undefined);
       else this.#scheduleBeat();
     } else {
       this.lose(result, undefined);

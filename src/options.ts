@@ -9,6 +9,7 @@ import type { LockClient } from './client.js';
 import type { ProtocolName } from './transport/codec.js';
 import type { MemjsClientLike } from './transport/memjs-client.js';
 import { parseServer } from './transport/servers.js';
+import { holdTtlSeconds, leaseTtlSeconds } from './protocol.js';
 
 /** All defaults in one place. */
 export const defaults = Object.freeze({
@@ -69,7 +70,13 @@ export interface MemlockOptions {
   readonly tls?: boolean | TlsConnectionOptions | undefined;
   /** Prefix of every memcache key. @default 'memlock:' */
   readonly prefix?: string | undefined;
-  /** Lease length; the entry's expiry is this rounded up to whole seconds. 2 s to 30 days. @default 16000 */
+  /**
+   * Lease length. Written as a TTL of `ceil(leaseMs / 1000) + 1` s (memcached's
+   * whole-second clock can jump 2 s at once); each confirmed write holds the
+   * lock for `ceil(leaseMs / 1000) - 1` s after it was sent, less a margin, so
+   * a crashed holder blocks the key for at most `ceil(leaseMs / 1000) + 1` s.
+   * 2 s to 30 days. @default 16000
+   */
   readonly leaseMs?: number | undefined;
   /** Renewal interval; at most `leaseMs / 2`. @default 1000 */
   readonly heartbeatMs?: number | undefined;
@@ -111,9 +118,10 @@ export interface LockOptions {
   /**
    * After `fn` resolves, keep the key blocked this long as a completed marker
    * (a CAS write) instead of deleting the entry: attempts meanwhile are
-   * refused with `LockNotAcquiredError` whose `done` is `true`. Rounded up to
-   * whole seconds; memcached may drop the marker up to 1 s early (the same
-   * n-1 rule as the lease). When `fn` rejects, the entry is deleted as usual.
+   * refused with `LockNotAcquiredError` whose `done` is `true`. Written as a
+   * TTL of `ceil(holdAfterMs / 1000) + 2` s so that memcached's whole-second
+   * clock, which can jump 2 s at once, keeps it at least `holdAfterMs`; it
+   * may last up to about 3 s longer. When `fn` rejects, the entry is deleted as usual.
    * 0 to 30 days. @default 0 (delete at once)
    */
   readonly holdAfterMs?: number | undefined;
@@ -347,11 +355,11 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
   return {
     leaseMs,
     heartbeatMs,
-    ttlSeconds: Math.ceil(leaseMs / 1000),
+    ttlSeconds: leaseTtlSeconds(leaseMs),
     stealAfterMs,
     wait,
     signal,
-    holdTtlSeconds: Math.ceil(holdAfterMs / 1000),
+    holdTtlSeconds: holdTtlSeconds(holdAfterMs),
     failOpen: o.failOpen === true,
   };
 }

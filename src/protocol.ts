@@ -15,11 +15,22 @@
  * - Ambiguity: a write that timed out or lost its connection may have been
  *   applied. It is never guessed and never re-sent blindly: the entry is read
  *   back and compared.
- * - TTL rounding: the expiry is `ceil(leaseMs / 1000)` = n seconds, and
- *   memcached may expire such an entry as soon as n-1 seconds after the
- *   request was sent (its clock ticks in whole seconds). So a write confirms
- *   the lease only until `sentAt + (n - 1) s` on the monotonic clock; the
- *   local deadline sits a small margin (at most 100 ms) before that.
+ * - TTL and memcached's clock: memcached counts expiry in whole seconds on
+ *   a clock (`current_time`) that a one-second timer advances. The timer is
+ *   re-armed after it runs, so each tick lands a few ms late; when the tick
+ *   phase crosses a whole second the clock advances by 2 at once, and a
+ *   write processed just before such a tick is stamped almost a second
+ *   stale. An entry written with TTL t may therefore expire as soon as
+ *   t - 2 s (less the tick's lateness, a few ms) after the request was sent.
+ *   So a lease of n = ceil(leaseMs / 1000) s is written with TTL n + 1
+ *   (`leaseTtlSeconds`) and confirms the lease only until `sentAt + (n - 1) s`
+ *   on the monotonic clock (`leaseDeadline`); the local deadline sits a
+ *   margin before that (`leaseMargin`: a fixed part for timer and tick
+ *   lateness, plus the recently observed event-loop delay, bounded). A
+ *   crashed holder therefore blocks the key for up to n + 1 s.
+ * - Late grants: a grant confirmed after its deadline (a reply slower than
+ *   the guaranteed lease, a stalled event loop) may already have expired on
+ *   the server; the caller never hands it out (memlock.ts `#hold`).
  * - Eviction: memcache may drop the entry at any moment (LRU, flush,
  *   restart). Nothing here can prevent it; the next renewal detects it. This
  *   is a best-effort lock: the real transaction stays the guard.
@@ -27,7 +38,9 @@
  *   `holdAfterMs` (`ml1d`: refuses everyone, never taken over or stolen, ends
  *   by expiry), or a reservation (`ml1r`) a releaser wrote for the head of the
  *   waiter queue (see fleet-queue.ts): only that waiter may take it over by
- *   CAS; it expires after RESERVATION_TTL_SECONDS if that waiter died.
+ *   CAS; it expires after RESERVATION_TTL_SECONDS if that waiter died, and
+ *   a waiter that gives up deletes a reservation made for it
+ *   (`cancelReservation`).
  */
 import { randomUUID } from 'node:crypto';
 import type { Entry, LockClient } from './client.js';
@@ -38,10 +51,40 @@ const DONE_TAG = 'ml1d';
 const RESERVED_TAG = 'ml1r';
 
 /**
- * Expiry of a reservation: the longest a key waits for a reserved waiter
- * that died (memcached may drop it after 1 s, and keeps it at most 2 s).
+ * Expiry of a reservation: the longest a key waits for a reserved waiter that
+ * died (memcached may drop it after about 1 s, see "TTL and memcached's
+ * clock", and keeps it at most 3 s).
  */
-export const RESERVATION_TTL_SECONDS = 2;
+export const RESERVATION_TTL_SECONDS = 3;
+
+/**
+ * Seconds by which memcached's clock may run ahead of the time actually
+ * elapsed since a write: a stale `current_time` at the write (up to a tick,
+ * about 1 s) plus a 2 s jump at the next tick, less the 1 s the TTL count
+ * already allows for.
+ */
+export const CLOCK_SLACK_SECONDS = 1;
+
+/**
+ * memcached reads an expiry above 30 days as an absolute unix time: a lease
+ * TTL is capped here so it stays relative (the deadline follows the cap).
+ */
+export const MAX_RELATIVE_TTL_SECONDS = 30 * 24 * 3600;
+
+/** The TTL written for a lease of `leaseMs`: whole seconds rounded up, plus the clock slack. */
+export function leaseTtlSeconds(leaseMs: number): number {
+  return Math.min(Math.ceil(leaseMs / 1000) + CLOCK_SLACK_SECONDS, MAX_RELATIVE_TTL_SECONDS);
+}
+
+/**
+ * The TTL written for a completed marker that must block the key for at
+ * least `holdAfterMs`: rounded up, plus memcached's full 2 s clock jump
+ * (a marker is not renewed, so nothing else covers it); 0 means none.
+ */
+export function holdTtlSeconds(holdAfterMs: number): number {
+  if (holdAfterMs <= 0) return 0;
+  return Math.min(Math.ceil(holdAfterMs / 1000) + 2 * CLOCK_SLACK_SECONDS, MAX_RELATIVE_TTL_SECONDS);
+}
 
 /** What an entry is: held by a client, a completed marker, or reserved for a queued waiter. */
 export type EntryState = 'held' | 'done' | 'reserved';
@@ -105,19 +148,32 @@ export function decodeValue(value: Buffer): Holder | null {
   return { acquiredAt, token: text.slice(b + 1, c), clientId: text.slice(c + 1), state };
 }
 
-/** `performance.now()` until which a write sent at `sentAt` keeps the entry alive for sure. */
-export function leaseDeadline(sentAt: number, ttlSeconds: number): number {
-  return sentAt + (ttlSeconds - 1) * 1000 - leaseMargin(ttlSeconds);
+/** Milliseconds a write with TTL `ttlSeconds` keeps the entry alive for sure, counted from its send time. */
+export function guaranteedMs(ttlSeconds: number): number {
+  return (ttlSeconds - 1 - CLOCK_SLACK_SECONDS) * 1000;
 }
 
 /**
- * How long before the last safe moment (`sentAt + (n - 1) s`) a lease is
- * treated as run out: a timer never fires early and often fires a few ms
- * late (more under load), so aiming at the moment itself would abort just
- * after it. At most 100 ms, and a tenth of the guaranteed lease.
+ * `performance.now()` at which a lease confirmed by a write sent at `sentAt`
+ * is treated as run out: the guaranteed time less `leaseMargin`.
  */
-export function leaseMargin(ttlSeconds: number): number {
-  return Math.min(100, ((ttlSeconds - 1) * 1000) / 10);
+export function leaseDeadline(sentAt: number, ttlSeconds: number, loopDelayMs = 0): number {
+  return sentAt + guaranteedMs(ttlSeconds) - leaseMargin(ttlSeconds, loopDelayMs);
+}
+
+/**
+ * How long before the last safe moment a lease is treated as run out. Two
+ * parts: a fixed one (at most 100 ms, and a tenth of the guaranteed lease)
+ * for a timer that fires a few ms late and memcached's late tick; and the
+ * event-loop delay observed recently (`loopDelayMs`, the p99 of
+ * loop-delay.ts), at most a quarter of the guaranteed lease: a loop that has
+ * been stalling fires the deadline timer late by about as much. A single
+ * stall longer than the whole margin across the deadline still aborts late;
+ * README "Guarantees" says so.
+ */
+export function leaseMargin(ttlSeconds: number, loopDelayMs = 0): number {
+  const guaranteed = guaranteedMs(ttlSeconds);
+  return Math.min(100, guaranteed / 10) + Math.min(Math.max(0, loopDelayMs), guaranteed / 4);
 }
 
 /**
@@ -404,6 +460,21 @@ export async function releaseEntry(client: LockClient, held: Held): Promise<'rel
   }
   if (result.status === 'ok') return 'released';
   return result.status === 'not_found' ? 'gone' : 'taken';
+}
+
+/**
+ * A waiter that gives up deletes a reservation made for it (`token`, its
+ * instance's queue token), so the key is not blocked until the reservation
+ * expires. CAS-checked: a reservation for someone else, or one already
+ * taken over, is left alone. Resolves whether one was deleted.
+ */
+export async function cancelReservation(client: LockClient, memcacheKey: string, token: string): Promise<boolean> {
+  const entry = await client.get(memcacheKey);
+  if (entry === null) return false;
+  const holder = decodeValue(entry.value);
+  if (holder?.state !== 'reserved' || holder.clientId !== token) return false;
+  if (!client.isCurrent(memcacheKey, entry.conn)) return false;
+  return (await client.casDelete(memcacheKey, entry.cas)).status === 'ok';
 }
 
 /** Reads who holds `memcacheKey`; `null` when free (or held by something memlock did not write). */

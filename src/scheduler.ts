@@ -6,7 +6,12 @@
  * every node due within `COALESCE_MS` so renewals batch instead of waking the
  * loop 10,000 times per interval. Timers are unref'd: held locks never keep a
  * process alive on their own.
+ *
+ * The scheduler also knows how late its timers may fire: it samples the
+ * event-loop delay (loop-delay.ts) from the first schedule until `stop()`,
+ * and leases widen their safety margin by it (`loopDelayMs`).
  */
+import { LoopDelay, type LoopDelaySource } from './loop-delay.js';
 
 /** Something the scheduler can fire. `heapIndex` is owned by the scheduler. */
 export interface Scheduled {
@@ -25,9 +30,20 @@ export class Scheduler {
   #timer: NodeJS.Timeout | undefined;
   #timerAt = Infinity;
   #onError: (error: unknown) => void;
+  readonly #loopDelay: LoopDelaySource & { start(now: number): void; stop(): void };
+  #sampling = false;
 
-  constructor(onError: (error: unknown) => void = () => {}) {
+  constructor(
+    onError: (error: unknown) => void = () => {},
+    loopDelay: LoopDelaySource & { start(now: number): void; stop(): void } = new LoopDelay(),
+  ) {
     this.#onError = onError;
+    this.#loopDelay = loopDelay;
+  }
+
+  /** The recent p99 event-loop delay in ms (0 before anything was scheduled). */
+  loopDelayMs(now: number): number {
+    return this.#loopDelay.p99Ms(now);
   }
 
   /** Number of scheduled nodes. */
@@ -42,6 +58,12 @@ export class Scheduler {
 
   /** Schedules (or reschedules) `node` at `due`. */
   schedule(node: Scheduled, due: number): void {
+    if (!this.#sampling) {
+      // Started once and kept until stop(): a lock/unlock loop must not
+      // create a histogram per cycle.
+      this.#sampling = true;
+      this.#loopDelay.start(performance.now());
+    }
     node.due = due;
     if (node.heapIndex === -1) {
       node.heapIndex = this.#heap.length;
@@ -75,6 +97,8 @@ export class Scheduler {
     for (const node of this.#heap) node.heapIndex = -1;
     this.#heap.length = 0;
     this.#disarm();
+    this.#sampling = false;
+    this.#loopDelay.stop();
   }
 
   #disarm(): void {

@@ -6,11 +6,16 @@
  * - `add`, `get` with CAS, CAS-checked `set` and `delete`; one CAS counter
  *   per server, starting at 1 (and again at 1 after `restart()`); a CAS of 0
  *   makes a write unconditional, as in memcached.
- * - Expiry in whole seconds on memcached's whole-second clock: the server
- *   counts seconds from its start, and an entry written with TTL n expires
- *   when that counter has moved n times, so it may vanish as soon as n-1 s
- *   (plus a moment) after the write, never later than n s. TTL 0 never
- *   expires; above 30 days a TTL is an absolute unix time.
+ * - Expiry in whole seconds on memcached's whole-second clock: the server's
+ *   `current_time` moves on a one-second tick, and an entry written with
+ *   TTL n expires when that counter has moved n times. As on memcached,
+ *   the tick can be late: `tickDriftMs` makes every tick that much later
+ *   than the one before (memcached re-arms its timer after it runs: a few
+ *   ms), so the tick phase crosses a whole second now and then and the
+ *   clock jumps 2 s at once; `skipSecond()` makes that happen at the next
+ *   tick. An entry written just before such a jump may vanish as soon as
+ *   n-2 s after the write (n-1 s with ticks on time). TTL 0 never expires;
+ *   above 30 days a TTL is an absolute unix time.
  * - Faults: `evict()`/`flush()` (entries vanish), `restart()` (entries gone,
  *   CAS counter back to 1, connections replaced), `unreachable()` (requests
  *   refused before anything is sent: not applied), `slow()` (answers come
@@ -49,6 +54,13 @@ export interface MemcacheStandInOptions {
    * answers and timeouts use `setTimeout`. @default () => performance.now()
    */
   readonly now?: () => number;
+  /**
+   * How much later than one second after the previous one each tick of the
+   * server's whole-second clock lands (memcached: a few ms). With drift the
+   * clock jumps 2 s at once about every `1000 / tickDriftMs` s. 0 to 1000.
+   * @default 0 (ticks exactly one second apart)
+   */
+  readonly tickDriftMs?: number;
 }
 
 /** Options of `standIn.client()`. */
@@ -166,6 +178,10 @@ export class MemcacheStandIn {
   readonly #entries = new Map<string, Stored>();
   #offset = 0;
   #startedAt: number;
+  /** Interval between two ticks of the whole-second clock, in ms. */
+  readonly #tickMs: number;
+  /** Set by `skipSecond()`: the clock reads `value` until stand-in time `until`. */
+  #stalled: { readonly value: number; readonly until: number } | undefined;
   #cas = 0n;
   /** Bumped when every connection breaks (restart, unreachable): clients then use a new generation. */
   #epoch = 0;
@@ -181,7 +197,15 @@ export class MemcacheStandIn {
     if (options.now !== undefined && typeof options.now !== 'function')
       throw new TypeError('Expected `now` to be a function');
     this.name = options.name ?? 'stand-in:11211';
+    if (
+      options.tickDriftMs !== undefined &&
+      (typeof options.tickDriftMs !== 'number' || !(options.tickDriftMs >= 0 && options.tickDriftMs <= 1000))
+    )
+      throw new RangeError(
+        `Expected \`tickDriftMs\` to be a number from 0 to 1000, got ${String(options.tickDriftMs)}`,
+      );
     this.#now = options.now ?? (() => performance.now());
+    this.#tickMs = 1000 + (options.tickDriftMs ?? 0);
     this.#startedAt = this.#now();
   }
 
@@ -220,6 +244,18 @@ export class MemcacheStandIn {
     this.#offset += ms;
   }
 
+  /**
+   * memcached's clock misses its next tick and jumps 2 s at the one after,
+   * as when its late tick crosses a whole second (or the server is paused
+   * across one): until then `current_time` stays where it is, so entries
+   * written meanwhile are stamped up to 2 s stale and may expire as soon as
+   * TTL - 2 s after the write.
+   */
+  skipSecond(): void {
+    const value = this.#seconds();
+    this.#stalled = { value, until: this.#tickTime(value + 2) };
+  }
+
   /** Drops one entry (LRU eviction, or a delete by someone else). Returns whether it was there. */
   evict(key: string): boolean {
     return this.#live(key) !== undefined && this.#entries.delete(key);
@@ -239,6 +275,7 @@ export class MemcacheStandIn {
     this.#entries.clear();
     this.#cas = 0n;
     this.#startedAt = this.time;
+    this.#stalled = undefined;
     this.#epoch++;
     this.#failInFlight();
   }
@@ -273,7 +310,7 @@ export class MemcacheStandIn {
   peek(key: string): StandInEntry | null {
     const stored = this.#live(key);
     if (stored === undefined) return null;
-    const expiresAt = stored.exptime === 0 ? Infinity : this.#startedAt + (stored.exptime - 1) * 1000;
+    const expiresAt = stored.exptime === 0 ? Infinity : this.#tickTime(stored.exptime);
     const ttlSeconds = stored.exptime === 0 ? -1 : stored.exptime - this.#seconds();
     return { value: Buffer.from(stored.value), cas: stored.cas, expiresAt, ttlSeconds };
   }
@@ -401,9 +438,27 @@ export class MemcacheStandIn {
     return { status: 'ok', cas: 0n, conn };
   }
 
-  /** memcached's `current_time`: whole seconds since the server started, from 1. */
+  /**
+   * memcached's `current_time`: whole seconds since the server started, from
+   * 1, as set by the last tick (tick k lands at k * tickMs and sets the whole
+   * seconds elapsed then), or held back by `skipSecond()`.
+   */
   #seconds(): number {
-    return Math.floor((this.time - this.#startedAt) / 1000) + 1;
+    const time = this.time;
+    const stalled = this.#stalled;
+    if (stalled !== undefined) {
+      if (time < stalled.until) return stalled.value;
+      this.#stalled = undefined;
+    }
+    const ticks = Math.floor((time - this.#startedAt) / this.#tickMs);
+    return Math.floor((ticks * this.#tickMs) / 1000) + 1;
+  }
+
+  /** Stand-in time of the first tick at which `current_time` reaches `value`. */
+  #tickTime(value: number): number {
+    const ticks = Math.ceil(((value - 1) * 1000) / this.#tickMs);
+    const at = this.#startedAt + ticks * this.#tickMs;
+    return this.#stalled === undefined ? at : Math.max(at, this.#stalled.until);
   }
 
   #live(key: string): Stored | undefined {

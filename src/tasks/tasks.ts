@@ -73,7 +73,7 @@ function checkNumber(name: string, value: unknown, min: number, max: number, int
   return value;
 }
 
-/** Exactly-once tasks on PostgreSQL + RabbitMQ with memlock in front; see README "Exactly-once tasks". */
+/** Exactly-once tasks on PostgreSQL + RabbitMQ with memlock in front; see docs/tasks.md. */
 export class Tasks {
   /** The schema's table names. */
   readonly tables: Tables;

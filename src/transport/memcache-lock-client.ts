@@ -220,9 +220,13 @@ export class MemcacheLockClient implements LockClient {
       this.#codec.add(key, value, ttlSeconds, seq),
     );
     if (add.status === 'rejected') throw add.reason;
-    if (!this.#codec.writeReturnsCas && add.value.status === 'ok') {
-      // The add is settled; a failed read only leaves its CAS unknown.
-      return { add: withReadCas(add.value, entry, value, undefined), entry: fulfilled(entry) };
+    // A granted add stands whatever became of the read (it only matters
+    // when the add is refused): throwing here would leave our own entry
+    // blocking the key for a whole lease. The text protocol takes the add's
+    // CAS from that read (unknown when the read failed).
+    if (add.value.status === 'ok') {
+      const granted = this.#codec.writeReturnsCas ? add.value : withReadCas(add.value, entry, value, undefined);
+      return { add: granted, entry: fulfilled(entry) };
     }
     if (entry.status === 'rejected') throw entry.reason;
     return { add: add.value, entry: entry.value };

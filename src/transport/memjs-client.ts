@@ -55,11 +55,21 @@ export interface MemjsClientLike {
 const MAX_SEQ = 0x7fff_ffff;
 const LABEL = 'binary via memjs';
 
-/** Per-server state: the caller's server, its name and connection generation. */
+/**
+ * Per-server state: the caller's server, its name and connection generation.
+ * The generation moves on when memjs connects again ('authenticated') and
+ * when one of our requests fails with a connection error: memjs's
+ * `connected` stays `true` after `Server.error()` until the socket's 'close'
+ * event, and a CAS taken over the dead connection must not be used on the
+ * next one without the re-read that the restart rule requires.
+ */
 class Node {
   gen = 0;
   readonly name: string;
   readonly onConnect = (): void => {
+    this.gen++;
+  };
+  readonly onConnectionError = (): void => {
     this.gen++;
   };
 
@@ -124,6 +134,9 @@ export class MemjsClientAdapter implements LockClient {
       // even after a timeout here: its timeout bookkeeping needs them.
       node.server.onResponse(seq, (response) => this.#reply(pending, response, node));
       node.server.onError(seq, (error) => {
+        // memjs fails every pending request of a connection it drops: from
+        // here on, a CAS read over that connection is stale.
+        node.onConnectionError();
         if (pending.done) return;
         this.#deadlines.finish(pending);
         reject(unavailable('memcache connection failed', node.name, LABEL, error, true));
@@ -159,6 +172,10 @@ export class MemjsClientAdapter implements LockClient {
     const getP = this.get(key);
     const [add, entry] = await Promise.allSettled([addP, getP]);
     if (add.status === 'rejected') throw add.reason;
+    // A granted add stands whatever became of the read (it only matters
+    // when the add is refused): throwing here would leave our own entry
+    // blocking the key for a whole lease.
+    if (add.value.status === 'ok') return { add: add.value, entry: entry.status === 'fulfilled' ? entry.value : null };
     if (entry.status === 'rejected') throw entry.reason;
     return { add: add.value, entry: entry.value };
   }

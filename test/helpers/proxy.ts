@@ -15,6 +15,10 @@
  *   still succeeds, so the client sees connect then EOF, not ECONNREFUSED);
  *   existing ones live;
  * - drop: destroys all current connections once (mode unchanged);
+ * - cut: the first N bytes of the next server-to-client chunk are handed
+ *   on (N chosen by a function of the chunk), then every connection is
+ *   destroyed (a reply that arrives, and the one pipelined
+ *   after it that never does);
  * - fragment: server-to-client bytes are handed on 1..N bytes at a time, a
  *   loop turn apart, so every response straddles reads (latency is ignored
  *   for them while fragmenting).
@@ -60,6 +64,8 @@ export interface FaultProxy {
   drop(): void;
   /** New connections are closed right after accept; existing ones keep working. */
   refuse(): void;
+  /** Forwards the first `keep(chunk)` bytes of the next server-to-client chunk, then destroys every connection (once). */
+  cutAfter(keep: (chunk: Buffer) => number): void;
   /** Hands server-to-client bytes on in pieces of 1..maxBytes, a loop turn apart (0 = whole chunks). */
   fragment(maxBytes: number): void;
   /** Back to plain forwarding: no latency, not stalled, accepting. */
@@ -77,6 +83,7 @@ export async function startProxy(target: { host: string; port: number }): Promis
   let stalled = false;
   let refusing = false;
   let fragmentBytes = 0;
+  let cutAfterBytes: ((chunk: Buffer) => number) | undefined;
   let accepted = 0;
 
   const clearQueues = (p: Pipe): void => {
@@ -122,6 +129,16 @@ export async function startProxy(target: { host: string; port: number }): Promis
 
   const forward = (p: Pipe, d: Direction, chunk: Buffer): void => {
     if (p.closed || stalled) return; // stall: read and discard
+    if (d === 'down' && cutAfterBytes !== undefined) {
+      const n = cutAfterBytes(chunk);
+      cutAfterBytes = undefined;
+      if (n > 0) p.client.write(chunk.subarray(0, n));
+      // After the write is flushed: the client reads the bytes, then EOF.
+      p.client.end(() => {
+        for (const each of [...pipes]) destroyPipe(each);
+      });
+      return;
+    }
     if (d === 'down' && fragmentBytes > 0) {
       const maxBytes = fragmentBytes;
       p.trickle = p.trickle.then(() => trickle(p, chunk, maxBytes));
@@ -202,6 +219,9 @@ export async function startProxy(target: { host: string; port: number }): Promis
     },
     refuse() {
       refusing = true;
+    },
+    cutAfter(keep: (chunk: Buffer) => number) {
+      cutAfterBytes = keep;
     },
     fragment(maxBytes: number) {
       if (!(Number.isInteger(maxBytes) && maxBytes >= 0))

@@ -65,6 +65,7 @@ test('holdAfterMs: after fn resolves the key stays blocked (done, holder) and fr
   const m = memlock({}, 'hold:');
   const other = memlock({}, 'hold:');
   t.is(await m.tryWithLock('job', 'worker-a', () => 'ok', { holdAfterMs: 2000 }), 'ok');
+  const markedAt = performance.now();
   const refused = await t.throwsAsync(
     other.tryWithLock('job', 'worker-b', () => 'again'),
     { instanceOf: LockNotAcquiredError },
@@ -85,9 +86,12 @@ test('holdAfterMs: after fn resolves the key stays blocked (done, holder) and fr
   );
   t.true(waited.done);
   t.true(performance.now() - started < 1000, 'a waiter must not wait for a completed marker');
-  // TTL = ceil(2000 / 1000) = 2 s: gone within 2 s (+ memcached's 1 s clock).
-  await waitFor(async () => await other.tryWithLock('job', 'worker-b', () => true).catch(() => false), 3500, 100);
-  t.pass();
+  // TTL = ceil(2000 / 1000) + 2 = 4 s (memcached's clock can jump 2 s, and the
+  // marker must block at least holdAfterMs): gone within 4 s (+ a tick).
+  await waitFor(async () => await other.tryWithLock('job', 'worker-b', () => true).catch(() => false), 6000, 100);
+  const blockedMs = performance.now() - markedAt;
+  // At least holdAfterMs (less memcached's few ms of tick lateness and a poll).
+  t.true(blockedMs >= 1900, `blocked ${blockedMs.toFixed(0)} ms`);
 });
 
 test('holdAfterMs: when fn rejects, the entry is deleted as usual', async (t) => {

@@ -2,9 +2,12 @@
  * TLS against a real `memcached -Z` with a throwaway CA (see helpers/tls.ts):
  * locks work over TLS on both protocols; a wrong CA or a wrong host name
  * fails with MemcacheUnavailableError whose cause is the TLS error, before
- * the operation deadline, and nothing is sent.
+ * the operation deadline, and nothing is sent. The CLI's `--tls` trusts a
+ * private CA through NODE_EXTRA_CA_CERTS, as the README says.
  */
 import test from 'ava';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
 import {
   Memlock,
   MemcacheLockClient,
@@ -15,6 +18,7 @@ import {
 import { tlsFor } from '../../src/transport/servers.js';
 import { makePki, startTlsMemcached, type TestPki, type TlsMemcached } from '../helpers/tls.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';
+import { root } from '../helpers/package.js';
 
 failOnUnhandled(test);
 
@@ -152,3 +156,30 @@ test.serial('a TLS handshake that never completes fails at the deadline, as not 
   t.false(error?.mayHaveApplied, 'the request never left: the handshake did not finish');
   t.is(await server.raw.get('tls-handshake'), null);
 });
+
+test.serial(
+  'README Connecting: the CLI with --tls trusts a private CA given in NODE_EXTRA_CA_CERTS, and without it fails as unavailable',
+  async (t) => {
+    const cli = path.join(root, 'dist', 'cli.js');
+    const inspect = (env: NodeJS.ProcessEnv): Promise<{ code: number; out: string }> =>
+      new Promise((resolve) => {
+        execFile(
+          process.execPath,
+          [cli, 'inspect', 'private-ca', '--servers', server.address, '--tls', '--timeout-ms', '3000'],
+          {
+            env: { ...process.env, MEMCACHE_SERVERS: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env },
+            timeout: 20_000,
+          },
+          (error, stdout, stderr) =>
+            resolve({
+              code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1,
+              out: stdout + stderr,
+            }),
+        );
+      });
+    const trusted = await inspect({ NODE_EXTRA_CA_CERTS: path.join(pki.dir, 'ca.pem') });
+    t.is(trusted.code, 1, `the key is free (exit 1), read over TLS: ${trusted.out}`);
+    const untrusted = await inspect({});
+    t.is(untrusted.code, 3, `memcache unavailable (exit 3) without the CA: ${untrusted.out}`);
+  },
+);

@@ -125,3 +125,26 @@ test.serial('the published build imports no memjs and its types need no @types/m
     t.notRegex(readFileSync(path.join(out, file), 'utf8'), /(from|import\()\s*['"]memjs['"]/, `${file} imports memjs`);
   }
 });
+
+test.serial(
+  "a connection memjs drops is no longer current at once, though memjs's `connected` flag still says true",
+  async (t) => {
+    const client = memjs.Client.create(mc.address, { retries: 1, logger: quiet });
+    t.teardown(() => client.close());
+    const adapter = new MemjsClientAdapter(client, { timeoutMs: 2000 });
+    t.teardown(() => adapter.close());
+    const key = 'byo:generation';
+    const added = await adapter.add(key, Buffer.from('mine'), 10);
+    if (added.status !== 'ok') throw new Error(`add: ${added.status}`);
+    t.true(adapter.isCurrent(key, added.conn));
+    // memjs drops the connection (its own socket timeout or error path) while
+    // a request of ours is out: until the socket's 'close' event, `connected`
+    // stays true, yet a CAS from that connection may predate a restart.
+    const server = client.servers[0]!;
+    const pending = adapter.get(key);
+    server.error(new Error('socket timed out waiting on response.'));
+    t.true(server.connected, 'memjs still reports the dead connection as connected');
+    t.false(adapter.isCurrent(key, added.conn), 'the CAS from the dropped connection is stale');
+    await t.throwsAsync(pending, { instanceOf: MemcacheUnavailableError });
+  },
+);

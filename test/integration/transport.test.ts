@@ -50,6 +50,24 @@ test('add, get with CAS, CAS-checked set and delete', async (t) => {
   t.is((await client.casDelete(key, set.cas)).status, 'not_found');
 });
 
+test('addThenGet: a granted add stands when the connection drops before the pipelined read is answered', async (t) => {
+  const proxy = await startProxy(mc);
+  const c = new MemcacheLockClient({ servers: [proxy.address], timeoutMs: 2000, protocol: testProtocol });
+  t.teardown(async () => {
+    await c.close();
+    await proxy.close();
+  });
+  await c.get('warm');
+  // Only the add's reply gets through (binary: a 24-byte header; meta: one line).
+  proxy.cutAfter((chunk) => (testProtocol === 'meta' ? chunk.indexOf('\r\n') + 2 : 24));
+  const key = 'cut:pipelined';
+  const both = await c.addThenGet(key, Buffer.from('mine'), 10);
+  t.is(both.add.status, 'ok', 'the add was granted: the call says so instead of failing');
+  t.is(both.entry, null);
+  // Our entry is there: the caller holds it (and can release it).
+  t.is((await c.get(key))?.value.toString(), 'mine');
+});
+
 test('addThenGet answers both in one round trip', async (t) => {
   // Through a proxy that delays each direction by L ms, one round trip takes
   // 2L and two take 4L: the bound 3L tells them apart whatever the machine.

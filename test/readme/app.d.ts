@@ -1,6 +1,6 @@
 /**
- * The reader's application in README examples. README code blocks are
- * type-checked by test/integration/readme.test.ts against the built package; names they
+ * The reader's application in README examples. The code blocks of README.md
+ * and docs/*.md are type-checked by test/integration/readme.test.ts against the built package; names they
  * use without declaring (`db`, `mailer`, `log`, ...) stand for the reader's
  * own code and are declared here, once, with plausible types. Add a
  * placeholder here rather than weakening the compiler settings or casting in

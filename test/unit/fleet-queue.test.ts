@@ -97,3 +97,23 @@ test('updateQueue: gives up with undefined after 8 conflicting rounds', async (t
   t.is(result, undefined);
   t.is(rounds, 8);
 });
+
+test('updateQueue: a CAS read before a restart is never used after it (memcached counts CAS from 1 again)', async (t) => {
+  const memcache = new MemcacheStandIn();
+  const c = memcache.client();
+  const now = Date.now();
+  await updateQueue(c, 'q', joined('a', now));
+  const before = await readQueue(c, 'q');
+  t.is(before.entry?.cas, 1n);
+  // The server restarts; another process queues first and gets CAS 1 again.
+  memcache.restart();
+  const other = memcache.client();
+  await updateQueue(other, 'q', joined('b', now));
+  t.is((await readQueue(other, 'q')).entry?.cas, 1n, 'the same CAS value, a different entry');
+  // Our change starts from the stale read: it must re-read, not overwrite b's queue.
+  await updateQueue(c, 'q', joined('c', now), before);
+  t.deepEqual(
+    (await readQueue(c, 'q')).waiters.map((waiter) => waiter.token),
+    ['b', 'c'],
+  );
+});

@@ -11,8 +11,12 @@ import {
   decodeValue,
   encodeValue,
   isAmbiguous,
+  guaranteedMs,
+  holdTtlSeconds,
   leaseDeadline,
   leaseMargin,
+  leaseTtlSeconds,
+  RESERVATION_TTL_SECONDS,
   readHolder,
   releaseEntry,
   renewEntry,
@@ -59,13 +63,32 @@ test('values: encode/decode round trip, clientId last (may hold colons), tagged 
   t.deepEqual(decodeValue(Buffer.from('ml1:5::')), { acquiredAt: 5, token: '', clientId: '', state: 'held' });
 });
 
-test('lease arithmetic: guaranteed (n-1) s after the send, minus a margin of min(100 ms, a tenth)', (t) => {
-  t.is(leaseMargin(2), 100);
-  t.is(leaseMargin(16), 100);
-  t.is(leaseMargin(1.5), 50);
-  t.is(leaseDeadline(0, 2), 900);
-  t.is(leaseDeadline(1000, 3), 2900);
-  t.is(leaseDeadline(500, 16), 500 + 15_000 - 100);
+test('lease arithmetic: TTL n + 1, guaranteed (n-1) s after the send, minus min(100 ms, a tenth) and the loop delay', (t) => {
+  // The written TTL: whole seconds rounded up, plus 1 s for memcached's 2 s clock jump.
+  t.is(leaseTtlSeconds(2000), 3);
+  t.is(leaseTtlSeconds(2001), 4);
+  t.is(leaseTtlSeconds(16_000), 17);
+  // Past 30 days memcached reads an absolute time: capped.
+  t.is(leaseTtlSeconds(30 * 24 * 3600 * 1000), 30 * 24 * 3600);
+  // A completed marker is not renewed: it gets the whole 2 s jump on top.
+  t.is(holdTtlSeconds(0), 0);
+  t.is(holdTtlSeconds(1), 3);
+  t.is(holdTtlSeconds(60_000), 62);
+  t.is(RESERVATION_TTL_SECONDS, 3);
+  // TTL t is guaranteed for t - 2 s after the send.
+  t.is(guaranteedMs(3), 1000);
+  t.is(guaranteedMs(17), 15_000);
+  t.is(leaseMargin(3), 100);
+  t.is(leaseMargin(17), 100);
+  t.is(leaseMargin(2.5), 50);
+  t.is(leaseDeadline(0, 3), 900);
+  t.is(leaseDeadline(1000, 4), 2900);
+  t.is(leaseDeadline(500, 17), 500 + 15_000 - 100);
+  // The loop delay widens the margin, by at most a quarter of the guaranteed lease.
+  t.is(leaseMargin(3, 40), 140);
+  t.is(leaseMargin(3, 1000), 100 + 250);
+  t.is(leaseMargin(17, -5), 100);
+  t.is(leaseDeadline(0, 17, 200), 15_000 - 300);
 });
 
 test('isAmbiguous: a MemcacheUnavailableError whose request may have been applied (the transport says so)', (t) => {

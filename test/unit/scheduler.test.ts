@@ -3,9 +3,10 @@
  * schedule of a held lock, on fake timers (`performance.now()` and
  * `setTimeout` faked) against the `memlock/testing` stand-in. Time only moves
  * when a test moves it, so renewal counts and times are exact: a lease of
- * n = ceil(leaseMs / 1000) s is guaranteed for n-1 s after a write was sent,
- * the deadline sits min(100, (n-1) s / 10) ms before that, and renewals come
- * every min(heartbeatMs, half the time to the deadline).
+ * n = ceil(leaseMs / 1000) s is written with TTL n + 1 and guaranteed for
+ * n-1 s after a write was sent, the deadline sits min(100, (n-1) s / 10) ms
+ * (plus the recent event-loop delay) before that, and renewals come every
+ * min(heartbeatMs, half the time to the deadline).
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';

@@ -158,7 +158,7 @@ test('options: per-call resolution', (t) => {
   t.like(base, {
     leaseMs: 10_000,
     heartbeatMs: 3000,
-    ttlSeconds: 10,
+    ttlSeconds: 11,
     stealAfterMs: undefined,
     wait: undefined,
     signal: undefined,
@@ -167,12 +167,12 @@ test('options: per-call resolution', (t) => {
   });
   t.deepEqual(resolveLockOptions(null, instance), base);
   // A shorter per-call lease lowers the instance heartbeat to fit.
-  t.like(resolveLockOptions({ leaseMs: 4000 }, instance), { leaseMs: 4000, heartbeatMs: 2000, ttlSeconds: 4 });
+  t.like(resolveLockOptions({ leaseMs: 4000 }, instance), { leaseMs: 4000, heartbeatMs: 2000, ttlSeconds: 5 });
   t.like(resolveLockOptions({ leaseMs: 8000 }, instance), { heartbeatMs: 3000 });
-  t.like(resolveLockOptions({ leaseMs: 2001 }, instance), { ttlSeconds: 3 });
+  t.like(resolveLockOptions({ leaseMs: 2001 }, instance), { ttlSeconds: 4 });
   t.like(resolveLockOptions({ heartbeatMs: 100 }, instance), { heartbeatMs: 100 });
   t.like(resolveLockOptions({ stealAfterMs: 0 }, instance), { stealAfterMs: 0 });
-  t.like(resolveLockOptions({ holdAfterMs: 1001 }, instance), { holdTtlSeconds: 2 });
+  t.like(resolveLockOptions({ holdAfterMs: 1001 }, instance), { holdTtlSeconds: 4 });
   t.like(resolveLockOptions({ failOpen: true }, instance), { failOpen: true });
   t.throws(() => resolveLockOptions({ failOpen: 1 as never }, instance), {
     instanceOf: TypeError,

@@ -1,6 +1,6 @@
 /**
  * The `memlock/testing` stand-in itself: memcached's semantics where memlock
- * relies on them (CAS, add, whole-second TTL with the n-1 rule, restart),
+ * relies on them (CAS, add, whole-second TTL on a clock that can jump 2 s, restart),
  * and its faults. Time comes from a manual clock (`now` option) or from fake
  * timers, so every bound here is exact.
  */
@@ -78,7 +78,7 @@ test('values are copied in and out', async (t) => {
   t.is(memcache.peek('k')?.value.toString(), 'abc');
 });
 
-test('TTL n: the entry may expire n-1 s after the write (whole-second clock), never later than n s', async (t) => {
+test('TTL n with ticks on time: the entry may expire n-1 s after the write (whole-second clock), never later than n s', async (t) => {
   const clock = manualClock();
   const memcache = new MemcacheStandIn({ now: clock.now });
   const c = memcache.client();
@@ -104,6 +104,54 @@ test('TTL n: the entry may expire n-1 s after the write (whole-second clock), ne
     { status: 'ok', cas: 3n, conn: 1 },
     'an expired key can be added again',
   );
+});
+
+test('skipSecond(): the clock misses a tick and jumps 2 s at the next; an entry written just before lives TTL - 2 s', async (t) => {
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now });
+  const c = memcache.client();
+  clock.set(500);
+  memcache.skipSecond();
+  // The tick at 1000 is missed: the clock reads 1 until 2000, then 3.
+  clock.set(1999);
+  await c.add('stale', v('x'), 3);
+  t.is(memcache.peek('stale')?.ttlSeconds, 3);
+  t.is(memcache.peek('stale')?.expiresAt, 3000, 'expires 1001 ms after a TTL-3 write');
+  clock.set(2000);
+  t.is(memcache.peek('stale')?.ttlSeconds, 1, 'the clock jumped by 2');
+  clock.set(2999);
+  t.truthy(await c.get('stale'));
+  clock.set(3000);
+  t.is(await c.get('stale'), null);
+  // Afterwards the clock ticks as before.
+  await c.add('after', v('x'), 2);
+  clock.set(4999);
+  t.truthy(await c.get('after'));
+  clock.set(5000);
+  t.is(await c.get('after'), null);
+});
+
+test('tickDriftMs: late ticks make the clock jump 2 s now and then, and never run behind by more than a tick', async (t) => {
+  t.throws(() => new MemcacheStandIn({ tickDriftMs: -1 }), { instanceOf: RangeError, message: /tickDriftMs/ });
+  t.throws(() => new MemcacheStandIn({ tickDriftMs: 1001 }), { instanceOf: RangeError, message: /tickDriftMs/ });
+  const clock = manualClock();
+  const memcache = new MemcacheStandIn({ now: clock.now, tickDriftMs: 50 });
+  const c = memcache.client();
+  // Ticks every 1050 ms: after 20 of them (21 s) the phase has crossed a whole
+  // second and the clock moves from 20 to 22 at once. A TTL-3 entry lives
+  // about 2 s (n - 1) when written away from a jump, but only about 1 s
+  // (n - 2) when written just before one; never less than that less the drift.
+  let shortest = Infinity;
+  for (let start = 0; start < 45_000; start += 10) {
+    clock.set(start);
+    await c.add(`k${start}`, v('x'), 3);
+    const lives = memcache.peek(`k${start}`)!.expiresAt - start;
+    shortest = Math.min(shortest, lives);
+    if (!(lives > 1000 - 50)) t.fail(`written at ${start}: lives ${lives} ms`);
+  }
+  t.true(shortest < 1100, `a jump cut some TTL-3 entry to about 1 s (shortest ${shortest} ms)`);
+  // The bound is what memlock's lease relies on: TTL n + 1 keeps n - 1 s.
+  t.true(shortest > 950);
 });
 
 test('TTL 0 never expires; a negative TTL expires at once; above 30 days a TTL is a unix time', async (t) => {

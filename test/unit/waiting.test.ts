@@ -1,5 +1,5 @@
 /**
- * Waiting across processes (memlock.ts's wait loop, fleet-queue.ts,
+ * Waiting across processes (waiting.ts's wait loop, pacing.ts, fleet-queue.ts,
  * local-waiters.ts) on fake timers: each `standIn.memlock()` is its own
  * Memlock instance with its own waiter-queue token, as a process is. A
  * recording client logs every request by kind and key, so a test can say
@@ -522,7 +522,7 @@ test.serial(
  * holds for 8 s; B, C and D start waiting 10, 20 and 30 ms in, each in its
  * own process, and each releases once its own `tickAsync(2000)` returns (the
  * runs tick the one clock in parallel, so holds last 4-5 s). What it pins (the
- * pacing rules in memlock.ts's wait loop and the queue upkeep around them):
+ * pacing rules (pacing.ts) of waiting.ts's wait loop and the queue upkeep around them):
  * - places 0 and 1 poll the entry, place 2 only re-reads the queue, each
  *   every max(minDelayMs, held / 8) ms while nothing is known of past holds,
  *   at most MAX_WATCH_MS (500 ms) apart;

@@ -43,12 +43,15 @@ const testsFor = {
   'keys.ts': [unit('small-modules')],
   'diagnostics.ts': [unit('diagnostics', 'small-modules'), unit('memlock')],
   'options.ts': [unit('small-modules'), unit('memlock')],
-  'heartbeat.ts': [unit('heartbeat', 'scheduler-scale')],
-  'local-waiters.ts': [unit('local-queue'), unit('waiting', 'memlock')],
-  'protocol.ts': [unit('protocol'), unit('heartbeat', 'memlock')],
-  'lock.ts': [unit('lock'), unit('heartbeat', 'memlock', 'scheduler-scale')],
-  'memlock.ts': [unit('memlock', 'waiting'), unit('contested', 'lock', 'local-queue', 'heartbeat')],
-  'fleet-queue.ts': [unit('waiter-queue'), unit('waiting', 'memlock')],
+  'scheduler.ts': [unit('scheduler', 'scheduler-scale')],
+  'local-waiters.ts': [unit('local-waiters'), unit('waiting', 'memlock')],
+  'protocol.ts': [unit('protocol'), unit('scheduler', 'memlock')],
+  'lock.ts': [unit('lock'), unit('scheduler', 'memlock', 'scheduler-scale')],
+  'memlock.ts': [unit('memlock', 'waiting'), unit('contested', 'lock', 'local-waiters', 'scheduler')],
+  'waiting.ts': [unit('waiting', 'memlock'), unit('contested', 'lock', 'local-waiters', 'fleet-queue')],
+  'pacing.ts': [unit('pacing'), unit('waiting')],
+  'signals.ts': [unit('memlock'), unit('waiting', 'local-waiters')],
+  'fleet-queue.ts': [unit('fleet-queue'), unit('waiting', 'memlock')],
   'testing.ts': [unit('testing'), unit('protocol', 'memlock')],
   'transport/hashring.ts': [unit('hashring')],
   'transport/codec.ts': [unit('codecs')],
@@ -59,8 +62,8 @@ const testsFor = {
 
 // Without an active mutant (Stryker's dry run): the whole fast tier, less
 // three files. core-standin.test waits seconds of real time (the same
-// behaviour is covered on fake timers by memlock.test and heartbeat.test);
-// readme-testing.test compares its own TypeScript source with README.md;
+// behaviour is covered on fake timers by memlock.test and scheduler.test);
+// readme-testing.test compares its own TypeScript source with docs/testing.md;
 // mutation-runner.test tests this runner (from the checkout, not a sandbox).
 const LEFT_OUT = new Set(['core-standin', 'readme-testing', 'mutation-runner']);
 const all = readdirSync('.mutation-build/test/unit')

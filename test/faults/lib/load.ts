@@ -17,6 +17,7 @@ import {
   type WriteResult,
 } from '../../../src/index.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
+import { guaranteedMs, leaseTtlSeconds } from '../../../src/protocol.js';
 
 const DELAY_RESOLUTION_MS = 10;
 
@@ -299,8 +300,7 @@ export async function holdMany(mc: MemcachedProcess, options: LoadOptions): Prom
     const results = await Promise.all(held.map((l) => l.release()));
     const releaseMs = performance.now() - releaseStart;
 
-    const ttl = Math.ceil(leaseMs / 1000);
-    const guaranteedLeaseMs = (ttl - 1) * 1000;
+    const guaranteedLeaseMs = guaranteedMs(leaseTtlSeconds(leaseMs));
     const interval = Math.min(heartbeatMs, guaranteedLeaseMs / 2);
     let renewals = 0;
     let minRenewals = Infinity;

@@ -10,7 +10,7 @@ import { Memlock, MemcacheLockClient, LockLostError, MemcacheUnavailableError } 
 import { testProtocol } from '../../helpers/protocol.js';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 import { startProxy } from '../../helpers/proxy.js';
-import { leaseMargin } from '../../../src/protocol.js';
+import { guaranteedMs, leaseMargin, leaseTtlSeconds } from '../../../src/protocol.js';
 import { RecordingClient } from './recording.js';
 
 export type PartitionMode = 'stall' | 'refuse-drop';
@@ -98,7 +98,7 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
       proxy.refuse();
       proxy.drop();
     }
-    const ttlSeconds = Math.ceil(leaseMs / 1000);
+    const ttlSeconds = leaseTtlSeconds(leaseMs);
     const bLock = await b.acquire(key, 'B', { wait: { timeoutMs: leaseMs + 5000, minDelayMs: 5, maxDelayMs: 50 } });
     const bAt = performance.now();
     const bEntry = await mc.rawGet(memcacheKey);
@@ -120,7 +120,8 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
 
     const reason: unknown = lock.signal.reason;
     const lastConfirmed = recorder.lastConfirmedWrite(memcacheKey, abortAt);
-    const deadline = lastConfirmed + (ttlSeconds - 1) * 1000;
+    // The last moment the server surely kept the entry (TTL n + 1, clock jumps of 2 s).
+    const deadline = lastConfirmed + guaranteedMs(ttlSeconds);
     const afterLoss = Number.isNaN(abortAt) ? recorder.ops : recorder.opsOn(memcacheKey, abortAt);
     const figures: PartitionFigures = {
       mode,
