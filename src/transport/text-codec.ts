@@ -139,7 +139,7 @@ export class TextCodec implements Codec {
     if (nl === offset || buf[nl - 1] !== 13) throw new ProtocolError('malformed text-protocol reply from memcached');
     const line = buf.toString('latin1', offset, nl - 1);
     clear(reply);
-    if (line.startsWith('VALUE ') && (op === undefined || op === 'get')) return value(buf, line, nl + 1, reply);
+    if (line.startsWith('VALUE ') && (op === undefined || op === 'get')) return parseHit(buf, line, nl + 1, reply);
     const status = (op === undefined ? ANY : ANSWERS[op]).get(line);
     if (status !== undefined) {
       reply.status = status;
@@ -171,7 +171,7 @@ export class TextCodec implements Codec {
 }
 
 /** A hit: `VALUE <key> <flags> <bytes> <cas>`, the data, then `END` (a single-key `gets`). */
-function value(buf: Buffer, line: string, dataAt: number, reply: Reply): number {
+function parseHit(buf: Buffer, line: string, dataAt: number, reply: Reply): number {
   const fields = line.split(' ');
   const size = Number(fields[3]);
   const cas = fields[4];
