@@ -1,6 +1,6 @@
 // The fast tier (`npm run test:unit`): test/unit only, no memcached,
-// PostgreSQL or Redis. `npm test` runs these files too, once, with the rest
-// (package.json's ava config).
+// PostgreSQL or Redis. `npm test` runs it first and the server tiers after
+// (ava.servers.config.js), so every file runs once.
 export default {
   extensions: { ts: 'module' },
   nodeArguments: ['--import=tsx'],

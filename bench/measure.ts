@@ -3,7 +3,7 @@
 // median/spread summary. Nothing here knows about locks or servers.
 
 import { performance } from 'node:perf_hooks';
-import { emptyResult, type Result } from './types.js';
+import type { Result } from './types.js';
 
 export const sleep = (ms: number): Promise<void> =>
   new Promise((resolve) => {
@@ -45,6 +45,13 @@ export async function withDeadline<T>(promise: Promise<T>, ms: number, label: st
 export class Samples {
   private buf = new Float64Array(4096);
   private n = 0;
+
+  /** All samples of `parts` in one buffer (every round's samples of a subject, for percentiles over the run). */
+  static pooled(parts: readonly Samples[]): Samples {
+    const all = new Samples();
+    for (const part of parts) all.addAll(part);
+    return all;
+  }
 
   push(value: number): void {
     if (this.n === this.buf.length) {
@@ -263,14 +270,6 @@ export function errorsSuffix(round: RoundErrors): string {
   return round.errors ? `, ${round.errors} errors (${round.firstError ?? ''})` : '';
 }
 
-/** The errors of all rounds and the first one's message, as a Result holds them. */
-export function sumErrors(rounds: readonly RoundErrors[]): RoundErrors {
-  return {
-    errors: rounds.reduce((s, r) => s + r.errors, 0),
-    firstError: rounds.find((r) => r.firstError)?.firstError ?? null,
-  };
-}
-
 // ------------------------------------------------- loop comparisons → results
 
 export interface LoopSubject {
@@ -330,48 +329,4 @@ export async function compareLoops(
     },
   }));
   return interleave(contestants, o.rounds);
-}
-
-/**
- * Folds a subject's rounds into one result row: median rate, pooled
- * percentiles, cost per operation, and the spread over rounds of the figure the
- * scenario ranks by (rate, or per-round p50 latency).
- */
-export function loopResult(
-  scenario: string,
-  variant: string,
-  subject: string,
-  rounds: readonly LoopRoundWithOps[],
-  spreadOf: 'rate' | 'p50' = 'rate',
-): Result {
-  const rates = rounds.map((r) => r.ops / (r.elapsedMs / 1000));
-  const p50s = rounds.map((r) => r.latencies.summary().p50Ms).filter((x): x is number => x !== null);
-  const all = new Samples();
-  rounds.forEach((r) => all.addAll(r.latencies));
-  const lat = all.summary();
-  const ops = rounds.reduce((s, r) => s + r.ops, 0);
-  const attempts = ops + rounds.reduce((s, r) => s + r.errors, 0);
-  const serverOps = rounds.every((r) => r.serverOps !== null)
-    ? rounds.reduce((s, r) => s + (r.serverOps ?? 0), 0)
-    : null;
-  const cpuUs = rounds.reduce((s, r) => s + r.cpuUs, 0);
-  const sp = spread(rates);
-  return {
-    ...emptyResult(scenario, subject, variant),
-    opsPerSec: sp.median,
-    p50Ms: lat.p50Ms,
-    p99Ms: lat.p99Ms,
-    spreadPct: spreadOf === 'rate' ? sp.spreadPct : spread(p50s).spreadPct,
-    perRound: spreadOf === 'rate' ? rates : rounds.map((r) => r.latencies.summary().p50Ms ?? Number.NaN),
-    rounds: rounds.length,
-    samples: ops,
-    ...sumErrors(rounds),
-    metrics: {
-      minOpsPerSec: sp.min,
-      maxOpsPerSec: sp.max,
-      maxMs: lat.maxMs,
-      serverOpsPerOp: serverOps !== null && attempts > 0 ? serverOps / attempts : null,
-      cpuUsPerOp: attempts > 0 ? cpuUs / attempts : null,
-    },
-  };
 }

@@ -1,9 +1,9 @@
 // The pieces every scenario is built from: the Resources lifecycle, the report
-// skeleton, skipped subjects, per-round progress lines, target notes and the
-// loop comparison over variants. (The Result fields every subject fills alike
-// come from emptyResult in types.ts and sumErrors in measure.ts.)
+// skeleton, skipped subjects, fresh keys, per-round progress lines, target
+// notes and the loop comparison over variants. (The table's columns come from
+// columns.ts; a subject's rounds are folded into its result row in fold.ts.)
 
-import type { Avail, BenchContext, Column, Result, Scenario, ScenarioReport } from './types.js';
+import type { Avail, BenchContext, Result, Scenario, ScenarioReport } from './types.js';
 import { Resources } from './clients.js';
 import {
   compareLoops,
@@ -47,6 +47,12 @@ export type ReportHeader = Pick<ScenarioReport, 'scenario' | 'title' | 'baseline
 export function scenarioReport(header: ReportHeader): ScenarioReport {
   const { notes = [], ...rest } = header;
   return { ...rest, results: [], skipped: [], notes: [...notes] };
+}
+
+/** Fresh keys `bench:<runId>:<tag>:0`, `:1`, ...: a key never used before, so no attempt meets another's entry. */
+export function keySequence(ctx: BenchContext, tag: string): () => string {
+  let next = 0;
+  return () => `bench:${ctx.runId}:${tag}:${next++}`;
 }
 
 /** The reason of the first unavailable dependency ('' when all are available). */
@@ -115,13 +121,11 @@ export function contestant<R extends RoundErrors>(
   };
 }
 
-/** The cost columns of loopResult rows: server operations and client CPU per `unit` (cycle, attempt). */
-export function loopCostColumns(unit: string): Column[] {
-  return [
-    { header: `server ops/${unit}`, value: (r) => r.metrics.serverOpsPerOp ?? null, format: 'num' },
-    { header: `client CPU µs/${unit}`, value: (r) => r.metrics.cpuUsPerOp ?? null, format: 'num' },
-  ];
-}
+/** The two ways of running a loop comparison: one operation at a time, and 64 in flight. */
+export const LOOP_VARIANTS = [
+  { label: 'sequential', concurrency: 1 },
+  { label: '64 in flight', concurrency: 64 },
+] as const;
 
 /** Measures `subjects` with compareLoops once per variant (concurrency) and turns each subject's rounds into a Result. */
 export async function compareVariants(

@@ -9,6 +9,7 @@
  * stalled) the signal aborts, even while a renewal is still in flight.
  */
 import type { LockClient } from './client.js';
+import { onAbort } from './abort-listeners.js';
 import { channels, publish } from './diagnostics.js';
 import { LockLostError, type LockLostKind } from './errors.js';
 import { reasonOf } from './options.js';
@@ -109,7 +110,8 @@ export class HeldLock implements Lock, Scheduled {
   #lost: LockLostKind | undefined;
   #release: Promise<boolean> | undefined;
   #done = false;
-  #callerSignal: AbortSignal | undefined;
+  /** Stops following the caller's signal (shared listener, abort-listeners.ts). */
+  #unfollow: (() => void) | undefined;
   readonly #holdTtlSeconds: number;
   #failures = 0;
   #errorPublishedAt = -Infinity;
@@ -142,10 +144,7 @@ export class HeldLock implements Lock, Scheduled {
     this.#deadline = this.#leaseDeadline();
     if (callerSignal !== undefined) {
       if (callerSignal.aborted) this.#controller.abort(reasonOf(callerSignal));
-      else {
-        this.#callerSignal = callerSignal;
-        follow(callerSignal, this);
-      }
+      else this.#unfollow = onAbort(callerSignal, (reason) => this.#controller.abort(reason));
     }
     this.#scheduleBeat();
   }
@@ -266,13 +265,8 @@ export class HeldLock implements Lock, Scheduled {
   #finish(): void {
     if (this.#done) return;
     this.#done = true;
-    if (this.#callerSignal !== undefined) unfollow(this.#callerSignal, this);
+    this.#unfollow?.();
     this.#ctx.onDone(this);
-  }
-
-  /** @internal The caller's signal aborted: abort ours with the same reason. */
-  callerAborted(reason: unknown): void {
-    this.#controller.abort(reason);
   }
 
   release(): Promise<boolean> {
@@ -363,45 +357,5 @@ export class HeldLock implements Lock, Scheduled {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
-  }
-}
-
-/**
- * One abort listener per caller signal, however many locks follow it: an app
- * that passes one shutdown signal to thousands of locks must not add a
- * listener per lock (Node warns past 10, and each costs a closure).
- * `AbortSignal.any()` would do the same, but its dependent signals have been
- * retained by a long-lived source signal (nodejs/node#55351).
- */
-interface Followers {
-  readonly locks: Set<HeldLock>;
-  readonly onAbort: () => void;
-}
-
-const followed = new WeakMap<AbortSignal, Followers>();
-
-function follow(signal: AbortSignal, lock: HeldLock): void {
-  let followers = followed.get(signal);
-  if (followers === undefined) {
-    const locks = new Set<HeldLock>();
-    const onAbort = (): void => {
-      followed.delete(signal);
-      const reason = reasonOf(signal);
-      for (const each of [...locks]) each.callerAborted(reason);
-    };
-    followers = { locks, onAbort };
-    followed.set(signal, followers);
-    signal.addEventListener('abort', onAbort, { once: true });
-  }
-  followers.locks.add(lock);
-}
-
-function unfollow(signal: AbortSignal, lock: HeldLock): void {
-  const followers = followed.get(signal);
-  if (followers === undefined) return;
-  followers.locks.delete(lock);
-  if (followers.locks.size === 0) {
-    followed.delete(signal);
-    signal.removeEventListener('abort', followers.onAbort);
   }
 }

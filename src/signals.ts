@@ -1,4 +1,5 @@
 /** Combining abort signals (the caller's, a polyfilled one, `close()`'s) into one native signal. */
+import { onAbort } from './abort-listeners.js';
 import { reasonOf } from './options.js';
 
 /**
@@ -23,12 +24,9 @@ export function linkedSignal(...sources: Array<AbortSignal | undefined>): {
     controller.abort(reasonOf(aborted));
     return { signal: controller.signal, dispose: noop };
   }
-  const listeners = inputs.map((source) => {
-    const onAbort = (): void => controller.abort(reasonOf(source));
-    source.addEventListener('abort', onAbort, { once: true });
-    return () => source.removeEventListener('abort', onAbort);
-  });
-  return { signal: controller.signal, dispose: () => listeners.forEach((remove) => remove()) };
+  // One shared listener per source (abort-listeners.ts): many waiting calls may pass the same signal.
+  const stops = inputs.map((source) => onAbort(source, (reason) => controller.abort(reason)));
+  return { signal: controller.signal, dispose: () => stops.forEach((stop) => stop()) };
 }
 
 function noop(): void {}

@@ -5,19 +5,12 @@
 
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
+import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js';
 import { repeatableRead, type Resources, type TxCounters } from '../clients.js';
 import { NOT_ACQUIRED, type MemlockInstance } from '../lib.js';
-import {
-  Samples,
-  describeError,
-  errorCode,
-  interleave,
-  spread,
-  sumErrors,
-  withDeadline,
-  type Contestant,
-} from '../measure.js';
+import { Samples, describeError, errorCode, interleave, spread, withDeadline, type Contestant } from '../measure.js';
+import { perUnit, roundsResult, total, totalOrNull } from '../fold.js';
+import { latencyColumns, metricColumn, metricPrimary } from '../columns.js';
 import { contestant, defineScenario, findResult, missing, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 import type { Redlock } from '@sesamecare-oss/redlock';
 
@@ -223,33 +216,27 @@ async function dedupeRound(
 }
 
 function toResult(subject: string, rounds: DedupeRound[]): Result {
-  const jobs = rounds.reduce((s, r) => s + r.jobs, 0);
-  const per = (f: (r: DedupeRound) => number): number | null =>
-    jobs > 0 ? rounds.reduce((s, r) => s + f(r), 0) / jobs : null;
-  const lat = new Samples();
-  rounds.forEach((r) => lat.addAll(r.latencies));
-  const l = lat.summary();
-  const cacheOps = rounds.every((r) => r.cacheOps !== null) ? rounds.reduce((s, r) => s + (r.cacheOps ?? 0), 0) : null;
+  const jobs = total(rounds, (r) => r.jobs);
+  const per = (f: (r: DedupeRound) => number): number | null => perUnit(total(rounds, f), jobs);
+  const l = Samples.pooled(rounds.map((r) => r.latencies)).summary();
+  const cacheOps = totalOrNull(rounds, (r) => r.cacheOps);
   const perRound = rounds.map((r) => r.tx.dbTx / Math.max(1, r.jobs));
-  return {
-    ...emptyResult(NAME, subject),
+  return roundsResult(NAME, subject, rounds, {
     opsPerSec: spread(rounds.map((r) => r.jobs / (r.elapsedMs / 1000))).median,
     p50Ms: l.p50Ms,
     p99Ms: l.p99Ms,
     spreadPct: spread(perRound).spreadPct,
-    rounds: rounds.length,
     samples: jobs,
-    ...sumErrors(rounds),
     metrics: {
       jobs,
       dbTxPerJob: per((r) => r.tx.dbTx),
       abortedTxPerJob: per((r) => r.tx.aborts),
       executionsPerJob: per((r) => r.executions),
       refusedPerJob: per((r) => r.refused),
-      cacheOpsPerJob: cacheOps !== null && jobs > 0 ? cacheOps / jobs : null,
+      cacheOpsPerJob: perUnit(cacheOps, jobs),
       exactlyOnce: rounds.every((r) => r.exactlyOnce),
     },
-  };
+  });
 }
 
 function newReport(): ScenarioReport {
@@ -257,20 +244,14 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: `Dedupe: each job delivered to ${WORKERS} workers at once`,
     baseline: 'no-lock',
-    primary: {
-      header: 'db tx/job',
-      value: (r) => (typeof r.metrics.dbTxPerJob === 'number' ? r.metrics.dbTxPerJob : null),
-      higherIsBetter: false,
-      format: 'num',
-    },
+    primary: metricPrimary('db tx/job', 'dbTxPerJob', false),
     columns: [
       { header: 'jobs/s', value: (r) => r.opsPerSec, format: 'rate' },
-      { header: 'aborted tx/job', value: (r) => r.metrics.abortedTxPerJob ?? null, format: 'num' },
-      { header: 'refused/job', value: (r) => r.metrics.refusedPerJob ?? null, format: 'num' },
-      { header: 'cache ops/job', value: (r) => r.metrics.cacheOpsPerJob ?? null, format: 'num' },
-      { header: 'job p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'job p99 ms', value: (r) => r.p99Ms, format: 'ms' },
-      { header: 'done exactly once', value: (r) => r.metrics.exactlyOnce ?? null, format: 'text' },
+      metricColumn('aborted tx/job', 'abortedTxPerJob', 'num'),
+      metricColumn('refused/job', 'refusedPerJob', 'num'),
+      metricColumn('cache ops/job', 'cacheOpsPerJob', 'num'),
+      ...latencyColumns('job'),
+      metricColumn('done exactly once', 'exactlyOnce', 'text'),
     ],
     notes: [
       'the job transaction (REPEATABLE READ, retried on 40001) reads a done flag and sets it if unset, so every job is done exactly once in all ' +

@@ -14,6 +14,7 @@ import type { Resources } from '../clients.js';
 import type { FleetPrepare, FleetProcessResult, FleetReply, FleetRequest, FleetSubject } from '../fleet-protocol.js';
 import { Samples, withDeadline } from '../measure.js';
 import { fmt, fmtRatio, ratioOf } from '../report.js';
+import { latencyColumns, metricColumn, ratePrimary } from '../columns.js';
 import { defineScenario, findResult, missing, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 
 const NAME = 'fleet';
@@ -264,17 +265,16 @@ function newReport(ctx: BenchContext): ScenarioReport {
     scenario: NAME,
     title: 'Fleet: P processes x W workers on R hot rows, REPEATABLE READ read-then-update, retried on 40001',
     baseline: 'no-lock',
-    primary: { header: 'commits/s', value: (r) => r.opsPerSec, higherIsBetter: true, format: 'rate' },
+    primary: ratePrimary('commits/s'),
     columns: [
-      { header: 'aborted tx', value: (r) => r.metrics.abortedTx ?? null, format: 'int' },
-      { header: 'share least/most', value: (r) => r.metrics.shareLeastMost ?? null, format: 'num' },
-      { header: 'p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'p99 ms', value: (r) => r.p99Ms, format: 'ms' },
-      { header: 'max ms', value: (r) => r.metrics.maxMs ?? null, format: 'ms' },
-      { header: 'wait timeouts', value: (r) => r.metrics.waitTimeouts ?? null, format: 'int' },
-      { header: 'lock ops/commit', value: (r) => r.metrics.lockOpsPerCommit ?? null, format: 'num' },
-      { header: 'oldest at end ms', value: (r) => r.metrics.oldestPendingMs ?? null, format: 'ms' },
-      { header: 'sums = commits', value: (r) => r.metrics.sumsVerified ?? null, format: 'text' },
+      metricColumn('aborted tx', 'abortedTx', 'int'),
+      metricColumn('share least/most', 'shareLeastMost', 'num'),
+      ...latencyColumns(),
+      metricColumn('max ms', 'maxMs', 'ms'),
+      metricColumn('wait timeouts', 'waitTimeouts', 'int'),
+      metricColumn('lock ops/commit', 'lockOpsPerCommit', 'num'),
+      metricColumn('oldest at end ms', 'oldestPendingMs', 'ms'),
+      metricColumn('sums = commits', 'sumsVerified', 'text'),
     ],
     notes: [
       `one run per shape and subject (not interleaved rounds): ${(ctx.fleet.warmupMs / 1000).toFixed(1)} s warm-up, then ${(ctx.fleet.durationMs / 1000).toFixed(1)} s measured; ` +

@@ -4,20 +4,13 @@
 // memcache operations each acquisition costs: polling shows up here.
 
 import { performance } from 'node:perf_hooks';
-import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
+import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js';
 import { redlockSection, type Resources } from '../clients.js';
 import type { MemlockInstance } from '../lib.js';
-import {
-  Samples,
-  describeError,
-  interleave,
-  sleep,
-  spread,
-  sumErrors,
-  withDeadline,
-  type Contestant,
-} from '../measure.js';
-import { contestant, defineScenario, missing, scenarioReport, skip } from '../scenario-kit.js';
+import { Samples, describeError, interleave, sleep, withDeadline, type Contestant } from '../measure.js';
+import { perUnit, rateFigures, roundsResult, total, totalOrNull } from '../fold.js';
+import { latencyColumns, metricColumn, ratePrimary } from '../columns.js';
+import { contestant, defineScenario, keySequence, missing, scenarioReport, skip } from '../scenario-kit.js';
 
 const NAME = 'handoff';
 const WAITERS = 16;
@@ -50,9 +43,8 @@ export const handoff: Scenario = defineScenario({
 async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   const report = newReport();
   const contestants: Contestant<HandoffRound>[] = [];
-  let keySeq = 0;
   // A fresh key per round and subject, so no round inherits another's entry.
-  const nextKey = (): string => `bench:${ctx.runId}:handoff:${keySeq++}`;
+  const nextKey = keySequence(ctx, 'handoff');
   const window = ctx.durationMs / ctx.rounds;
 
   const add = (name: string, acquire: (key: string) => Acquire, serverOps?: () => Promise<number>): void => {
@@ -155,35 +147,20 @@ async function handoffRound(acquire: Acquire, windowMs: number): Promise<Handoff
 
 function toResult(subject: string, rounds: HandoffRound[]): Result {
   const rates = rounds.map((r) => r.acquisitions / (r.spanMs / 1000));
-  const gaps = new Samples();
-  const waits = new Samples();
-  rounds.forEach((r) => {
-    gaps.addAll(r.gaps);
-    waits.addAll(r.waits);
-  });
-  const g = gaps.summary();
-  const w = waits.summary();
-  const acquisitions = rounds.reduce((s, r) => s + r.acquisitions, 0);
-  const serverOps = rounds.every((r) => r.serverOps !== null)
-    ? rounds.reduce((s, r) => s + (r.serverOps ?? 0), 0)
-    : null;
-  const sp = spread(rates);
-  return {
-    ...emptyResult(NAME, subject),
-    opsPerSec: sp.median,
-    p50Ms: g.p50Ms,
-    p99Ms: g.p99Ms,
-    spreadPct: sp.spreadPct,
-    rounds: rounds.length,
+  const g = Samples.pooled(rounds.map((r) => r.gaps)).summary();
+  const w = Samples.pooled(rounds.map((r) => r.waits)).summary();
+  const acquisitions = total(rounds, (r) => r.acquisitions);
+  const serverOps = totalOrNull(rounds, (r) => r.serverOps);
+  return roundsResult(NAME, subject, rounds, {
+    ...rateFigures(rates, g),
     samples: acquisitions,
-    ...sumErrors(rounds),
     metrics: {
-      serverOpsPerAcquisition: serverOps !== null && acquisitions > 0 ? serverOps / acquisitions : null,
+      serverOpsPerAcquisition: perUnit(serverOps, acquisitions),
       waitP99Ms: w.p99Ms,
       waitMaxMs: w.maxMs,
-      overlaps: rounds.reduce((s, r) => s + r.overlaps, 0),
+      overlaps: total(rounds, (r) => r.overlaps),
     },
-  };
+  });
 }
 
 function newReport(): ScenarioReport {
@@ -191,13 +168,12 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: `Handoff: ${WAITERS} waiters on one key, wait mode, ~${HOLD_MS} ms held`,
     baseline: 'redlock',
-    primary: { header: 'acquisitions/s', value: (r) => r.opsPerSec, higherIsBetter: true, format: 'rate' },
+    primary: ratePrimary('acquisitions/s'),
     columns: [
-      { header: 'gap p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'gap p99 ms', value: (r) => r.p99Ms, format: 'ms' },
-      { header: 'server ops/acq.', value: (r) => r.metrics.serverOpsPerAcquisition ?? null, format: 'num' },
-      { header: 'wait p99 ms', value: (r) => r.metrics.waitP99Ms ?? null, format: 'ms' },
-      { header: 'overlaps', value: (r) => r.metrics.overlaps ?? null, format: 'int' },
+      ...latencyColumns('gap'),
+      metricColumn('server ops/acq.', 'serverOpsPerAcquisition', 'num'),
+      metricColumn('wait p99 ms', 'waitP99Ms', 'ms'),
+      metricColumn('overlaps', 'overlaps', 'int'),
     ],
     notes: [
       'gap: from the end of one critical section to the start of the next (release + the next waiter noticing); ' +

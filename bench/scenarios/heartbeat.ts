@@ -6,10 +6,12 @@
 import { performance, monitorEventLoopDelay } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
+import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js';
 import type { Resources } from '../clients.js';
-import { describeError, interleave, sleep, spread, sumErrors, withDeadline, type Contestant } from '../measure.js';
+import { describeError, interleave, sleep, spread, withDeadline, type Contestant } from '../measure.js';
+import { roundsResult, total } from '../fold.js';
 import { fmt } from '../report.js';
+import { latencyColumns, metricColumn, metricPrimary } from '../columns.js';
 import { contestant, defineScenario, findResult, missing, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 
 const NAME = 'heartbeat';
@@ -270,16 +272,13 @@ function toResult(subject: string, rounds: HeartbeatRound[]): Result {
   const renewalsPerSec = med((r) => perSec(r, r.renewals));
   const locks = rounds[0]?.locks ?? 0;
   const cpu = spread(cpuPcts);
-  return {
-    ...emptyResult(NAME, subject),
+  return roundsResult(NAME, subject, rounds, {
     opsPerSec: renewalsPerSec,
     // Event-loop delay beyond the sampling interval, median of the rounds' percentiles.
     p50Ms: med((r) => r.eldP50Ms),
     p99Ms: med((r) => r.eldP99Ms),
     spreadPct: cpu.spreadPct,
-    rounds: rounds.length,
-    samples: rounds.reduce((s, r) => s + r.held, 0),
-    ...sumErrors(rounds),
+    samples: total(rounds, (r) => r.held),
     metrics: {
       locks,
       heartbeatMs: HEARTBEAT_MS,
@@ -292,9 +291,9 @@ function toResult(subject: string, rounds: HeartbeatRound[]): Result {
       eldMaxMs: Math.max(...rounds.map((r) => r.eldMaxMs)),
       heapPerLockBytes: med((r) => r.heapPerLockBytes),
       setupMs: med((r) => r.setupMs),
-      lost: rounds.reduce((s, r) => s + r.lost, 0),
+      lost: total(rounds, (r) => r.lost),
     },
-  };
+  });
 }
 
 function newReport(locks: number): ScenarioReport {
@@ -302,21 +301,15 @@ function newReport(locks: number): ScenarioReport {
     scenario: NAME,
     title: `${locks.toLocaleString('en-US')} locks held at once (heartbeat ${HEARTBEAT_MS} ms, lease ${LEASE_MS} ms)`,
     baseline: 'redlock',
-    primary: {
-      header: 'CPU % of a core',
-      value: (r) => (typeof r.metrics.cpuPct === 'number' ? r.metrics.cpuPct : null),
-      higherIsBetter: false,
-      format: 'num',
-    },
+    primary: metricPrimary('CPU % of a core', 'cpuPct', false),
     columns: [
-      { header: 'renewals/s', value: (r) => r.metrics.renewalsPerSec ?? null, format: 'rate' },
-      { header: 'per lock per interval', value: (r) => r.metrics.renewalsPerLockPerInterval ?? null, format: 'num' },
-      { header: 'ELD p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'ELD p99 ms', value: (r) => r.p99Ms, format: 'ms' },
-      { header: 'ELD max ms', value: (r) => r.metrics.eldMaxMs ?? null, format: 'ms' },
-      { header: 'heap/lock', value: (r) => r.metrics.heapPerLockBytes ?? null, format: 'bytes' },
-      { header: 'setup ms', value: (r) => r.metrics.setupMs ?? null, format: 'int' },
-      { header: 'lost', value: (r) => r.metrics.lost ?? null, format: 'int' },
+      metricColumn('renewals/s', 'renewalsPerSec', 'rate'),
+      metricColumn('per lock per interval', 'renewalsPerLockPerInterval', 'num'),
+      ...latencyColumns('ELD'),
+      metricColumn('ELD max ms', 'eldMaxMs', 'ms'),
+      metricColumn('heap/lock', 'heapPerLockBytes', 'bytes'),
+      metricColumn('setup ms', 'setupMs', 'int'),
+      metricColumn('lost', 'lost', 'int'),
     ],
     notes: [
       'renewals: writes the server counted during the window (memcached cmd_set + cmd_touch; Redis script calls). ' +

@@ -4,7 +4,7 @@
 // next beat; redlock's using() aborts only once its own lease has run out.
 
 import { performance } from 'node:perf_hooks';
-import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
+import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js';
 import type { Resources } from '../clients.js';
 import {
   Samples,
@@ -13,13 +13,22 @@ import {
   interleave,
   sleep,
   spread,
-  sumErrors,
   timedLoop,
   withDeadline,
   type Contestant,
 } from '../measure.js';
+import { roundsResult, total } from '../fold.js';
 import { fmt } from '../report.js';
-import { contestant, defineScenario, findResult, scenarioReport, skip, targetNote } from '../scenario-kit.js';
+import { latencyColumn, latencyPrimary, metricColumn } from '../columns.js';
+import {
+  contestant,
+  defineScenario,
+  findResult,
+  keySequence,
+  scenarioReport,
+  skip,
+  targetNote,
+} from '../scenario-kit.js';
 
 const NAME = 'loss-detection';
 const HEARTBEAT_MS = 250;
@@ -81,8 +90,7 @@ function reasonOf(reason: unknown): string {
 async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   const report = newReport();
   const contestants: Contestant<LossRound>[] = [];
-  let seq = 0;
-  const nextKey = (): string => `bench:${ctx.runId}:loss:${seq++}`;
+  const nextKey = keySequence(ctx, 'loss');
   const window = ctx.durationMs / ctx.rounds;
   // redlock's using() keeps releasing (and retrying) after the routine returns; those tails are awaited at the end.
   const tails: Promise<unknown>[] = [];
@@ -199,32 +207,26 @@ async function lossRound(trial: Trial, nextKey: () => string, windowMs: number):
 }
 
 function toResult(subject: string, rounds: LossRound[]): Result {
-  const all = new Samples();
+  const all = Samples.pooled(rounds.map((r) => r.detections));
   const reasons = new Map<string, number>();
-  rounds.forEach((r) => {
-    all.addAll(r.detections);
-    r.reasons.forEach((n, k) => reasons.set(k, (reasons.get(k) ?? 0) + n));
-  });
+  rounds.forEach((r) => r.reasons.forEach((n, k) => reasons.set(k, (reasons.get(k) ?? 0) + n)));
   const s = all.summary();
   const p99s = rounds.map((r) => r.detections.summary().p99Ms).filter((x): x is number => x !== null);
-  return {
-    ...emptyResult(NAME, subject),
+  return roundsResult(NAME, subject, rounds, {
     opsPerSec: null,
     p50Ms: s.p50Ms,
     p99Ms: s.p99Ms,
     spreadPct: spread(p99s).spreadPct,
-    rounds: rounds.length,
     samples: all.count,
-    ...sumErrors(rounds),
     metrics: {
       maxMs: s.maxMs,
-      missed: rounds.reduce((n, r) => n + r.missed, 0),
-      early: rounds.reduce((n, r) => n + r.early, 0),
+      missed: total(rounds, (r) => r.missed),
+      early: total(rounds, (r) => r.early),
       reasons: [...reasons].map(([k, n]) => `${k} ${n}`).join(', '),
       heartbeatMs: HEARTBEAT_MS,
       leaseMs: LEASE_MS,
     },
-  };
+  });
 }
 
 function newReport(): ScenarioReport {
@@ -232,14 +234,14 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: `Loss detection: entry deleted while held (lease ${LEASE_MS} ms, renewal every ${HEARTBEAT_MS} ms)`,
     baseline: 'redlock',
-    primary: { header: 'p99 ms', value: (r) => r.p99Ms, higherIsBetter: false, format: 'ms' },
+    primary: latencyPrimary('p99'),
     columns: [
-      { header: 'p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'max ms', value: (r) => r.metrics.maxMs ?? null, format: 'ms' },
+      latencyColumn('p50'),
+      metricColumn('max ms', 'maxMs', 'ms'),
       { header: 'samples', value: (r) => r.samples, format: 'int' },
-      { header: 'missed', value: (r) => r.metrics.missed ?? null, format: 'int' },
-      { header: 'false alarms', value: (r) => r.metrics.early ?? null, format: 'int' },
-      { header: 'abort reasons', value: (r) => r.metrics.reasons ?? null, format: 'text' },
+      metricColumn('missed', 'missed', 'int'),
+      metricColumn('false alarms', 'early', 'int'),
+      metricColumn('abort reasons', 'reasons', 'text'),
     ],
     notes: [
       "time from the raw delete's reply to the holder's signal aborting; the delete comes at a random point of a renewal interval. " +

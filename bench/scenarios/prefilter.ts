@@ -6,11 +6,13 @@
 
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { emptyResult, type BenchContext, type Result, type Scenario, type ScenarioReport } from '../types.js';
+import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js';
 import { redlockSection, repeatableRead, type Resources, type TxCounters } from '../clients.js';
 import type { MemlockInstance } from '../lib.js';
-import { Samples, describeError, interleave, spread, sumErrors, withDeadline, type Contestant } from '../measure.js';
+import { Samples, describeError, interleave, withDeadline, type Contestant } from '../measure.js';
+import { perUnit, rateFigures, roundsResult, total, totalOrNull } from '../fold.js';
 import { fmtRatio, ratioOf } from '../report.js';
+import { latencyColumns, metricColumn, ratePrimary } from '../columns.js';
 import { contestant, defineScenario, findResult, missing, scenarioReport, skip, targetNote } from '../scenario-kit.js';
 
 const NAME = 'prefilter';
@@ -162,33 +164,24 @@ async function prefilterRound(
 
 function toResult(subject: string, rounds: PrefilterRound[]): Result {
   const rates = rounds.map((r) => r.commits / (r.elapsedMs / 1000));
-  const lat = new Samples();
-  rounds.forEach((r) => lat.addAll(r.latencies));
-  const l = lat.summary();
-  const commits = rounds.reduce((s, r) => s + r.commits, 0);
-  const dbTx = rounds.reduce((s, r) => s + r.tx.dbTx, 0);
-  const aborts = rounds.reduce((s, r) => s + r.tx.aborts, 0);
-  const cacheOps = rounds.every((r) => r.cacheOps !== null) ? rounds.reduce((s, r) => s + (r.cacheOps ?? 0), 0) : null;
-  const sp = spread(rates);
-  return {
-    ...emptyResult(NAME, subject),
-    opsPerSec: sp.median,
-    p50Ms: l.p50Ms,
-    p99Ms: l.p99Ms,
-    spreadPct: sp.spreadPct,
-    rounds: rounds.length,
+  const l = Samples.pooled(rounds.map((r) => r.latencies)).summary();
+  const commits = total(rounds, (r) => r.commits);
+  const dbTx = total(rounds, (r) => r.tx.dbTx);
+  const aborts = total(rounds, (r) => r.tx.aborts);
+  const cacheOps = totalOrNull(rounds, (r) => r.cacheOps);
+  return roundsResult(NAME, subject, rounds, {
+    ...rateFigures(rates, l),
     samples: commits,
-    ...sumErrors(rounds),
     metrics: {
       commits,
       abortedTx: aborts,
       abortRatePct: dbTx > 0 ? (aborts / dbTx) * 100 : null,
-      abortsPerCommit: commits > 0 ? aborts / commits : null,
-      dbTxPerCommit: commits > 0 ? dbTx / commits : null,
-      cacheOpsPerCommit: cacheOps !== null && commits > 0 ? cacheOps / commits : null,
+      abortsPerCommit: perUnit(aborts, commits),
+      dbTxPerCommit: perUnit(dbTx, commits),
+      cacheOpsPerCommit: perUnit(cacheOps, commits),
       sumsVerified: rounds.every((r) => r.sumMatches),
     },
-  };
+  });
 }
 
 function targets(results: Result[]): string[] {
@@ -220,15 +213,14 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: `Pre-filter: ${WORKERS} workers on ${HOT_ROWS} hot rows, REPEATABLE READ read-then-update, retried on 40001`,
     baseline: 'no-prefilter',
-    primary: { header: 'commits/s', value: (r) => r.opsPerSec, higherIsBetter: true, format: 'rate' },
+    primary: ratePrimary('commits/s'),
     columns: [
-      { header: 'aborted tx', value: (r) => r.metrics.abortedTx ?? null, format: 'int' },
-      { header: 'abort rate', value: (r) => r.metrics.abortRatePct ?? null, format: 'pct' },
-      { header: 'db tx/commit', value: (r) => r.metrics.dbTxPerCommit ?? null, format: 'num' },
-      { header: 'cache ops/commit', value: (r) => r.metrics.cacheOpsPerCommit ?? null, format: 'num' },
-      { header: 'p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'p99 ms', value: (r) => r.p99Ms, format: 'ms' },
-      { header: 'sums = commits', value: (r) => r.metrics.sumsVerified ?? null, format: 'text' },
+      metricColumn('aborted tx', 'abortedTx', 'int'),
+      metricColumn('abort rate', 'abortRatePct', 'pct'),
+      metricColumn('db tx/commit', 'dbTxPerCommit', 'num'),
+      metricColumn('cache ops/commit', 'cacheOpsPerCommit', 'num'),
+      ...latencyColumns(),
+      metricColumn('sums = commits', 'sumsVerified', 'text'),
     ],
     notes: [
       `a table of ${TABLE_ROWS} counters, workers pick one of ${HOT_ROWS} hot rows at random; one pg connection per worker. ` +

@@ -5,13 +5,15 @@
 import type { BenchContext, Scenario, ScenarioReport } from '../types.js';
 import { lockValue, type Resources } from '../clients.js';
 import { NOT_ACQUIRED, type MemlockInstance } from '../lib.js';
-import { errorCode, loopResult, type LoopSubject } from '../measure.js';
+import { errorCode, type LoopSubject } from '../measure.js';
+import { loopResult } from '../fold.js';
 import { fmtRatio, ratioOf } from '../report.js';
+import { latencyColumn, latencyPrimary, loopCostColumns } from '../columns.js';
 import {
+  LOOP_VARIANTS,
   compareVariants,
   defineScenario,
   findResult,
-  loopCostColumns,
   pairedNote,
   scenarioReport,
   skip,
@@ -19,10 +21,6 @@ import {
 } from '../scenario-kit.js';
 
 const NAME = 'refused';
-const VARIANTS = [
-  { label: 'sequential', concurrency: 1 },
-  { label: '64 in flight', concurrency: 64 },
-] as const;
 
 export const refused: Scenario = defineScenario({
   name: NAME,
@@ -115,13 +113,13 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   } else skip(report, ctx.redis.reason, 'redlock');
 
   report.results.push(
-    ...(await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) =>
+    ...(await compareVariants(ctx, NAME, subjects, LOOP_VARIANTS, (variant, subject, rs) =>
       loopResult(NAME, variant, subject, rs, 'p50'),
     )),
   );
 
   for (const subject of ['memlock', 'memlock (meta)', 'memlock (tls)']) {
-    for (const v of VARIANTS) {
+    for (const v of LOOP_VARIANTS) {
       const mine = findResult(report.results, subject, v.label);
       const floor = findResult(report.results, 'raw-socket', v.label);
       const rate = ratioOf(mine?.opsPerSec, floor?.opsPerSec);
@@ -131,7 +129,7 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
       }
     }
   }
-  for (const v of VARIANTS) {
+  for (const v of LOOP_VARIANTS) {
     const mine = findResult(report.results, 'memlock', v.label);
     const raw = findResult(report.results, 'memjs-raw', v.label);
     const ratio = ratioOf(mine?.p50Ms, raw?.p50Ms);
@@ -148,9 +146,9 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: 'Refused attempt on a held key',
     baseline: 'memjs-raw',
-    primary: { header: 'p50 ms', value: (r) => r.p50Ms, higherIsBetter: false, format: 'ms' },
+    primary: latencyPrimary('p50'),
     columns: [
-      { header: 'p99 ms', value: (r) => r.p99Ms, format: 'ms' },
+      latencyColumn('p99'),
       { header: 'attempts/s', value: (r) => r.opsPerSec, format: 'rate' },
       ...loopCostColumns('attempt'),
     ],

@@ -4,13 +4,16 @@
 
 import type { BenchContext, Result, Scenario, ScenarioReport } from '../types.js';
 import { lockValue, type Resources } from '../clients.js';
-import { loopResult, type LoopSubject } from '../measure.js';
+import type { LoopSubject } from '../measure.js';
+import { loopResult } from '../fold.js';
 import { fmtRatio, ratioOf } from '../report.js';
+import { latencyColumns, loopCostColumns, ratePrimary } from '../columns.js';
 import {
+  LOOP_VARIANTS,
   compareVariants,
   defineScenario,
   findResult,
-  loopCostColumns,
+  keySequence,
   pairedNote,
   scenarioReport,
   skip,
@@ -18,10 +21,6 @@ import {
 } from '../scenario-kit.js';
 
 const NAME = 'uncontended';
-const VARIANTS = [
-  { label: 'sequential', concurrency: 1 },
-  { label: '64 in flight', concurrency: 64 },
-] as const;
 // Advisory locks are per session, so the pg subject needs a connection per cycle: a pool of 8.
 const PG_POOL = 8;
 
@@ -36,10 +35,8 @@ export const uncontended: Scenario = defineScenario({
 async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
   const report = newReport();
   const subjects: LoopSubject[] = [];
-  const prefix = `bench:${ctx.runId}:u`;
-  let next = 0;
   // Every cycle uses a key never used before, so no cycle can meet another's entry.
-  const key = (): string => `${prefix}:${next++}`;
+  const key = keySequence(ctx, 'u');
 
   if (ctx.memcache.ok) {
     const mc = ctx.memcache.value;
@@ -109,7 +106,7 @@ async function run(ctx: BenchContext, res: Resources): Promise<ScenarioReport> {
     });
   } else skip(report, ctx.pg.reason, 'pg-advisory');
 
-  const results = await compareVariants(ctx, NAME, subjects, VARIANTS, (variant, subject, rs) => {
+  const results = await compareVariants(ctx, NAME, subjects, LOOP_VARIANTS, (variant, subject, rs) => {
     const r = loopResult(NAME, variant, subject, rs);
     if (subject === 'pg-advisory') r.metrics.serverOpsPerOp = 2;
     return r;
@@ -124,12 +121,8 @@ function newReport(): ScenarioReport {
     scenario: NAME,
     title: 'Uncontended lock/unlock cycles (distinct keys)',
     baseline: 'memjs-raw',
-    primary: { header: 'cycles/s', value: (r) => r.opsPerSec, higherIsBetter: true, format: 'rate' },
-    columns: [
-      { header: 'p50 ms', value: (r) => r.p50Ms, format: 'ms' },
-      { header: 'p99 ms', value: (r) => r.p99Ms, format: 'ms' },
-      ...loopCostColumns('cycle'),
-    ],
+    primary: ratePrimary('cycles/s'),
+    columns: [...latencyColumns(), ...loopCostColumns('cycle')],
     notes: [
       'raw-socket: add + delete on one socket with a minimal hand-written binary client, corked writes (the floor); ' +
         "memlock (meta): protocol 'meta'; memlock (tls): TLS to a private memcached -Z (its own server, 1 thread). " +
@@ -156,7 +149,7 @@ function targets(results: Result[]): string[] {
   };
   return [
     ...['memlock', 'memlock (meta)', 'memlock (tls)'].flatMap((subject) =>
-      VARIANTS.map((v) => floor(subject, v.label)),
+      LOOP_VARIANTS.map((v) => floor(subject, v.label)),
     ),
     check('memlock', 'raw-socket', 'sequential', 0.95),
     check('memlock', 'raw-socket', '64 in flight', 0.85),

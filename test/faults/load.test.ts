@@ -11,6 +11,7 @@ import { Memlock } from '../../src/index.js';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
 import { holdMany } from './lib/load.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';
+import { captureWarnings } from '../helpers/warnings.js';
 
 failOnUnhandled(test);
 
@@ -62,16 +63,10 @@ test.serial(
 // locks raised Node's "MaxListenersExceededWarning". Locks now share one
 // listener per caller signal.
 test('one caller signal shared by 50 held locks raises no MaxListenersExceededWarning', async (t) => {
-  const warnings: string[] = [];
-  const onWarning = (warning: Error): void => {
-    if (warning.name === 'MaxListenersExceededWarning') warnings.push(warning.message);
-  };
-  process.on('warning', onWarning);
+  // Collected, not printed: the positive control below sets one off.
+  const warnings = captureWarnings(t, 'MaxListenersExceededWarning');
   const m = new Memlock({ servers: mc.address, prefix: 'shared-signal:' });
-  t.teardown(async () => {
-    process.off('warning', onWarning);
-    await m.close();
-  });
+  t.teardown(() => m.close());
   const shutdown = new AbortController();
   // Node 20 limits an AbortSignal to 10 listeners by default, Node 24 does
   // not warn by default: set the limit so the check means the same on both.

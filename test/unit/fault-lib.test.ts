@@ -6,26 +6,18 @@
  * planted late signal, and a clean run as clean.
  */
 import test from 'ava';
-import FakeTimers from '@sinonjs/fake-timers';
 import { LockLostError } from '../../src/index.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { SectionMonitor, learnedAt } from '../faults/lib/monitor.js';
 import { sweepOverlaps, type Row } from '../faults/lib/exclusion.js';
 import { RecordingClient } from '../faults/lib/recording.js';
-
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({ toFake: ['performance'] });
-  t.teardown(() => clock.uninstall());
-  return clock;
-}
+import { fakeTime } from '../helpers/clock.js';
 
 const lost = (controller: AbortController, kind: 'gone' | 'taken' | 'unreachable' = 'gone'): void =>
   controller.abort(new LockLostError('k', kind));
 
 test.serial('monitor: a clean run (sections one after another, other keys in parallel) is clean', (t) => {
-  const clock = fakeTime(t);
+  const clock = fakeTime(t, { toFake: ['performance'] });
   const monitor = new SectionMonitor();
   for (let i = 0; i < 5; i++) {
     const a = monitor.enter('k', `w${i}`, new AbortController().signal);
@@ -43,7 +35,7 @@ test.serial('monitor: a clean run (sections one after another, other keys in par
 });
 
 test.serial('monitor: a planted overlap whose earlier holder is never told is reported as silent', (t) => {
-  const clock = fakeTime(t);
+  const clock = fakeTime(t, { toFake: ['performance'] });
   const monitor = new SectionMonitor();
   const first = monitor.enter('k', 'A', new AbortController().signal);
   clock.tick(5);
@@ -74,7 +66,7 @@ test.serial('monitor: a planted overlap whose earlier holder is never told is re
 test.serial(
   'monitor: a planted late signal (told after the other holder started) is reported late, with its lag',
   (t) => {
-    const clock = fakeTime(t);
+    const clock = fakeTime(t, { toFake: ['performance'] });
     const monitor = new SectionMonitor();
     const controller = new AbortController();
     const first = monitor.enter('k', 'A', controller.signal);
@@ -95,7 +87,7 @@ test.serial(
 test.serial(
   'monitor: told before the overlap is neither silent nor late; told by a failed release is not silent',
   (t) => {
-    const clock = fakeTime(t);
+    const clock = fakeTime(t, { toFake: ['performance'] });
     const monitor = new SectionMonitor();
     const controller = new AbortController();
     const first = monitor.enter('k', 'A', controller.signal);

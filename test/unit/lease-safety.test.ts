@@ -8,25 +8,17 @@
  * memcached is in test/faults/ (clock skip, late grant).
  */
 import test from 'ava';
-import FakeTimers from '@sinonjs/fake-timers';
 import { LockLostError, Memlock } from '../../src/index.js';
 import { HeldLock } from '../../src/lock.js';
 import { LoopDelay, RESOLUTION_MS, WINDOW_MS } from '../../src/loop-delay.js';
 import { decodeValue, leaseDeadline } from '../../src/protocol.js';
 import { Scheduler } from '../../src/scheduler.js';
 import { MemcacheStandIn } from '../../src/testing.js';
+import { fakeTime, type Clock } from '../helpers/clock.js';
 
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({
-    toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'],
-  });
-  t.teardown(() => clock.uninstall());
-  // Not at 0 (see memlock.test.ts); on a whole second of the stand-in's clock.
-  clock.tick(1_000_000);
-  return clock;
-}
+// Not at 0 (test/helpers/clock.ts) and on a whole second of the stand-in's clock; intervals stay real.
+const fakeLeaseTime = (t: { teardown: (fn: () => void) => void }): Clock =>
+  fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate', 'performance', 'Date'] });
 
 const state = (memcache: MemcacheStandIn, key: string): string | undefined => {
   const entry = memcache.peek(key);
@@ -36,7 +28,7 @@ const state = (memcache: MemcacheStandIn, key: string): string | undefined => {
 test.serial(
   "clock skip: a partitioned holder's signal aborts before memcached's jumping clock lets anyone else in",
   async (t) => {
-    const clock = fakeTime(t);
+    const clock = fakeLeaseTime(t);
     const memcache = new MemcacheStandIn();
     const holder = new Memlock({ lockClient: memcache.client(), leaseMs: 2000, heartbeatMs: 500 });
     const other = new Memlock({ lockClient: memcache.client(), leaseMs: 2000 });
@@ -77,7 +69,7 @@ test.serial(
 test.serial(
   'late grant: a grant confirmed after its lease deadline never reaches fn; the call fails as a loss and the entry is deleted',
   async (t) => {
-    const clock = fakeTime(t);
+    const clock = fakeLeaseTime(t);
     const memcache = new MemcacheStandIn();
     // timeoutMs 1500 lets a reply come later than the 900 ms the lease guarantees.
     const memlock = new Memlock({ lockClient: memcache.client({ timeoutMs: 1500 }), leaseMs: 2000 });
@@ -117,7 +109,7 @@ test.serial(
 test.serial(
   'suspend: the wall clock running ahead of the monotonic clock (a host suspend) aborts the lease at the next check, before it renews',
   async (t) => {
-    const clock = fakeTime(t);
+    const clock = fakeLeaseTime(t);
     const memcache = new MemcacheStandIn();
     const memlock = new Memlock({ lockClient: memcache.client(), leaseMs: 16_000, heartbeatMs: 1000 });
     t.teardown(() => memlock.close());
@@ -150,7 +142,7 @@ test.serial(
 test.serial(
   'a waiter that gives up deletes a reservation made for it: the key is not blocked until the reservation expires',
   async (t) => {
-    const clock = fakeTime(t);
+    const clock = fakeLeaseTime(t);
     const memcache = new MemcacheStandIn();
     const holder = new Memlock({ lockClient: memcache.client(), leaseMs: 16_000 });
     const waiter = new Memlock({ lockClient: memcache.client(), leaseMs: 16_000 });

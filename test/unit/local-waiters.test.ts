@@ -5,9 +5,9 @@
  */
 import test from 'ava';
 import { getEventListeners } from 'node:events';
-import FakeTimers from '@sinonjs/fake-timers';
 import { LocalKey, MAX_BATCH, UNKNOWN_POSITION } from '../../src/local-waiters.js';
 import { MemcacheStandIn } from '../../src/testing.js';
+import { fakeTime } from '../helpers/clock.js';
 
 test('turn: the head with no local holder goes at once; others wait to be woken, in order', async (t) => {
   const local = new LocalKey<string>();
@@ -42,8 +42,7 @@ test('turn: the head with no local holder goes at once; others wait to be woken,
 test.serial('turn with nap waits to be woken even at the head', async (t) => {
   const local = new LocalKey();
   const a = local.join('c', 2);
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout'] });
-  t.teardown(() => clock.uninstall());
+  const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout'] });
   const napping = local.turn(a, undefined, 50, true);
   await clock.tickAsync(49);
   let done: boolean | undefined;
@@ -59,8 +58,7 @@ test.serial('turn with nap waits to be woken even at the head', async (t) => {
 test.serial(
   'turn: times out with false; the caller’s signal rejects with its reason; listeners and timers are removed',
   async (t) => {
-    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout'] });
-    t.teardown(() => clock.uninstall());
+    const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout'] });
     const local = new LocalKey<string>();
     local.holders.add('x');
     const a = local.join('c', 2);

@@ -7,33 +7,12 @@
 import test from 'ava';
 import dc from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
-import FakeTimers from '@sinonjs/fake-timers';
 import { LockLostError, MemcacheUnavailableError, type LockClient, type MemlockOptions } from '../../src/index.js';
 import { decodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { RecordingClient } from '../faults/lib/recording.js';
 import { Memlock } from '../../src/index.js';
-
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({
-    toFake: [
-      'setTimeout',
-      'clearTimeout',
-      'setImmediate',
-      'clearImmediate',
-      'setInterval',
-      'clearInterval',
-      'performance',
-      'Date',
-    ],
-  });
-  t.teardown(() => clock.uninstall());
-  // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
-  clock.tick(1_000_000);
-  return clock;
-}
+import { fakeTime } from '../helpers/clock.js';
 
 function setup(
   t: { teardown: (fn: () => Promise<void> | void) => void },

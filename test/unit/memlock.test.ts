@@ -2,13 +2,13 @@
  * The public Memlock surface against the `memlock/testing` stand-in, on fake
  * timers where time matters: tryWithLock/acquire/wrap/inspect/close, caller
  * signals, waiting, holdAfterMs, failOpen, diagnostics. The same behaviour
- * against real memcached is in test/integration/lock.test.ts, test/integration/api.test.ts,
- * test/integration/deploy.test.ts and the core suite.
+ * against real memcached is in test/integration/lock.protocols.test.ts,
+ * test/integration/api.protocols.test.ts, test/integration/deploy.test.ts and
+ * the core suite.
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
-import FakeTimers from '@sinonjs/fake-timers';
 import {
   LockLostError,
   LockNotAcquiredError,
@@ -19,27 +19,7 @@ import {
 } from '../../src/index.js';
 import { decodeValue, encodeValue } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
-
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({
-    toFake: [
-      'setTimeout',
-      'clearTimeout',
-      'setImmediate',
-      'clearImmediate',
-      'setInterval',
-      'clearInterval',
-      'performance',
-      'Date',
-    ],
-  });
-  t.teardown(() => clock.uninstall());
-  // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
-  clock.tick(1_000_000);
-  return clock;
-}
+import { fakeTime } from '../helpers/clock.js';
 
 function setup(
   t: { teardown: (fn: () => Promise<void> | void) => void },

@@ -4,7 +4,6 @@
  * operation counts, ambiguity recovery, renew/release after a reconnect.
  */
 import test from 'ava';
-import FakeTimers from '@sinonjs/fake-timers';
 import { MemcacheUnavailableError, type LockClient } from '../../src/index.js';
 import {
   acquireEntry,
@@ -25,6 +24,7 @@ import {
   type Held,
 } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
+import { fakeTime } from '../helpers/clock.js';
 
 const held = (value: Buffer, fields: Partial<Held> = {}): Held => ({
   memcacheKey: 'k',
@@ -232,8 +232,7 @@ test('acquire: the entry vanishing between the add and the read is retried once'
 test.serial(
   'acquire after an ambiguous add: read back; ours -> recovered (lease from the first send); someone else -> refused; missing -> the error',
   async (t) => {
-    const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
-    t.teardown(() => clock.uninstall());
+    const clock = fakeTime(t, { toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
     const memcache = new MemcacheStandIn();
     // Writes time out at 100 ms; the read-back goes over a patient connection.
     const writer = memcache.client({ timeoutMs: 100 });

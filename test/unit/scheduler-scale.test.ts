@@ -6,26 +6,13 @@
  * the heartbeat and the lock, not for every mutant of memlock.ts.
  */
 import test from 'ava';
-import FakeTimers from '@sinonjs/fake-timers';
 import { Memlock } from '../../src/index.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { RecordingClient } from '../faults/lib/recording.js';
+import { fakeTime } from '../helpers/clock.js';
 
 test.serial('10,000 held locks: exactly one renewal each per interval, on one timer', async (t) => {
-  const clock = FakeTimers.install({
-    toFake: [
-      'setTimeout',
-      'clearTimeout',
-      'setImmediate',
-      'clearImmediate',
-      'setInterval',
-      'clearInterval',
-      'performance',
-      'Date',
-    ],
-  });
-  t.teardown(() => clock.uninstall());
-  clock.tick(1_000_000); // as the other fake-clock tests: not at 0
+  const clock = fakeTime(t);
   const recorder = new RecordingClient(new MemcacheStandIn().client());
   const memlock = new Memlock({ leaseMs: 10_000, heartbeatMs: 200, lockClient: recorder });
   const locks = await Promise.all(Array.from({ length: 10_000 }, (_, i) => memlock.acquire(`k${i}`, 'A')));

@@ -10,32 +10,11 @@
  */
 import test from 'ava';
 import dc from 'node:diagnostics_channel';
-import FakeTimers from '@sinonjs/fake-timers';
 import { COALESCE_MS, Scheduler, type Scheduled } from '../../src/scheduler.js';
 import { Memlock, LockLostError, type MemlockOptions } from '../../src/index.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { RecordingClient } from '../faults/lib/recording.js';
-
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({
-    toFake: [
-      'setTimeout',
-      'clearTimeout',
-      'setImmediate',
-      'clearImmediate',
-      'setInterval',
-      'clearInterval',
-      'performance',
-      'Date',
-    ],
-  });
-  t.teardown(() => clock.uninstall());
-  // Not at 0: there, \`now - since\` and \`now + since\` agree for anything that happened at the start.
-  clock.tick(1_000_000);
-  return clock;
-}
+import { fakeTime } from '../helpers/clock.js';
 
 function node(onFire: (now: number) => void): Scheduled {
   return { due: 0, heapIndex: -1, fire: onFire };

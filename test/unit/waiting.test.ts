@@ -6,7 +6,6 @@
  * which key a waiter polls and how often.
  */
 import test from 'ava';
-import FakeTimers from '@sinonjs/fake-timers';
 import type { Entry, LockClient, WriteResult } from '../../src/client.js';
 import { LockNotAcquiredError, Memlock, type LockOptions } from '../../src/index.js';
 import { memcacheKeyOf, queueKeyOf } from '../../src/keys.js';
@@ -14,33 +13,7 @@ import { decodeValue, encodeValue, RESERVATION_TTL_SECONDS } from '../../src/pro
 import { decodeQueue, encodeQueue } from '../../src/fleet-queue.js';
 import { MAX_BATCH } from '../../src/local-waiters.js';
 import { MemcacheStandIn } from '../../src/testing.js';
-
-type Clock = ReturnType<typeof FakeTimers.install>;
-
-/**
- * Fake time starts EPOCH ms in: with a clock at 0, `now - since` and
- * `now + since` agree for anything that happened at 0, and a test could not
- * tell them apart. Logged times (`Sent.at`) count from EPOCH.
- */
-const EPOCH = 1_000_000;
-
-function fakeTime(t: { teardown: (fn: () => void) => void }): Clock {
-  const clock = FakeTimers.install({
-    toFake: [
-      'setTimeout',
-      'clearTimeout',
-      'setImmediate',
-      'clearImmediate',
-      'setInterval',
-      'clearInterval',
-      'performance',
-      'Date',
-    ],
-  });
-  t.teardown(() => clock.uninstall());
-  clock.tick(EPOCH);
-  return clock;
-}
+import { EPOCH, fakeTime } from '../helpers/clock.js';
 
 const MKEY = memcacheKeyOf('memlock:', 'k');
 const QKEY = queueKeyOf('memlock:', MKEY);

@@ -39,6 +39,7 @@ const unit = (...names) => names.map((name) => `.mutation-build/test/unit/${name
  * the next runs only when the mutant survived it.
  */
 const testsFor = {
+  'abort-listeners.ts': [unit('abort-listeners'), unit('lock', 'memlock')],
   'errors.ts': [unit('small-modules'), unit('memlock', 'diagnostics')],
   'keys.ts': [unit('small-modules')],
   'diagnostics.ts': [unit('diagnostics', 'small-modules'), unit('memlock')],
