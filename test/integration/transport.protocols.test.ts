@@ -106,7 +106,7 @@ test('the expiry is applied in seconds', async (t) => {
   t.is(await client.get(key), null);
 });
 
-// Through twemproxy the connection is to the proxy, which hides the restart (see restart.test.ts).
+// Through twemproxy the connection is to the proxy, which hides the restart (see restart.protocols.test.ts).
 (viaTwemproxy ? test.skip : test)('connection generation changes after a reconnect', async (t) => {
   const own = await startMemcached();
   const c = new MemcacheLockClient({ servers: [own.address], timeoutMs: 300, protocol: testProtocol });
