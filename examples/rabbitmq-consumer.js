@@ -4,6 +4,9 @@
 // refused one is a duplicate and is acked without work. `holdAfterMs` keeps
 // the key blocked for a while after success, so late copies are dropped too.
 // Record "done" in your database as well: a lock is not a dedupe record.
+// A message without a messageId (amqplib sets none unless the publisher does)
+// cannot be deduplicated: it is logged and rejected without requeue, so it
+// lands in the dead-letter queue `<queue>.no-message-id`, never acked unread.
 //
 //   MEMCACHE_SERVERS=localhost:11211 AMQP_URL=amqp://guest:guest@localhost node examples/rabbitmq-consumer.js
 import os from 'node:os';
@@ -16,12 +19,18 @@ import { Memlock, LockNotAcquiredError } from 'memlock';
 export async function startConsumer({ url, queue, memlock, handle, prefetch = 10 }) {
   const connection = await amqp.connect(url);
   const channel = await connection.createChannel();
-  await channel.assertQueue(queue, { durable: false });
+  const deadLetters = `${queue}.no-message-id`;
+  await channel.assertQueue(deadLetters, { durable: false });
+  await channel.assertQueue(queue, { durable: false, deadLetterExchange: '', deadLetterRoutingKey: deadLetters });
   await channel.prefetch(prefetch);
   const clientId = () => `${os.hostname()}:${process.pid}:${randomUUID()}`;
   const inFlight = new Set();
   const onMessage = async (message) => {
     const id = message.properties.messageId;
+    if (typeof id !== 'string' || id === '') {
+      console.error(`rejected a message without messageId from ${queue}: dead-lettered to ${deadLetters}`);
+      return channel.nack(message, false, false);
+    }
     try {
       await memlock.tryWithLock(`msg:${id}`, clientId(), (signal) => handle(message.content, signal), {
         holdAfterMs: 60_000,

@@ -6,6 +6,7 @@
  * memlock sees. Exit codes: 0 ok, 1 not found or refused, 2 usage error,
  * 3 memcache unavailable.
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { LockClient } from './client.js';
 import { formatEvent, likelyCause } from './diagnostics.js';
@@ -34,6 +35,8 @@ Options:
   --prefix PREFIX        key prefix of the Memlock instances (default: 'memlock:')
   --protocol NAME        'binary', 'meta' or 'text', as the library's \`protocol\` option
   --tls                  connect with TLS (system CAs), as the library's \`tls: true\`
+  --ca FILE              connect with TLS, trusting the CA certificate(s) in FILE (PEM) instead of
+                         the system CAs, as the library's \`tls: { ca }\`
   --timeout-ms N         deadline of each memcache operation (default: 500)
   --interval-ms N        watch: poll interval (default: 1000)
   --json                 machine-readable output (one JSON object per line for watch)
@@ -42,6 +45,7 @@ Options:
 
 Exit codes: 0 ok, 1 no entry / refused / changed meanwhile, 2 usage error, 3 memcache unavailable.
 Credentials: MEMCACHE_USERNAME / MEMCACHE_PASSWORD, or user:pass@host:port in --servers.
+Private CA: --ca FILE, or NODE_EXTRA_CA_CERTS=FILE (node reads it at start; the system CAs stay trusted).
 `;
 
 class UsageError extends Error {}
@@ -77,6 +81,7 @@ function parse(argv: string[]): Parsed | 'help' {
         prefix: { type: 'string' },
         protocol: { type: 'string' },
         tls: { type: 'boolean' },
+        ca: { type: 'string' },
         'timeout-ms': { type: 'string' },
         'interval-ms': { type: 'string' },
         json: { type: 'boolean' },
@@ -112,7 +117,7 @@ function parse(argv: string[]): Parsed | 'help' {
     prefix: values.prefix,
     timeoutMs: number('timeout-ms', values['timeout-ms'], 500),
     protocol: values.protocol as ProtocolName | undefined,
-    tls: values.tls === true ? true : undefined,
+    tls: values.ca !== undefined ? { ca: readCa(values.ca) } : values.tls === true ? true : undefined,
   };
   return {
     command,
@@ -122,6 +127,19 @@ function parse(argv: string[]): Parsed | 'help' {
     intervalMs: number('interval-ms', values['interval-ms'], 1000),
     options,
   };
+}
+
+/** The PEM in `--ca FILE`. */
+function readCa(file: string): Buffer {
+  let pem: Buffer;
+  try {
+    pem = readFileSync(file);
+  } catch (error) {
+    throw new UsageError(`--ca: cannot read ${JSON.stringify(file)}: ${(error as Error).message}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----'))
+    throw new UsageError(`--ca: ${JSON.stringify(file)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  return pem;
 }
 
 /** The CLI's own transport: the library's, with the same validated options. */
@@ -185,7 +203,7 @@ function describeSnapshot(s: Snapshot, now: number): Record<string, unknown> {
 const stateText: Record<Snapshot['state'], string> = {
   free: 'free (no entry)',
   held: 'held',
-  done: 'completed (holdAfterMs marker)',
+  done: 'done (a completed run: holdAfterMs marker)',
   reserved: 'reserved for a waiter (fair handoff)',
   foreign: 'blocked by an entry memlock did not write',
 };
@@ -392,8 +410,9 @@ async function main(argv: string[], io: Output = stdio): Promise<number> {
     if (p.command === 'release') return await release(io, client, prefix, p);
     return await watch(io, client, prefix, p);
   } catch (error) {
-    const cause = likelyCause(error);
-    io.err(`memlock: ${(error as Error).message}${cause === undefined ? '' : ` (likely cause: ${cause})`}`);
+    const cause = likelyCause(error, undefined, { style: 'flags', serversGiven: p.options.servers !== undefined });
+    // trimEnd: OpenSSL's messages end in a newline.
+    io.err(`memlock: ${(error as Error).message.trimEnd()}${cause === undefined ? '' : ` (likely cause: ${cause})`}`);
     return EXIT_UNAVAILABLE;
   } finally {
     await client.close();

@@ -192,16 +192,66 @@ function errorText(error: unknown): string {
   return text;
 }
 
+/** Who reads a `likelyCause` hint. @internal */
+export interface HintContext {
+  /**
+   * How the hint names what to change: the library's options ("pass
+   * `servers`") or the `memlock` command's flags ("pass --servers").
+   * @default 'options'
+   */
+  readonly style?: 'options' | 'flags' | undefined;
+  /** The servers were given explicitly (then no "MEMCACHE_SERVERS is unset" hint). @default false */
+  readonly serversGiven?: boolean | undefined;
+}
+
+/** The setting each hint points at, per style. */
+const SETTINGS = {
+  options: {
+    unset:
+      'MEMCACHE_SERVERS is unset, so the default instance (and any Memlock without `servers`) uses localhost:11211: set MEMCACHE_SERVERS or pass `servers`.',
+    tls: 'set `tls: true`',
+    noTls: 'drop `tls`',
+    ca: 'pass its CA as `tls: { ca }`, or start node with NODE_EXTRA_CA_CERTS=FILE',
+    name: 'connect by a name it lists, or set `tls: { servername }`',
+  },
+  flags: {
+    unset:
+      'Neither --servers nor MEMCACHE_SERVERS is set, so memlock uses localhost:11211: pass --servers or set MEMCACHE_SERVERS.',
+    tls: 'pass --tls',
+    noTls: 'drop --tls',
+    ca: 'pass its CA with --ca FILE, or set NODE_EXTRA_CA_CERTS=FILE',
+    name: 'connect by a name it lists (--servers NAME:PORT)',
+  },
+} as const;
+
+/** OpenSSL verify codes of a certificate chain that does not lead to a trusted CA. */
+const UNTRUSTED = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+]);
+/** What a TLS client reads when the server answers in plain text (no TLS on that port). */
+const NOT_TLS = /wrong version number|packet length too long|unknown protocol|http request/i;
+/** The transport's error label, e.g. `(cache-1:11211, binary+tls)`: whether TLS was used. */
+const LABEL = /\([^,()]+, (?:binary|meta|text)(\+tls)?\)/;
+
 /**
- * A guess at why an operation failed, for humans reading debug output.
- * Looks at the error, its `cause` chain (system error codes), the server and
- * the environment. `undefined` when there is nothing useful to say.
+ * A guess at why an operation failed, for humans reading debug output or the
+ * `memlock` command's errors. Looks at the error, its `cause` chain (system
+ * and TLS error codes), the server and the environment. `undefined` when
+ * there is nothing useful to say.
  * @internal
  */
-export function likelyCause(error: unknown, server?: string): string | undefined {
+export function likelyCause(error: unknown, server?: string, context: HintContext = {}): string | undefined {
   const codes = new Set<string>();
   const kinds = new Set<string>();
   let target = server;
+  let tls: boolean | undefined;
+  let notTls = false;
   for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
     const { code, kind } = e as Error & { code?: unknown; kind?: unknown };
     if (typeof code === 'string') codes.add(code);
@@ -209,12 +259,17 @@ export function likelyCause(error: unknown, server?: string): string | undefined
     const errorServer = (e as { server?: unknown }).server;
     if (target === undefined && typeof errorServer === 'string') target = errorServer;
     if (/auth|sasl/i.test(e.message)) codes.add('SASL');
+    const label = LABEL.exec(e.message);
+    if (tls === undefined && label !== null) tls = label[1] !== undefined;
+    if (NOT_TLS.test(e.message)) notTls = true;
   }
+  const say = SETTINGS[context.style ?? 'options'];
   const where = target === undefined ? 'the memcache server' : target;
   const unsetHint =
     process.env.MEMCACHE_SERVERS === undefined &&
+    context.serversGiven !== true &&
     (target === undefined || /^(localhost|127\.0\.0\.1|::1):11211$/.test(target))
-      ? ' MEMCACHE_SERVERS is unset, so the default instance (and any Memlock without `servers`) uses localhost:11211: set MEMCACHE_SERVERS or pass `servers`.'
+      ? ` ${say.unset}`
       : '';
   if (kinds.has('deadline'))
     return 'the event loop was blocked (or the process paused) longer than the lease allows; move synchronous work off the loop or raise leaseMs';
@@ -223,8 +278,18 @@ export function likelyCause(error: unknown, server?: string): string | undefined
   if (kinds.has('taken')) return 'another acquisition took the entry (same clientId elsewhere, or stealAfterMs)';
   if (codes.has('ECONNREFUSED')) return `nothing accepts connections at ${where}.${unsetHint}`;
   if (codes.has('ENOTFOUND') || codes.has('EAI_AGAIN')) return `the host name of ${where} does not resolve`;
+  if ([...codes].some((code) => UNTRUSTED.has(code)))
+    return `the TLS certificate of ${where} is not signed by a CA this process trusts: ${say.ca}`;
+  if (codes.has('CERT_HAS_EXPIRED') || codes.has('CERT_NOT_YET_VALID'))
+    return `the TLS certificate of ${where} has expired or is not valid yet (or this host's clock is wrong)`;
+  if (codes.has('ERR_TLS_CERT_ALTNAME_INVALID'))
+    return `the TLS certificate of ${where} is for other host names: ${say.name}`;
+  if (notTls) return `${where} does not speak TLS on that port: ${say.noTls}, or use its TLS port`;
   if (codes.has('SASL'))
     return 'SASL authentication failed: check username/password (MEMCACHE_USERNAME / MEMCACHE_PASSWORD)';
+  // memcached -Z resets a connection whose first bytes are not a TLS handshake.
+  if (codes.has('ECONNRESET') && tls === false)
+    return `${where} reset the connection: if it speaks TLS (memcached -Z), ${say.tls}; else it is down or restarting.${unsetHint}`;
   if (
     codes.has('ETIMEDOUT') ||
     codes.has('ECONNRESET') ||

@@ -9,7 +9,7 @@ import { setMaxListeners } from 'node:events';
 import { hostname } from 'node:os';
 import type { LockClient } from './client.js';
 import { channels, publish } from './diagnostics.js';
-import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError, notAcquired } from './errors.js';
+import { LockLostError, LockNotAcquiredError, MemcacheUnavailableError, MemlockError } from './errors.js';
 import { Scheduler } from './scheduler.js';
 import { memcacheKeyOf } from './keys.js';
 import { HeldLock, type Lock, type LockContext } from './lock.js';
@@ -290,7 +290,7 @@ export class Memlock {
     publish(channels.refused, () => ({ key, clientId, holder: holderId, server: this.#client.serverOf(memcacheKey) }));
     this.#checkOpen();
     signal?.throwIfAborted();
-    return notAcquired(key, holderId, done ? { done } : undefined);
+    return new LockNotAcquiredError(key, holderId, done ? { done } : undefined);
   }
 
   /**

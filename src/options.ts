@@ -147,6 +147,82 @@ export interface ResolvedLockOptions {
   readonly failOpen: boolean;
 }
 
+/** Every option name of `new Memlock()`: the compiler keeps this in step with `MemlockOptions`. */
+const MEMLOCK_OPTION_NAMES: Readonly<Record<keyof MemlockOptions, true>> = {
+  servers: true,
+  client: true,
+  lockClient: true,
+  username: true,
+  password: true,
+  protocol: true,
+  tls: true,
+  prefix: true,
+  leaseMs: true,
+  heartbeatMs: true,
+  timeoutMs: true,
+  ref: true,
+};
+/** Every per-call option name (`tryWithLock`, `acquire`; `wrap` adds its own). */
+export const LOCK_OPTION_NAMES: Readonly<Record<keyof LockOptions, true>> = {
+  signal: true,
+  wait: true,
+  stealAfterMs: true,
+  leaseMs: true,
+  heartbeatMs: true,
+  holdAfterMs: true,
+  failOpen: true,
+};
+const WAIT_OPTION_NAMES: Readonly<Record<keyof WaitOptions, true>> = {
+  timeoutMs: true,
+  minDelayMs: true,
+  maxDelayMs: true,
+};
+
+/**
+ * Rejects option names that are not in `known` (a misspelling such as
+ * `{ waitt: true }` would otherwise be ignored in JavaScript), naming the
+ * unknown option and the closest known one when one is close.
+ * @param where the options' owner in the message, e.g. 'tryWithLock options'
+ */
+export function checkKnownOptions(options: object, known: Readonly<Record<string, true>>, where: string): void {
+  for (const name of Object.keys(options)) {
+    if (Object.hasOwn(known, name)) continue;
+    const closest = closestName(name, Object.keys(known));
+    throw new TypeError(
+      `Unknown option \`${name}\` in ${where}${closest === undefined ? '' : ` (did you mean \`${closest}\`?)`}; known: ${Object.keys(known).join(', ')}`,
+    );
+  }
+}
+
+/** The known name closest to `name` by edit distance (case ignored), if it is close enough to be a typo. */
+function closestName(name: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const distance = editDistance(name.toLowerCase(), candidate.toLowerCase());
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  // 'waitt' -> 'wait' (1), 'sever' -> 'servers' (2), 'lease' -> 'leaseMs' (2); 'foo' -> nothing.
+  return bestDistance <= Math.max(2, Math.floor(name.length / 3)) ? best : undefined;
+}
+
+/** Levenshtein distance (insert, delete, substitute), one row at a time. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitute = (previous[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current.push(Math.min((previous[j] as number) + 1, (current[j - 1] as number) + 1, substitute));
+    }
+    previous = current;
+  }
+  return previous[b.length] as number;
+}
+
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
@@ -201,6 +277,7 @@ export interface ResolvedMemlockOptions {
 export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions {
   if (options === undefined) options = {};
   if (!isPlainObject(options)) throw new TypeError(`Expected \`options\` to be an object, got ${describe(options)}`);
+  checkKnownOptions(options, MEMLOCK_OPTION_NAMES, 'Memlock options');
   const o = options as MemlockOptions;
   const prefix = o.prefix ?? defaults.prefix;
   if (typeof prefix !== 'string') throw new TypeError(`Expected \`prefix\` to be a string, got ${describe(prefix)}`);
@@ -217,6 +294,7 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
   if (o.ref !== undefined && typeof o.ref !== 'boolean')
     throw new TypeError(`Expected \`ref\` to be a boolean, got ${describe(o.ref)}`);
   let servers: string[] = [];
+  const serversFromEnv = o.servers === undefined && process.env.MEMCACHE_SERVERS !== undefined;
   if (o.servers !== undefined) {
     const list = typeof o.servers === 'string' ? o.servers.split(',') : o.servers;
     if (!Array.isArray(list) || list.some((s) => typeof s !== 'string')) {
@@ -247,7 +325,14 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
   const usesOwnConnections = o.lockClient === undefined && o.client === undefined;
   if (usesOwnConnections) {
     // Throws the RangeError naming `servers` for a bad entry.
-    const specs = servers.map(parseServer);
+    const specs = servers.map((spec) => {
+      try {
+        return parseServer(spec);
+      } catch (error) {
+        if (!serversFromEnv || !(error instanceof RangeError)) throw error;
+        throw new RangeError(error.message.replace('`servers`', '`servers` (from MEMCACHE_SERVERS)'));
+      }
+    });
     if (protocol !== 'binary' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
       const from =
         o.username !== undefined
@@ -309,6 +394,7 @@ export function checkCallArgs(key: unknown, clientId: unknown): asserts key is s
 export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOptions): ResolvedLockOptions {
   if (options === undefined || options === null) options = {};
   if (!isPlainObject(options)) throw new TypeError(`Expected \`options\` to be an object, got ${describe(options)}`);
+  checkKnownOptions(options, LOCK_OPTION_NAMES, 'lock options');
   const o = options as LockOptions;
   const { leaseMs, heartbeatMs } = checkLease(
     o.leaseMs ?? instance.leaseMs,
@@ -327,6 +413,7 @@ export function resolveLockOptions(options: unknown, instance: ResolvedMemlockOp
   } else if (o.wait !== undefined && o.wait !== false) {
     if (!isPlainObject(o.wait))
       throw new TypeError(`Expected \`wait\` to be a boolean or an object, got ${describe(o.wait)}`);
+    checkKnownOptions(o.wait, WAIT_OPTION_NAMES, 'the `wait` options');
     const w = o.wait as WaitOptions;
     const minDelayMs = checkNumber('wait.minDelayMs', w.minDelayMs ?? defaults.wait.minDelayMs, 0, 3_600_000);
     const maxDelayMs = checkNumber(

@@ -44,6 +44,12 @@ const MAX_ITEM_BYTES = 1024 * 1024;
 /** Binary-protocol statuses the stand-in answers with when memcached would refuse. */
 const STATUS_TOO_LARGE = 0x03;
 const STATUS_INVALID = 0x04;
+/**
+ * How often a stand-in Memlock that keeps the process alive only while it
+ * holds a lock looks whether it still holds one: an idle instance whose
+ * `close()` was forgotten lets the process exit at most this much later.
+ */
+const HELD_CHECK_MS = 100;
 
 /** Options of `new MemcacheStandIn()`. */
 export interface MemcacheStandInOptions {
@@ -70,8 +76,8 @@ export interface StandInClientOptions {
    * memcache connection does (memlock's heartbeat timer does not, so a test
    * that only waits for a held lock's signal needs something that does).
    * memlock never closes a `lockClient` it was given: with `ref: true`, close
-   * the client yourself. @default false (`standIn.memlock()`: true, closed by
-   * its `close()`)
+   * the client yourself. @default false (`standIn.memlock()`: only while it
+   * holds a lock, see there)
    */
   readonly ref?: boolean;
   /**
@@ -216,25 +222,35 @@ export class MemcacheStandIn {
 
   /** A new connection to this server, as memlock's `lockClient`. */
   client(options: StandInClientOptions = {}): LockClient {
+    return this.#client(options);
+  }
+
+  #client(options: StandInClientOptions, onActivity?: () => void): StandInClient {
     const timeoutMs = options.timeoutMs ?? 500;
     if (typeof timeoutMs !== 'number' || !(timeoutMs > 0))
       throw new RangeError(`Expected \`timeoutMs\` to be a number > 0, got ${String(timeoutMs)}`);
     if (options.ref !== undefined && typeof options.ref !== 'boolean')
       throw new TypeError('Expected `ref` to be a boolean');
-    return new StandInClient(this, timeoutMs, options.ref ?? false);
+    return new StandInClient(this, timeoutMs, options.ref ?? false, onActivity);
   }
 
   /**
    * A `Memlock` on a new client of this server; its `close()` closes that
-   * client too. `timeoutMs` becomes the client's operation deadline and
-   * `ref` whether it keeps the process alive, as with memlock's own transport.
+   * client too. `timeoutMs` becomes the client's operation deadline. `ref`:
+   * by default the instance keeps the process alive while it holds a lock
+   * (so a test that awaits a held lock's signal runs to its end; memlock's
+   * heartbeat timer does not hold the process) and not while it is idle (so
+   * a test file that forgets `close()` still exits); `true` holds it until
+   * `close()`, as an open memcache connection does; `false` never.
    */
   memlock(options: Omit<MemlockOptions, 'lockClient' | 'servers' | 'client'> = {}): Memlock {
-    const client = this.client({
-      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
-      ref: options.ref ?? true,
-    });
-    return new StandInMemlock({ ...options, lockClient: client }, client);
+    let memlock: StandInMemlock | undefined = undefined; // set below; the client calls back into it
+    const client = this.#client(
+      { ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }), ref: options.ref === true },
+      options.ref === undefined ? () => memlock?.keepAliveWhileHeld() : undefined,
+    );
+    memlock = new StandInMemlock({ ...options, lockClient: client }, client);
+    return memlock;
   }
 
   /** Moves the server's clock forward by `ms` (entries whose time is up expire); memlock's timers do not move. */
@@ -505,15 +521,33 @@ export class MemcacheStandIn {
 class StandInMemlock extends Memlock {
   readonly #client: LockClient;
   #closing: Promise<void> | undefined;
+  /** Holds the process while a lock is held (see `keepAliveWhileHeld`). */
+  #keepAlive: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: MemlockOptions, client: LockClient) {
     super(options);
     this.#client = client;
   }
 
+  /**
+   * Called as each request of its client starts and settles (a lock may just
+   * have been taken): holds the process until a check finds no lock held.
+   */
+  keepAliveWhileHeld(): void {
+    if (this.#keepAlive !== undefined || this.#closing !== undefined) return;
+    this.#keepAlive = setTimeout(() => {
+      this.#keepAlive = undefined;
+      if (this.heldCount > 0) this.keepAliveWhileHeld();
+    }, HELD_CHECK_MS);
+  }
+
   /** Same as `Memlock.close()` (idempotent: the same promise each time), then closes the client. */
   override close(): Promise<void> {
-    this.#closing ??= super.close().then(() => this.#client.close());
+    this.#closing ??= super.close().then(() => {
+      clearTimeout(this.#keepAlive);
+      this.#keepAlive = undefined;
+      return this.#client.close();
+    });
     return this.#closing;
   }
 }
@@ -529,10 +563,14 @@ class StandInClient implements LockClient {
   /** Stands for the open socket that keeps a process alive (see `ref`). */
   #keepAlive: ReturnType<typeof setInterval> | undefined;
 
-  constructor(server: MemcacheStandIn, timeoutMs: number, ref: boolean) {
+  /** Told as each request starts and settles (see `StandInMemlock.keepAliveWhileHeld`). */
+  readonly #onActivity: (() => void) | undefined;
+
+  constructor(server: MemcacheStandIn, timeoutMs: number, ref: boolean, onActivity?: () => void) {
     this.#server = server;
     this.timeoutMs = timeoutMs;
     this.#epochSeen = server.epoch;
+    this.#onActivity = onActivity;
     if (ref) this.#keepAlive = setInterval(() => {}, 2 ** 31 - 1);
   }
 
@@ -548,7 +586,13 @@ class StandInClient implements LockClient {
   #request<T>(op: string, count: Array<keyof StandInOps>, apply: (conn: number) => T): Promise<T> {
     if (this.#closed) return Promise.reject(unavailable(this.#server.name, op, 'closed'));
     const conn = this.#conn();
-    return this.#server.request(this, op, count, () => apply(conn));
+    const request = this.#server.request(this, op, count, () => apply(conn));
+    const onActivity = this.#onActivity;
+    if (onActivity === undefined) return request;
+    onActivity();
+    // Told again once settled: a slow answer may grant the lock after the last check.
+    void request.then(onActivity, onActivity);
+    return request;
   }
 
   add(key: string, value: Buffer, ttlSeconds: number): Promise<WriteResult> {

@@ -7,7 +7,7 @@
  * authority on who holds a key: everything here only decides when to ask.
  */
 import type { LockClient } from './client.js';
-import { LockNotAcquiredError } from './errors.js';
+import { LockNotAcquiredError, quoteId } from './errors.js';
 import {
   joined,
   liveOthers,
@@ -489,8 +489,9 @@ function first<T>(items: Iterable<T>): T | undefined {
 }
 
 function waitTimeout(key: string, timeoutMs: number, holder: string | undefined): LockNotAcquiredError {
+  const last = holder === undefined ? '' : ` (last held by ${quoteId(holder)})`;
   return new LockNotAcquiredError(key, holder, {
-    message: `Timed out after ${timeoutMs} ms waiting for lock "${key}"`,
+    message: `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(key)}${last}`,
   });
 }
 

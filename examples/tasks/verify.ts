@@ -13,6 +13,7 @@
  * and removes them afterwards, so concurrent runs do not collide.
  */
 import amqp from 'amqplib';
+import type pg from 'pg';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -58,18 +59,39 @@ export interface VerifyOptions {
   readonly holdAfterMs?: number;
   /** Random pause inside a step (ms). @default 20 */
   readonly workMs?: number;
-  /** Give up waiting for completion after this long (ms). @default 600000 */
+  /**
+   * Give up waiting for completion after this long (ms) in all; the report
+   * then says `timed_out: true` and counts the steps not yet applied as
+   * `unfinished`, not lost. @default 600000
+   */
   readonly timeoutMs?: number;
+  /**
+   * Give up sooner when, after the first step applied, nothing happened (no
+   * step applied, no delivery, no publish) for this long (ms): a stuck run.
+   * A slow run that keeps making progress runs on until `timeoutMs`, so the
+   * deadline scales with how fast this machine is today; so does the start
+   * (child processes can take many seconds to start on a loaded machine).
+   * @default 30000
+   */
+  readonly stallMs?: number;
   /** Progress lines (stderr by default in the CLI). */
   readonly log?: ((line: string) => void) | undefined;
 }
 
-/** The verifier's figures. The first eight are the one-line summary. */
+/** The verifier's figures. All but `details` are the one-line summary. */
 export interface VerifyReport {
   tasks: number;
-  effects: number;
+  /** Steps whose effect is there (once or more). */
+  applied: number;
+  /** Steps not applied yet that could still be: the chain has not reached them. Only a timed-out (or failed) run has any. */
+  unfinished: number;
+  /** Steps whose effect is missing although their chain moved past them: work that can no longer be applied. */
   lost: number;
   applied_twice: number;
+  /** The run hit its deadline (`timeoutMs`, or `stallMs` without progress) before every step applied and the queue drained. */
+  timed_out: boolean;
+  /** Effect rows in all (`applied` plus the extra rows of steps applied twice). */
+  effects: number;
   chains_completed: number;
   /** Deliveries memlock refused (held by another copy, or its completed marker): no database work for them at that moment. */
   stopped_by_memlock: number;
@@ -104,8 +126,19 @@ export function verified(r: VerifyReport): boolean {
     r.effects === r.tasks &&
     r.chains_completed === r.details.chains &&
     r.details.permanently_failed === 0 &&
-    r.details.completed
+    !r.timed_out
   );
+}
+
+/**
+ * `verified`, `violated` (an effect lost or applied twice, or a task failed
+ * for good: the run proved something wrong) or `timed_out` (nothing wrong
+ * seen, but the run did not finish: inconclusive, run it again with more time).
+ */
+export function verdict(r: VerifyReport): 'verified' | 'violated' | 'timed_out' {
+  if (verified(r)) return 'verified';
+  if (r.lost > 0 || r.applied_twice > 0 || r.details.permanently_failed > 0) return 'violated';
+  return r.timed_out ? 'timed_out' : 'violated';
 }
 
 /** The short form (`--quick`, and the verifier test in `npm test`): every fault, fewer tasks and copies. */
@@ -126,7 +159,9 @@ export const quickVerify = Object.freeze({
   relayMinLifeMs: 300,
   leaseMs: 1500,
   workMs: 10,
-  timeoutMs: 45_000,
+  // It takes 10-30 s here; a loaded machine makes it slower, not stuck.
+  timeoutMs: 150_000,
+  stallMs: 20_000,
 }) satisfies VerifyOptions;
 
 const here = (file: string): string => fileURLToPath(new URL(file, import.meta.url));
@@ -191,6 +226,12 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
   let lastActivity = performance.now();
   let running = true;
   const children = new Set<ChildProcess>();
+  /**
+   * Children that reported something, so are up and working. Only these are
+   * SIGKILLed: on a loaded machine a consumer can take longer to start than
+   * the kill interval, and killing it before it starts tests nothing.
+   */
+  const working = new WeakSet<ChildProcess>();
 
   const onMessage = (m: ChildMessage): void => {
     // Deliveries are activity; the relay's periodic progress report is not.
@@ -241,7 +282,10 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
       c.stderr?.on('data', (s: string) => {
         stderr = (stderr + s).slice(-4000);
       });
-      c.on('message', (m) => onMessage(m as ChildMessage));
+      c.on('message', (m) => {
+        working.add(c);
+        onMessage(m as ChildMessage);
+      });
       c.on('error', () => undefined);
       c.on('exit', (code, signal) => {
         children.delete(c);
@@ -276,8 +320,12 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
     let nextKill = performance.now() + between(killLo, killHi);
     const restartsAt = [...(options.memcachedRestartsAt ?? [0.3, 0.65])].sort((a, b) => a - b);
     const deadline = performance.now() + (options.timeoutMs ?? 600_000);
+    const stallMs = options.stallMs ?? 30_000;
+    lastActivity = performance.now();
+    let lastApplied = 0;
     let lastLog = 0;
-    while (performance.now() < deadline) {
+    const stalled = (): boolean => lastApplied > 0 && performance.now() - lastActivity >= stallMs;
+    while (performance.now() < deadline && !stalled()) {
       await sleep(250);
       const { rows } = await pool.query<{ applied: string; unsent: string }>(
         `SELECT (SELECT coalesce(sum(seq), 0) FROM "${schema}".entities) AS applied,
@@ -285,6 +333,10 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
       );
       const applied = Number(rows[0]!.applied);
       const unsent = Number(rows[0]!.unsent);
+      if (applied > lastApplied) {
+        lastApplied = applied;
+        lastActivity = performance.now();
+      }
       if (performance.now() - lastLog > 2000) {
         lastLog = performance.now();
         log(
@@ -299,7 +351,7 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
       if (killHi > 0 && performance.now() >= nextKill) {
         nextKill = performance.now() + between(killLo, killHi);
         const victim = consumers[between(0, consumers.length - 1)]!.current();
-        if (victim?.exitCode === null && victim.signalCode === null) {
+        if (victim !== undefined && working.has(victim) && victim.exitCode === null && victim.signalCode === null) {
           victim.kill('SIGKILL');
           counts.consumerSigkills++;
         }
@@ -313,6 +365,10 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
         }
       }
     }
+    if (!outcome.completed) {
+      const why = performance.now() >= deadline ? 'its deadline' : `${stallMs / 1000} s without progress`;
+      log(`timed out (${why}): counting what applied; the rest is unfinished, not lost`);
+    }
     running = false;
     await Promise.all(
       [...children].map(
@@ -324,29 +380,16 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
       ),
     );
 
-    const {
-      rows: [summary],
-    } = await pool.query<{ effects: string; lost: string; twice: string; completed: string; failed: string }>(
-      `WITH expected AS (
-         SELECT 'chain-' || c AS entity_id, s AS step FROM generate_series(0, $1::int - 1) c, generate_series(0, $2::int - 1) s
-       ), got AS (
-         SELECT entity_id, step, count(*) AS n FROM "${schema}".effects GROUP BY entity_id, step
-       ), per_chain AS (
-         SELECT e.entity_id, bool_and(coalesce(g.n, 0) = 1) AS exact FROM expected e LEFT JOIN got g USING (entity_id, step) GROUP BY e.entity_id
-       )
-       SELECT (SELECT count(*) FROM "${schema}".effects) AS effects,
-              (SELECT count(*) FROM expected e LEFT JOIN got g USING (entity_id, step) WHERE g.n IS NULL) AS lost,
-              (SELECT count(*) FROM got WHERE n > 1) AS twice,
-              (SELECT count(*) FROM per_chain p JOIN "${schema}".entities en ON en.id = p.entity_id WHERE p.exact AND en.seq = $2) AS completed,
-              (SELECT count(*) FROM "${schema}".entities WHERE failed_at IS NOT NULL) AS failed`,
-      [chains, steps],
-    );
+    const summary = await countEffects(pool, schema, chains, steps);
     return {
       tasks: total,
-      effects: Number(summary!.effects),
-      lost: Number(summary!.lost),
-      applied_twice: Number(summary!.twice),
-      chains_completed: Number(summary!.completed),
+      applied: summary.applied,
+      unfinished: total - summary.applied - summary.lost,
+      lost: summary.lost,
+      applied_twice: summary.twice,
+      timed_out: !outcome.completed,
+      effects: summary.effects,
+      chains_completed: summary.completed,
       stopped_by_memlock: counts.memlock,
       stopped_by_sequence: counts.sequence,
       db_tx_per_task: Math.round((counts.tx / total) * 100) / 100,
@@ -362,7 +405,7 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
         memcached_restarts: counts.restarts,
         lease_overwritten: counts.leaseOverwritten,
         unfiltered: counts.unfiltered,
-        permanently_failed: Number(summary!.failed),
+        permanently_failed: summary.failed,
         chains,
         completed: outcome.completed,
         elapsed_s: Math.round((performance.now() - started) / 100) / 10,
@@ -378,4 +421,57 @@ export async function runVerifier(options: VerifyOptions = {}): Promise<VerifyRe
     await memlock.close();
     await mc.stop();
   }
+}
+
+/** What the effects table says, per step of every chain (see {@link VerifyReport}). */
+export interface EffectCounts {
+  effects: number;
+  applied: number;
+  lost: number;
+  twice: number;
+  completed: number;
+  failed: number;
+}
+
+/**
+ * Counts the effects of `chains` chains of `steps` steps in `schema`. Step s
+ * of a chain is applied when its effect row exists; lost when it does not
+ * although the chain's `seq` moved past s (a step's effect commits with the
+ * `seq` increment, so nothing can apply it any more); otherwise unfinished.
+ */
+export async function countEffects(
+  db: { query: pg.Pool['query'] },
+  schema: string,
+  chains: number,
+  steps: number,
+): Promise<EffectCounts> {
+  const {
+    rows: [row],
+  } = await db.query<Record<keyof EffectCounts, string>>(
+    `WITH expected AS (
+       SELECT 'chain-' || c AS entity_id, s AS step FROM generate_series(0, $1::int - 1) c, generate_series(0, $2::int - 1) s
+     ), got AS (
+       SELECT entity_id, step, count(*) AS n FROM "${schema}".effects GROUP BY entity_id, step
+     ), per_step AS (
+       SELECT e.entity_id, e.step, coalesce(g.n, 0) AS n, coalesce(en.seq, 0) AS seq
+       FROM expected e LEFT JOIN got g USING (entity_id, step) LEFT JOIN "${schema}".entities en ON en.id = e.entity_id
+     ), per_chain AS (
+       SELECT entity_id, bool_and(n = 1) AS exact FROM per_step GROUP BY entity_id
+     )
+     SELECT (SELECT count(*) FROM "${schema}".effects) AS effects,
+            (SELECT count(*) FROM per_step WHERE n > 0) AS applied,
+            (SELECT count(*) FROM per_step WHERE n = 0 AND seq > step) AS lost,
+            (SELECT count(*) FROM per_step WHERE n > 1) AS twice,
+            (SELECT count(*) FROM per_chain p JOIN "${schema}".entities en ON en.id = p.entity_id WHERE p.exact AND en.seq = $2) AS completed,
+            (SELECT count(*) FROM "${schema}".entities WHERE failed_at IS NOT NULL) AS failed`,
+    [chains, steps],
+  );
+  return {
+    effects: Number(row!.effects),
+    applied: Number(row!.applied),
+    lost: Number(row!.lost),
+    twice: Number(row!.twice),
+    completed: Number(row!.completed),
+    failed: Number(row!.failed),
+  };
 }

@@ -67,6 +67,8 @@ test('--help prints usage and exits 0; usage errors exit 2 with a clear message'
   t.is(help.code, 0);
   t.regex(help.stdout, /Usage: memlock <command>/);
   t.regex(help.stdout, /inspect KEY/);
+  t.regex(help.stdout, /--ca FILE/);
+  t.regex(help.stdout, /NODE_EXTRA_CA_CERTS=FILE/);
   const cases: Array<[string[], RegExp]> = [
     [[], /missing command/],
     [['frobnicate', 'k'], /unknown command "frobnicate"/],
@@ -78,6 +80,8 @@ test('--help prints usage and exits 0; usage errors exit 2 with a clear message'
     [['inspect', 'k', '--timeout-ms', 'soon'], /--timeout-ms must be a positive number/],
     [['inspect', 'k', '--servers', 'host:notaport'], /servers/],
     [['inspect', 'k', '--prefix', 'has space'], /prefix/],
+    [['inspect', 'k', '--ca', '/nonexistent/ca.pem'], /--ca: cannot read "\/nonexistent\/ca.pem"/],
+    [['inspect', 'k', '--ca', path.join(root, 'package.json')], /--ca: .* holds no PEM certificate/],
   ];
   for (const [args, message] of cases) {
     const r = await run(args);
@@ -114,6 +118,17 @@ test('inspect: holder, acquired at and entry age of a held key; --json; exit 1 w
   t.is(info.server, shared.mc.address);
   t.true(info.ageMs >= 0 && info.ageMs < 60_000);
   t.true(await lock.release());
+});
+
+test('inspect: a holdAfterMs marker reads as done, as the README calls it, naming who completed it', async (t) => {
+  const { args, memlock } = setup();
+  await memlock.tryWithLock('report', 'worker-3', () => 'ok', { holdAfterMs: 10_000 });
+  const text = await run(['inspect', 'report', ...args]);
+  t.is(text.code, 0, text.stderr);
+  t.regex(text.stdout, /^state: +done \(a completed run: holdAfterMs marker\)$/m);
+  t.regex(text.stdout, /^holder: +worker-3$/m);
+  const json = await run(['inspect', 'report', '--json', ...args]);
+  t.like(JSON.parse(json.stdout), { state: 'done', clientId: 'worker-3' });
 });
 
 test('--protocol meta reads the same entries as the binary protocol', async (t) => {

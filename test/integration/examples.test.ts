@@ -181,6 +181,7 @@ test('rabbitmq-consumer: two consumers, every message delivered 3 times, each ha
     await Promise.all(consumers.map((c) => c.close()));
     const channel = await connection.createChannel();
     await channel.deleteQueue(queue);
+    await channel.deleteQueue(`${queue}.no-message-id`);
     await connection.close();
   });
   const channel = await connection.createConfirmChannel();
@@ -237,6 +238,7 @@ test('rabbitmq-consumer: close() while a message is in hand lets it finish and a
   t.teardown(async () => {
     const channel = await connection.createChannel();
     await channel.deleteQueue(queue);
+    await channel.deleteQueue(`${queue}.no-message-id`);
     await connection.close();
   });
   const channel = await connection.createConfirmChannel();
@@ -248,3 +250,50 @@ test('rabbitmq-consumer: close() while a message is in hand lets it finish and a
   const { messageCount } = await channel.checkQueue(queue);
   t.is(messageCount, 0, 'acked, not requeued');
 });
+
+test.serial(
+  'rabbitmq-consumer: messages without messageId are never acked as duplicates: each is dead-lettered and logged',
+  async (t) => {
+    const example = (await import(pathToFileURL(path.join(examples, 'rabbitmq-consumer.js')).href)) as AmqpExample;
+    const queue = `memlock-example-${randomUUID().slice(0, 8)}`;
+    const handled: string[] = [];
+    const logged: string[] = [];
+    const consoleError = console.error;
+    console.error = (...args: unknown[]) => {
+      if (String(args[0]).includes(queue)) logged.push(String(args[0]));
+      else consoleError(...args);
+    };
+    t.teardown(() => {
+      console.error = consoleError;
+    });
+    const consumer = await example.startConsumer({
+      url: AMQP_URL,
+      queue,
+      memlock: shared.memlock({}, `mq${randomUUID().slice(0, 6)}:`),
+      handle: async (content) => {
+        handled.push(content.toString());
+      },
+    });
+    const connection = await amqp.connect(AMQP_URL);
+    t.teardown(async () => {
+      await consumer.close();
+      const channel = await connection.createChannel();
+      await channel.deleteQueue(queue);
+      await channel.deleteQueue(`${queue}.no-message-id`);
+      await connection.close();
+    });
+    const channel = await connection.createConfirmChannel();
+    await channel.assertQueue(`${queue}.no-message-id`, { durable: false }); // as the example declares it
+    for (const body of ['a', 'b', 'c']) channel.sendToQueue(queue, Buffer.from(body)); // amqplib sets no messageId
+    await channel.waitForConfirms();
+    const deadLettered = async (): Promise<number> => (await channel.checkQueue(`${queue}.no-message-id`)).messageCount;
+    // On timeout, fall through: the assertions below say what went missing.
+    await waitFor(async () => handled.length + (await deadLettered()) >= 3, 10_000).catch(() => undefined);
+    await sleep(300); // a late ack or redelivery would show by now
+    t.deepEqual(handled, [], 'no unidentifiable message handled (it could not be deduplicated)');
+    t.is(await deadLettered(), 3, 'every one kept in the dead-letter queue, none acked unread');
+    t.is((await channel.checkQueue(queue)).messageCount, 0);
+    t.is(logged.length, 3, 'each one logged');
+    t.regex(logged[0] ?? '', /without messageId/);
+  },
+);

@@ -4,6 +4,8 @@
  * fails with MemcacheUnavailableError whose cause is the TLS error, before
  * the operation deadline, and nothing is sent. The CLI's `--tls` trusts a
  * private CA through NODE_EXTRA_CA_CERTS, as the README says.
+ * the operation deadline, and nothing is sent.
+ * The `memlock` command: `--ca`, and a hint per TLS failure.
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -19,6 +21,8 @@ import { tlsFor } from '../../src/transport/servers.js';
 import { makePki, startTlsMemcached, type TestPki, type TlsMemcached } from '../helpers/tls.js';
 import { failOnUnhandled } from '../helpers/unhandled.js';
 import { root } from '../helpers/package.js';
+import { startMemcached } from '../helpers/memcached.js';
+import { writeFileSync } from 'node:fs';
 
 failOnUnhandled(test);
 
@@ -183,3 +187,69 @@ test.serial(
     t.is(untrusted.code, 3, `memcache unavailable (exit 3) without the CA: ${untrusted.out}`);
   },
 );
+/** Runs the `memlock` command (dist/cli.js) with `env` added; never rejects. */
+function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [path.join(root, 'dist', 'cli.js'), ...args],
+      { env: { ...process.env, MEMCACHE_SERVERS: undefined, ...env }, timeout: 20_000 },
+      (error, stdout, stderr) =>
+        resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr }),
+    );
+  });
+}
+
+test.serial('memlock command: --ca trusts a private CA (so does NODE_EXTRA_CA_CERTS)', async (t) => {
+  const caFile = path.join(pki.dir, 'ca-only.pem');
+  writeFileSync(caFile, pki.ca);
+  const m = new Memlock({ servers: server.address, tls: { ca: pki.ca }, prefix: 'tls-cli:' });
+  t.teardown(() => m.close());
+  const lock = await m.acquire('job', 'worker-tls');
+  const args = ['inspect', 'job', '--prefix', 'tls-cli:', '--servers', server.address, '--timeout-ms', '3000'];
+  for (const [how, r] of [
+    ['--ca', await cli([...args, '--ca', caFile])],
+    ['NODE_EXTRA_CA_CERTS', await cli([...args, '--tls'], { NODE_EXTRA_CA_CERTS: caFile })],
+  ] as const) {
+    t.is(r.code, 0, `${how}: ${r.stderr}`);
+    t.regex(r.stdout, /holder: +worker-tls/, how);
+  }
+  await lock.release();
+});
+
+test.serial('memlock command: each TLS failure gets its own hint, not "down, unreachable or slower"', async (t) => {
+  const otherCaFile = path.join(pki.dir, 'other-ca-only.pem');
+  writeFileSync(otherCaFile, pki.otherCa);
+  const caFile = path.join(pki.dir, 'ca-only.pem');
+  writeFileSync(caFile, pki.ca);
+  const plain = await startMemcached();
+  t.teardown(() => plain.stop());
+  const inspect = (...extra: string[]): string[] => ['inspect', 'k', '--timeout-ms', '3000', ...extra];
+  const notDown = /down, unreachable or slower than timeoutMs/;
+  const fails = async (args: string[], hint: RegExp): Promise<void> => {
+    const r = await cli(args);
+    t.is(r.code, 3, args.join(' '));
+    t.regex(r.stderr, hint, args.join(' '));
+    t.notRegex(r.stderr, notDown, args.join(' '));
+    t.is(r.stderr.trimEnd().split('\n').length, 1, 'one line (OpenSSL ends some messages in a newline)');
+  };
+  const untrusted =
+    /likely cause: the TLS certificate of 127\.0\.0\.1:\d+ is not signed by a CA this process trusts: pass its CA with --ca FILE, or set NODE_EXTRA_CA_CERTS=FILE\)$/m;
+  await fails(inspect('--servers', server.address, '--tls'), untrusted);
+  await fails(inspect('--servers', server.address, '--ca', otherCaFile), untrusted);
+  // 127.1 is 127.0.0.1, but not a name the certificate lists (localhost, 127.0.0.1).
+  await fails(
+    inspect('--servers', `127.1:${server.port}`, '--ca', caFile),
+    /likely cause: the TLS certificate of 127\.1:\d+ is for other host names: connect by a name it lists \(--servers NAME:PORT\)/,
+  );
+  for (const protocol of ['binary', 'meta']) {
+    await fails(
+      inspect('--servers', server.address, '--protocol', protocol),
+      /reset the connection: if it speaks TLS \(memcached -Z\), pass --tls; else it is down or restarting/,
+    );
+  }
+  await fails(
+    inspect('--servers', plain.address, '--tls'),
+    /likely cause: 127\.0\.0\.1:\d+ does not speak TLS on that port: drop --tls, or use its TLS port/,
+  );
+});

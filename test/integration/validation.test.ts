@@ -90,6 +90,20 @@ const callCases: Case[] = [
   ['acquire with empty clientId', () => m.acquire('k', ''), EmptyClientIdError, /clientId/],
   ['acquire with non-string key', () => m.acquire(null as unknown as string, 'A'), TypeError, /`key`/],
   ['inspect with empty key', () => m.inspect(''), TypeError, /`key`/],
+  ['a misspelled option', () => m.tryWithLock('k', 'A', fn, { waitt: true } as never), TypeError, /`waitt`.*`wait`/],
+  [
+    'a misspelled wait option',
+    () => m.tryWithLock('k', 'A', fn, { wait: { timeout: 5 } } as never),
+    TypeError,
+    /`timeout` in the `wait` options.*`timeoutMs`/,
+  ],
+  ['a misspelled acquire option', () => m.acquire('k', 'A', { lease: 5000 } as never), TypeError, /`lease`.*`leaseMs`/],
+  [
+    'a wrapped call with a misspelled option',
+    async () => m.wrap(async () => 1, { key: () => 'k', failopen: true } as never)(),
+    TypeError,
+    /`failopen`.*`failOpen`/,
+  ],
 ];
 
 for (const [title, call, type, mention] of callCases) {
@@ -117,6 +131,9 @@ const ctorCases: Array<[string, () => Memlock, typeof TypeError | typeof RangeEr
   ['servers empty', () => new Memlock({ servers: [] }), RangeError, /`servers`/],
   ['servers not strings', () => new Memlock({ servers: [1] as unknown as string[] }), TypeError, /`servers`/],
   ['servers with a bad port', () => new Memlock({ servers: 'host:99999' }), RangeError, /`servers`/],
+  ['servers as a URL', () => new Memlock({ servers: 'http://localhost:11211' }), RangeError, /`servers`.*'host:port'/],
+  ['servers split by ;', () => new Memlock({ servers: 'a:11211;b:11211' }), RangeError, /`servers`.*semicolons/],
+  ['a misspelled option', () => new Memlock({ sever: 'x:1' } as never), TypeError, /`sever`.*`servers`/],
   ['client not a memjs client', () => new Memlock({ client: {} as never }), TypeError, /`client`/],
   ['options not an object', () => new Memlock('localhost' as never), TypeError, /`options`/],
 ];

@@ -247,3 +247,71 @@ test('likelyCause: MEMCACHE_SERVERS unset and the default server (or none) named
     t.is(likelyCause(refused, 'localhost:11211'), 'nothing accepts connections at localhost:11211.', 'set: no hint');
   });
 });
+
+test('likelyCause: TLS failures get TLS hints (untrusted CA, expired, other host name, no TLS on the port, plain client on a TLS port)', (t) => {
+  withServersEnv('cache-1:11211', () => {
+    const at = (error: unknown, style?: 'options' | 'flags'): string | undefined =>
+      likelyCause(error, 'cache-1:11211', { style });
+    for (const code of [
+      'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+      'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+      'SELF_SIGNED_CERT_IN_CHAIN',
+      'DEPTH_ZERO_SELF_SIGNED_CERT',
+    ]) {
+      t.is(
+        at(withCode('x', code)),
+        'the TLS certificate of cache-1:11211 is not signed by a CA this process trusts: pass its CA as `tls: { ca }`, or start node with NODE_EXTRA_CA_CERTS=FILE',
+        code,
+      );
+      t.is(
+        at(withCode('x', code), 'flags'),
+        'the TLS certificate of cache-1:11211 is not signed by a CA this process trusts: pass its CA with --ca FILE, or set NODE_EXTRA_CA_CERTS=FILE',
+        code,
+      );
+    }
+    t.regex(at(withCode('x', 'CERT_HAS_EXPIRED')) ?? '', /has expired or is not valid yet/);
+    t.is(
+      at(withCode('x', 'ERR_TLS_CERT_ALTNAME_INVALID')),
+      'the TLS certificate of cache-1:11211 is for other host names: connect by a name it lists, or set `tls: { servername }`',
+    );
+    t.is(
+      at(withCode('x', 'ERR_TLS_CERT_ALTNAME_INVALID'), 'flags'),
+      'the TLS certificate of cache-1:11211 is for other host names: connect by a name it lists (--servers NAME:PORT)',
+    );
+    const wrongVersion = new MemcacheUnavailableError('memcache get failed (cache-1:11211, binary+tls): x', {
+      cause: withCode('ssl3_get_record:wrong version number', 'ERR_SSL_WRONG_VERSION_NUMBER'),
+    });
+    t.is(at(wrongVersion), 'cache-1:11211 does not speak TLS on that port: drop `tls`, or use its TLS port');
+    t.is(at(wrongVersion, 'flags'), 'cache-1:11211 does not speak TLS on that port: drop --tls, or use its TLS port');
+    // A reset on a plain connection: memcached -Z resets one that does not start with a TLS handshake.
+    const reset = (label: string): Error =>
+      new MemcacheUnavailableError(`memcache connection failed (cache-1:11211, ${label}): read ECONNRESET`, {
+        cause: withCode('read ECONNRESET', 'ECONNRESET'),
+      });
+    for (const label of ['binary', 'meta', 'text']) {
+      t.is(
+        at(reset(label), 'flags'),
+        'cache-1:11211 reset the connection: if it speaks TLS (memcached -Z), pass --tls; else it is down or restarting.',
+        label,
+      );
+    }
+    t.regex(at(reset('binary')) ?? '', /if it speaks TLS \(memcached -Z\), set `tls: true`/);
+    t.is(at(reset('binary+tls')), 'cache-1:11211 is down, unreachable or slower than timeoutMs.', 'TLS was used');
+    t.is(at(withCode('x', 'ECONNRESET')), 'cache-1:11211 is down, unreachable or slower than timeoutMs.', 'unknown');
+  });
+});
+
+test('likelyCause for the memlock command names its flags: --servers, not `servers`', (t) => {
+  const refused = withCode('x', 'ECONNREFUSED');
+  withServersEnv(undefined, () => {
+    t.is(
+      likelyCause(refused, 'localhost:11211', { style: 'flags' }),
+      'nothing accepts connections at localhost:11211. Neither --servers nor MEMCACHE_SERVERS is set, so memlock uses localhost:11211: pass --servers or set MEMCACHE_SERVERS.',
+    );
+    t.is(
+      likelyCause(refused, 'localhost:11211', { style: 'flags', serversGiven: true }),
+      'nothing accepts connections at localhost:11211.',
+      '--servers localhost:11211 given: no hint about the default',
+    );
+  });
+});

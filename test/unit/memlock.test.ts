@@ -124,6 +124,41 @@ test('refused: LockNotAcquiredError naming the holder; the next attempt on a con
   t.true(await mine.release());
 });
 
+test('a refusal says who holds the key (or completed it) in its message, and has a stack reaching the caller', async (t) => {
+  const { memcache, memlock } = setup(t);
+  const other = memcache.memlock();
+  t.teardown(() => other.close());
+  const lock = await memlock.acquire('k', 'host:1:abc');
+  async function theCallersOwnFunction(): Promise<unknown> {
+    return await other.tryWithLock('k', 'B', () => 1);
+  }
+  const held = await t.throwsAsync(theCallersOwnFunction(), { instanceOf: LockNotAcquiredError });
+  t.is(held?.message, 'Lock "k" is held by "host:1:abc"');
+  t.regex(
+    held?.stack ?? '',
+    /^LockNotAcquiredError: Lock "k" is held by "host:1:abc"\n\s+at /,
+    'a stack, not just a line',
+  );
+  t.regex(held?.stack ?? '', /theCallersOwnFunction/, 'down to the caller (async stack trace)');
+  await lock.release();
+  await memlock.tryWithLock('k', 'host:2:def', () => 'done', { holdAfterMs: 5000 });
+  const done = await t.throwsAsync(
+    other.tryWithLock('k', 'B', () => 1),
+    { instanceOf: LockNotAcquiredError },
+  );
+  t.like(done, { done: true, holder: 'host:2:def', message: 'Lock "k" was completed by "host:2:def" (holdAfterMs)' });
+  const again = await memlock.acquire('w', 'host:3:ghi');
+  t.teardown(() => again.release());
+  const waited = await t.throwsAsync(
+    other.tryWithLock('w', 'B', () => 1, { wait: { timeoutMs: 50 } }),
+    {
+      instanceOf: LockNotAcquiredError,
+    },
+  );
+  t.is(waited?.message, 'Timed out after 50 ms waiting for lock "w" (last held by "host:3:ghi")');
+  t.regex(waited?.stack ?? '', /\n\s+at /);
+});
+
 test('acquire: a handle for await using; release is idempotent and says whether it deleted our entry', async (t) => {
   const { memcache, memlock } = setup(t);
   {

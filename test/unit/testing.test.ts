@@ -9,6 +9,9 @@ import { MemcacheUnavailableError, LockLostError } from '../../src/index.js';
 import { isAmbiguous } from '../../src/protocol.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { fakeTime } from '../helpers/clock.js';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const v = (text: string): Buffer => Buffer.from(text);
 
@@ -350,28 +353,44 @@ test.serial(
   },
 );
 
-test('ref: standIn.memlock() keeps the process alive until its close(); a bare client only with ref: true', async (t) => {
-  const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
-  const before = timeouts();
-  const memcache = new MemcacheStandIn();
-  const bare = memcache.client();
-  t.is(timeouts(), before, 'a bare client holds nothing');
-  const held = memcache.client({ ref: true });
-  t.is(timeouts(), before + 1);
-  await held.close();
-  t.is(timeouts(), before);
-  const memlock = memcache.memlock();
-  t.is(timeouts(), before + 1, 'like an open connection');
-  const closing = memlock.close();
-  t.is(memlock.close(), closing, 'close() is idempotent');
-  await closing;
-  t.is(timeouts(), before);
-  const unref = memcache.memlock({ ref: false });
-  t.is(timeouts(), before, 'ref: false holds nothing');
-  await unref.close();
-  t.is(await bare.get('k'), null);
-  t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
-});
+test.serial(
+  'ref: standIn.memlock() holds the process while it holds a lock, ref: true until close(); a bare client only with ref: true',
+  async (t) => {
+    const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const before = timeouts();
+    const memcache = new MemcacheStandIn();
+    const bare = memcache.client();
+    t.is(timeouts(), before, 'a bare client holds nothing');
+    const held = memcache.client({ ref: true });
+    t.is(timeouts(), before + 1);
+    await held.close();
+    t.is(timeouts(), before);
+    const memlock = memcache.memlock();
+    t.is(timeouts(), before, 'idle: holds nothing (a forgotten close() does not hang the process)');
+    const lock = await memlock.acquire('k', 'A');
+    const holding = timeouts();
+    t.true(holding > before, 'holding a lock: held (the heartbeat timer is unref’d)');
+    await sleep(300); // several checks
+    t.is(timeouts(), holding, 'still held while the lock is');
+    await lock.release();
+    await sleep(300);
+    t.is(timeouts(), before, 'released: idle again');
+    const closing = memlock.close();
+    t.is(memlock.close(), closing, 'close() is idempotent');
+    await closing;
+    t.is(timeouts(), before);
+    const connection = memcache.memlock({ ref: true });
+    t.is(timeouts(), before + 1, 'ref: true, like an open connection');
+    await connection.close();
+    t.is(timeouts(), before);
+    const unref = memcache.memlock({ ref: false });
+    await unref.acquire('k2', 'A');
+    t.is(timeouts(), before, 'ref: false holds nothing, even while holding');
+    await unref.close();
+    t.is(await bare.get('k'), null);
+    t.throws(() => memcache.client({ ref: 1 as never }), { instanceOf: TypeError, message: /`ref`/ });
+  },
+);
 
 test('the errors follow memlock’s transport: message, server, mayHaveApplied and a cause with the socket code or server status', async (t) => {
   const memcache = new MemcacheStandIn({ name: 'cache-1:11211' });
@@ -663,4 +682,22 @@ test.serial('memlock({ timeoutMs }) becomes the stand-in client’s operation de
   await clock.tickAsync(200);
   memcache.slow(0);
   await memlock.close();
+});
+
+/** Runs test/fixtures/standin-forgets-close.mts; rejects if it has not exited on its own within 20 s. */
+function forgetsClose(mode: string): Promise<string> {
+  const script = fileURLToPath(new URL('../fixtures/standin-forgets-close.mts', import.meta.url));
+  return new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, ['--import=tsx', script, mode], { timeout: 20_000 }, (error, out, err) =>
+      error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out),
+    );
+  });
+}
+
+test('a process that forgets close() on the stand-in’s memlock exits on its own', async (t) => {
+  t.deepEqual(JSON.parse(await forgetsClose('idle')), { result: 42 });
+});
+
+test('a process awaiting a held lock’s signal on the stand-in lives until it aborts, then exits without close()', async (t) => {
+  t.deepEqual(JSON.parse(await forgetsClose('await-signal')), { lost: 'gone' });
 });
