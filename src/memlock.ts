@@ -17,6 +17,8 @@ import { MemcacheLockClient } from './transport/memcache-lock-client.js';
 import { MemjsClientAdapter } from './transport/memjs-client.js';
 import {
   checkCallArgs,
+  checkKnownOptions,
+  LOCK_OPTION_NAMES,
   isSignalLike,
   resolveLockOptions,
   resolveMemlockOptions,
@@ -54,6 +56,15 @@ export interface WrapOptions<A extends unknown[], N = never> extends Omit<LockOp
    */
   readonly onNotAcquired?: ((error: LockNotAcquiredError, ...args: A) => N | Promise<N>) | undefined;
 }
+
+/** Every option name of `wrap()`: the per-call ones and its own. */
+const WRAP_OPTION_NAMES: Readonly<Record<keyof WrapOptions<unknown[], unknown>, true>> = {
+  ...LOCK_OPTION_NAMES,
+  key: true,
+  clientId: true,
+  signal: true,
+  onNotAcquired: true,
+};
 
 /** What `inspect()` reports about a held key. */
 export interface LockInfo {
@@ -364,6 +375,7 @@ export class Memlock {
     if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
     if (options === null || typeof options !== 'object')
       throw new TypeError('Expected `options` to be an object with a `key` function');
+    checkKnownOptions(options, WRAP_OPTION_NAMES, 'wrap options');
     if (typeof options.key !== 'function')
       throw new TypeError(`Expected \`key\` to be a function, got ${typeof options.key}`);
     const { key, clientId, onNotAcquired, signal, ...lockOptions } = options;

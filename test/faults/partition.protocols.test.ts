@@ -2,7 +2,7 @@
  * Scenario 1: a partition while a lock is held. The holder reaches memcached
  * through the fault proxy; the other client connects directly. Each run owns
  * its memcached; both modes run side by side in `before`, the tests assert on
- * their figures.
+ * their figures (and log a `figures:` line that test/faults/repeat.sh adds up).
  */
 import test from 'ava';
 import { startMemcached, type MemcachedProcess } from '../helpers/memcached.js';
@@ -43,6 +43,7 @@ for (const mode of modes) {
         `B took over ${f.takeoverAfterMs.toFixed(0)} ms after the partition, ${f.gapMs.toFixed(0)} ms after A's abort; ` +
         `A after the loss: ${f.renewalsAfterLoss} renewals, ${f.deletesAfterLoss} deletes, ${f.appliedAfterLoss} applied`,
     );
+    t.log(figuresLine(mode, f));
     t.true(f.kind === 'unreachable' || f.kind === 'deadline', `kind ${f.kind}`);
     if (f.kind === 'unreachable') t.true(f.causeIsUnavailable, 'cause is the MemcacheUnavailableError');
     t.true(f.abortAfterMs >= 0, 'not before the partition');
@@ -68,6 +69,20 @@ for (const mode of modes) {
     const f = figures.get(mode)!;
     t.true(f.strictMarginMs >= 0, `aborted ${(-f.strictMarginMs).toFixed(3)} ms after the lease deadline`);
   });
+}
+
+/**
+ * The counts test/faults/repeat.sh adds up over runs, as one greppable line:
+ * toldAfter = B acquired before A's signal aborted (0 or 1), silent = B
+ * acquired and A's signal never aborted (0 or 1).
+ */
+function figuresLine(mode: PartitionMode, f: PartitionFigures): string {
+  const bAcquired = !Number.isNaN(f.takeoverAfterMs);
+  const told = !Number.isNaN(f.abortAfterMs);
+  return (
+    `figures: scenario=partition mode=${mode} takeovers=${bAcquired ? 1 : 0} ` +
+    `toldAfter=${bAcquired && told && f.gapMs < 0 ? 1 : 0} silent=${bAcquired && !told ? 1 : 0} gapMs=${f.gapMs.toFixed(1)}`
+  );
 }
 
 test('no unhandled rejection or uncaught exception', (t) => {

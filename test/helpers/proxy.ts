@@ -4,7 +4,8 @@
  * without touching the server process.
  *
  * Modes can be switched at any time and apply to existing connections:
- * - latency: every chunk is delayed by the configured ms, order preserved;
+ * - latency: every chunk is delayed by the configured ms, order preserved
+ *   (both directions, or only requests ('up') or only replies ('down'));
  * - stall: connections stay open, bytes are read and DISCARDED in both
  *   directions, nothing is answered (a partition or a hung middlebox).
  *   {@link FaultProxy.heal} does not replay discarded bytes: a healed
@@ -31,8 +32,8 @@
 import net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 
-/** Traffic direction through the proxy. */
-type Direction = 'up' | 'down';
+/** Traffic direction through the proxy: 'up' = client to server, 'down' = server to client. */
+export type Direction = 'up' | 'down';
 
 interface Pipe {
   client: net.Socket;
@@ -56,8 +57,13 @@ export interface FaultProxy {
   readonly connections: number;
   /** Client connections accepted (and not refused) since start. */
   readonly accepted: number;
-  /** Delays every chunk by `ms` in both directions (0 = none). */
-  setLatency(ms: number): void;
+  /**
+   * Delays every chunk by `ms` (0 = none) in `direction`: 'both' (default),
+   * 'up' (client to server) or 'down' (server to client: the request is
+   * applied at once, its reply arrives late). Chunks already queued keep
+   * their delivery time.
+   */
+  setLatency(ms: number, direction?: Direction | 'both'): void;
   /** Keeps connections open but forwards and answers nothing (bytes are discarded). */
   stall(): void;
   /** Destroys every current connection now (the client sees EOF/close). */
@@ -79,7 +85,7 @@ const HOST = '127.0.0.1';
 /** Starts a proxy on 127.0.0.1 (free port) forwarding to `target`. */
 export async function startProxy(target: { host: string; port: number }): Promise<FaultProxy> {
   const pipes = new Set<Pipe>();
-  let latencyMs = 0;
+  const latencyMs: Record<Direction, number> = { up: 0, down: 0 };
   let stalled = false;
   let refusing = false;
   let fragmentBytes = 0;
@@ -146,12 +152,12 @@ export async function startProxy(target: { host: string; port: number }): Promis
     }
     const q = p.queues[d];
     const dest = d === 'up' ? p.upstream : p.client;
-    if (latencyMs <= 0 && q.length === 0) {
+    if (latencyMs[d] <= 0 && q.length === 0) {
       dest.write(chunk);
       return;
     }
     const last = q[q.length - 1];
-    const due = Math.max(Date.now() + latencyMs, last?.due ?? 0); // never overtake
+    const due = Math.max(Date.now() + latencyMs[d], last?.due ?? 0); // never overtake
     q.push({ due, chunk });
     if (!p.timers[d]) p.timers[d] = setTimeout(() => flushQueue(p, d), Math.max(0, (q[0]?.due ?? due) - Date.now()));
   };
@@ -206,9 +212,12 @@ export async function startProxy(target: { host: string; port: number }): Promis
     get accepted() {
       return accepted;
     },
-    setLatency(ms: number) {
+    setLatency(ms: number, direction: Direction | 'both' = 'both') {
       if (!(ms >= 0)) throw new RangeError(`latency must be >= 0, got ${ms}`);
-      latencyMs = ms;
+      if (direction !== 'both' && direction !== 'up' && direction !== 'down')
+        throw new RangeError(`direction must be 'both', 'up' or 'down', got ${String(direction)}`);
+      if (direction !== 'down') latencyMs.up = ms;
+      if (direction !== 'up') latencyMs.down = ms;
     },
     stall() {
       stalled = true;
@@ -230,7 +239,8 @@ export async function startProxy(target: { host: string; port: number }): Promis
     },
     heal() {
       fragmentBytes = 0;
-      latencyMs = 0;
+      latencyMs.up = 0;
+      latencyMs.down = 0;
       stalled = false;
       refusing = false;
     },

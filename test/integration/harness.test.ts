@@ -259,6 +259,30 @@ test('latency delays each direction by the configured ms, preserving order', asy
   conn.socket.destroy();
 });
 
+test("latency in one direction: 'down' applies the request at once and delays only its reply", async (t) => {
+  const m = await startMemcached();
+  const proxy = await startProxy(m);
+  t.teardown(() => proxy.close());
+  const conn = await openRaw(proxy.port);
+  t.is(await conn.request('version'), 'VERSION 1.6.18');
+  const latencyMs = 1000;
+  proxy.setLatency(latencyMs, 'down');
+  const start = performance.now();
+  let replied = false;
+  const reply = conn.request('set dir 0 0 1\r\nx').finally(() => {
+    replied = true;
+  });
+  await waitFor(async () => (await m.rawGet('dir')) !== null, 10_000, 5, 'the set reached the server');
+  const appliedAfter = performance.now() - start;
+  t.true(appliedAfter < latencyMs, `the set was applied ${appliedAfter.toFixed(0)} ms after it was sent`);
+  t.false(replied, 'its reply was still held');
+  t.is(await reply, 'STORED');
+  const roundTrip = performance.now() - start;
+  t.true(roundTrip >= latencyMs - 5, `round trip ${roundTrip.toFixed(1)} ms`);
+  t.throws(() => proxy.setLatency(10, 'sideways' as 'up'), { instanceOf: RangeError, message: /direction/ });
+  conn.socket.destroy();
+});
+
 test('stall answers nothing but keeps the connection; heal resumes on it', async (t) => {
   const m = await startMemcached();
   const proxy = await startProxy(m);

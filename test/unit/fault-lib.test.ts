@@ -9,7 +9,8 @@ import test from 'ava';
 import { LockLostError } from '../../src/index.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { SectionMonitor, learnedAt } from '../faults/lib/monitor.js';
-import { sweepOverlaps, type Row } from '../faults/lib/exclusion.js';
+import { isInverted, sweepOverlaps, tallyOverlaps, type Row } from '../faults/lib/exclusion.js';
+import { LossStamps, type LossStamp } from '../faults/lib/sections.js';
 import { RecordingClient } from '../faults/lib/recording.js';
 import { fakeTime } from '../helpers/clock.js';
 
@@ -150,35 +151,119 @@ test('exclusion sweep: a clean run has no overlaps; a planted overlap, a late si
   t.true(Number.isNaN(silent[0]?.lagMs));
 });
 
-test('exclusion sweep: the holder memcached granted first (lower grant CAS) is the one that must be told, whatever order the grants were stamped in', (t) => {
-  const row = (id: string, started: number, ended: number, grantCas?: bigint): Row => ({
-    id,
-    key: 'k',
-    proc: 0,
-    started,
-    ended,
-    grantCas,
-  });
-  // y's write landed first (CAS 7) but its grant was stamped after x's (CAS 9): y must be told.
-  const flipped = [row('x', 0, 50, 9n), row('y', 5, 30, 7n)];
-  const told = new Map([['y', { kind: 'gone', at: 25 }]]);
-  t.deepEqual(
-    sweepOverlaps(flipped, told).map((o) => [o.earlier, o.later, o.toldBy, o.lagMs]),
-    [['y', 'x', 'gone', 20]],
+/**
+ * A history as the workers write it: each event stamped on a manual clock,
+ * loss rows written through a store whose INSERT waits `insertMs` for a
+ * connection (the clock moves on meanwhile, as it does while a pool is busy).
+ */
+function slowHistory(insertMs: number): {
+  clock: { now: number };
+  rows: Row[];
+  stored: LossStamp[];
+  grant: (id: string, key: string) => void;
+  stamps: LossStamps;
+} {
+  const clock = { now: 0 };
+  const rows: Row[] = [];
+  const stored: LossStamp[] = [];
+  const stamps = new LossStamps(
+    async (stamp) => {
+      await Promise.resolve();
+      clock.now += insertMs;
+      stored.push(stamp);
+    },
+    (error) => {
+      throw error;
+    },
+    () => clock.now,
   );
+  const grant = (id: string, key: string): void => {
+    rows.push({ id, key, proc: rows.length, started: clock.now, ended: Infinity });
+  };
+  return { clock, rows, stored, grant, stamps };
+}
+
+test('exclusion oracle: an abort told 50 ms after another holder was granted is reported as toldAfter, with its lag', async (t) => {
+  const h = slowHistory(0);
+  h.grant('A', 'k');
+  h.clock.now += 10;
+  h.grant('B', 'k');
+  h.clock.now += 50;
+  h.stamps.told('A', 'unreachable');
+  await h.stamps.settled();
+  const tally = tallyOverlaps(h.rows, h.stored);
+  t.like(tally, { overlaps: 1, toldBefore: 0, toldAfter: 1, silent: 0, toldByRelease: 0, maxSignalLagMs: 50 });
+});
+
+test('exclusion oracle: an abort told in time but written 300 ms later (slow INSERT) is not late', async (t) => {
+  const h = slowHistory(300);
+  h.grant('A', 'k');
+  h.clock.now += 10;
+  h.stamps.told('A', 'unreachable');
+  h.clock.now += 20;
+  h.grant('B', 'k');
+  h.grant('C', 'other');
+  h.clock.now += 5;
+  h.stamps.told('C', 'gone');
+  await h.stamps.settled();
+  t.true(h.clock.now >= 600, 'both INSERTs ran long after the events');
   t.deepEqual(
-    sweepOverlaps([row('x', 0, 50, 7n), row('y', 5, 30, 9n)], told).map((o) => [o.earlier, o.toldBy]),
-    [['x', undefined]],
-    'in CAS order: the first-started holder must be told',
+    h.stored.map((s) => [s.id, s.at]),
+    [
+      ['A', 10],
+      ['C', 35],
+    ],
+    'stamped when told, not when written',
   );
+  const tally = tallyOverlaps(h.rows, h.stored);
+  t.like(tally, { overlaps: 1, toldBefore: 1, toldAfter: 0, silent: 0, maxSignalLagMs: 0 });
+  t.is(tally.sample[0]?.lagMs, -20);
+  // The earliest loss of a section counts, whatever order the rows come back in.
+  const again = tallyOverlaps(h.rows, [{ id: 'A', kind: 'release', at: 900 }, ...h.stored]);
+  t.like(again, { toldBefore: 1, toldAfter: 0, toldByRelease: 0 });
+});
+
+test('exclusion oracle: an untold earlier holder whose later one was told "taken" is counted as stamped out of order, not silent', (t) => {
+  const row = (id: string, key: string, started: number, ended: number): Row => ({ id, key, proc: 0, started, ended });
+  // g/h: h was granted first in truth (stamped late), lost its entry, g took the key, h was told 'taken'.
+  // i/j: j told only by its failed release: that stays silent (a release may have deleted j's entry).
+  const sections = [row('g', 'k1', 0, 100), row('h', 'k1', 10, 60), row('i', 'k2', 0, 100), row('j', 'k2', 10, 60)];
+  const tally = tallyOverlaps(sections, [
+    { id: 'h', kind: 'taken', at: 50 },
+    { id: 'j', kind: 'release', at: 61 },
+  ]);
+  t.like(tally, { overlaps: 2, silent: 1, inverted: 1, toldAfter: 0, toldBefore: 0 });
   t.deepEqual(
-    sweepOverlaps([row('x', 0, 50, 9n), row('y', 5, 30)], told).map((o) => [o.earlier, o.toldBy]),
-    [['x', undefined]],
-    'a CAS unknown: start order',
+    tally.sample.map((o) => [o.earlier, isInverted(o)]),
+    [
+      ['i', false],
+      ['g', true],
+    ],
   );
+});
+
+test('exclusion oracle: the sample shows the worst overlaps first (silent, then late), how long each lasted, and whether the later holder was told', (t) => {
+  const row = (id: string, key: string, started: number, ended: number): Row => ({ id, key, proc: 0, started, ended });
+  const sections = [
+    row('a', 'k1', 0, 50),
+    row('b', 'k1', 10, 20), // a/b: a told before b
+    row('c', 'k2', 0, 40),
+    row('d', 'k2', 30, 100), // c/d: c told 5 ms late
+    row('e', 'k3', 0, 12),
+    row('f', 'k3', 9, 30), // e/f: e never told, f told at its release
+  ];
+  const tally = tallyOverlaps(sections, [
+    { id: 'a', kind: 'gone', at: 5 },
+    { id: 'c', kind: 'unreachable', at: 35 },
+    { id: 'f', kind: 'release', at: 31 },
+  ]);
   t.deepEqual(
-    sweepOverlaps([row('x', 0, 50, 9n), row('y', 5, 30, null as never)], told).map((o) => o.earlier),
-    ['x'],
+    tally.sample.map((o) => [o.earlier, o.toldBy, o.overlapMs, o.laterToldBy]),
+    [
+      ['e', undefined, 3, 'release'],
+      ['c', 'unreachable', 10, undefined],
+      ['a', 'gone', 10, undefined],
+    ],
   );
 });
 

@@ -2,12 +2,14 @@
  * Scenario 8, mutual exclusion across processes, as a reusable run (the ava
  * test asserts on a short run, the soak runner does long ones). Child
  * processes (fixtures/exclusion-worker.mts) contend for a few keys and record
- * every critical section in PostgreSQL on the database clock; this module
- * creates a uniquely named table, injects faults, and counts overlaps:
- * two sections on one key whose recorded intervals intersect. Recorded
- * intervals lie inside the real critical sections (the start is stamped
- * after the lock is taken, the end before it is released), so an overlap in
- * the table is a real one.
+ * every critical section and every loss signal in PostgreSQL, each stamped
+ * in the worker when it happened on a clock shared by the processes of one
+ * host (lib/sections.ts); this module creates uniquely named tables, injects
+ * faults, and counts overlaps: two sections on one key whose recorded
+ * intervals intersect. Recorded intervals lie inside the real critical
+ * sections (the start is stamped after the lock is taken, the end when the
+ * work ended, before the lock is released), so an overlap in the table is a
+ * real one.
  */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -15,6 +17,9 @@ import pg from 'pg';
 import type { MemcachedProcess } from '../../helpers/memcached.js';
 import { startProxy, type FaultProxy } from '../../helpers/proxy.js';
 import { startFixture, type Fixture } from './child.js';
+import { createHistoryTables, dropHistoryTables, readHistory, type LossStamp, type Row } from './sections.js';
+
+export type { Row } from './sections.js';
 
 /**
  * - none: no faults;
@@ -49,13 +54,25 @@ export interface ExclusionOptions {
 
 export interface OverlapRecord {
   readonly key: string;
-  /** The holder whose grant came first on the server: the one that must be told. */
   readonly earlier: string;
   readonly later: string;
-  /** When the earlier holder was told (ms, database clock), minus the start of the overlap; NaN when never. */
+  /** When the earlier holder was told minus when the later one was granted (ms); NaN when never. */
   readonly lagMs: number;
   /** How it was told: a LockLostError kind, 'release', or undefined. */
   readonly toldBy: string | undefined;
+  /**
+   * How long both were in their sections (the earlier's end minus the later's
+   * start, ms; Infinity while unfinished): a few ms would be a clock-reading
+   * artefact, hundreds of ms a real double grant.
+   */
+  readonly overlapMs: number;
+  /**
+   * How the later holder was told it lost its lock, if it was. An untold
+   * earlier holder with a told later one suggests the two starts are stamped
+   * in the wrong order: a grant is stamped when the worker's code runs after
+   * it, which a loaded process can delay by hundreds of ms.
+   */
+  readonly laterToldBy: string | undefined;
 }
 
 export interface ExclusionFigures {
@@ -79,12 +96,15 @@ export interface ExclusionFigures {
   readonly toldAfter: number;
   /** Told only by its release (a section shorter than a heartbeat). */
   readonly toldByRelease: number;
-  /** Never told. */
+  /** Never told (see {@link isInverted} for the one exception). */
   readonly silent: number;
+  /** Untold earlier holder, later one told 'taken': the starts were stamped in the wrong order. */
+  readonly inverted: number;
   /** Largest lag of a signal after the later start (ms), 0 if none. */
   readonly maxSignalLagMs: number;
   readonly unfinished: number;
   readonly unexpected: string[];
+  /** Up to 5 overlaps, the worst first (see {@link OverlapTally}). */
   readonly sample: OverlapRecord[];
 }
 
@@ -97,31 +117,11 @@ const DB = {
   database: process.env.PGDATABASE ?? 'test',
 };
 
-/** One critical section as recorded (ms on the database clock; `ended` Infinity while unfinished). */
-export interface Row {
-  id: string;
-  key: string;
-  proc: number;
-  started: number;
-  ended: number;
-  /**
-   * CAS of the entry the grant wrote, when the worker learned it: memcached
-   * numbers writes in the order it applies them, so it orders two grants
-   * even when their replies arrived the other way round.
-   */
-  grantCas?: bigint | null | undefined;
-}
-
 /**
  * The oracle of scenario 8: every pair of sections on one key where the later
  * started before the earlier ended, with when (and how) the earlier holder was
- * told. "Earlier" is the holder whose grant memcached applied first (by grant
- * CAS, when both are known), else the one that started first: a grant whose
- * write landed just before a flush and whose reply came after another
- * holder's fresh add started later, but it is that grant's entry the flush
- * took, and its holder that must be told. `sections` must be ordered by key,
- * then start; `told` maps a section id to its first loss signal (a
- * LockLostError kind, or 'release').
+ * told. `sections` must be ordered by key, then start; `told` maps a section
+ * id to its first loss signal (a LockLostError kind, or 'release').
  */
 export function sweepOverlaps(
   sections: readonly Row[],
@@ -137,22 +137,86 @@ export function sweepOverlaps(
       active = [];
     }
     active = active.filter((a) => a.ended > row.started);
-    for (const before of active) {
-      const flipped = before.grantCas != null && row.grantCas != null && row.grantCas < before.grantCas;
-      const [earlier, later] = flipped ? [row, before] : [before, row];
+    for (const earlier of active) {
       const t = told.get(earlier.id);
       overlaps.push({
         key: row.key,
         earlier: earlier.id,
-        later: later.id,
-        // The overlap starts when the second section does.
+        later: row.id,
         lagMs: t ? t.at - row.started : Number.NaN,
         toldBy: t?.kind,
+        overlapMs: Math.min(earlier.ended, row.ended) - row.started,
+        laterToldBy: told.get(row.id)?.kind,
       });
     }
     active.push(row);
   }
   return overlaps;
+}
+
+/** What the oracle makes of a history (the overlap part of {@link ExclusionFigures}). */
+export interface OverlapTally {
+  readonly overlaps: number;
+  readonly toldBefore: number;
+  readonly toldAfter: number;
+  readonly toldByRelease: number;
+  readonly silent: number;
+  readonly inverted: number;
+  readonly maxSignalLagMs: number;
+  /** Up to 5 overlaps, the worst first: silent ones, then those told late, then inverted ones, then the rest. */
+  readonly sample: OverlapRecord[];
+}
+
+/**
+ * An overlap whose earlier-stamped holder was never told while the later
+ * one was told 'taken' (its entry was replaced by another acquisition): the
+ * later one really was granted first, its start was stamped late.
+ *
+ * A grant is stamped when the worker's code runs after acquire() resolves,
+ * which a process starved of CPU does hundreds of ms after memcached
+ * granted the add (seen under two CPU hogs: 133 and 143 ms). Read in stamp
+ * order, the holder whose entry was deleted behind its back looks like the
+ * later one, and the other holder, which lost nothing, looks silent. A
+ * holder that lost its entry and is never told is not hidden by this: its
+ * release cannot delete its entry once another add succeeded, so it is told
+ * at its release at the latest; an earlier holder stays untold only if its
+ * entry survived, that is if it took the key after the later-stamped one.
+ * Only 'taken' is read this way: a later holder told 'gone' or by its
+ * release may have lost its entry to a release that deleted the wrong one,
+ * which must stay silent.
+ */
+export function isInverted(o: OverlapRecord): boolean {
+  return o.toldBy === undefined && o.laterToldBy === 'taken';
+}
+
+/**
+ * Sweeps a recorded history (`sections` ordered by key, then start; `losses`
+ * in any order, a section's earliest loss counts) and sorts every overlap by
+ * when its earlier holder was told.
+ */
+export function tallyOverlaps(sections: readonly Row[], losses: readonly LossStamp[]): OverlapTally {
+  const told = new Map<string, { kind: string; at: number }>();
+  for (const loss of losses) {
+    const seen = told.get(loss.id);
+    if (seen === undefined || loss.at < seen.at) told.set(loss.id, { kind: loss.kind, at: loss.at });
+  }
+  const overlaps = sweepOverlaps(sections, told);
+  const signalled = overlaps.filter((o) => o.toldBy !== undefined && o.toldBy !== 'release');
+  return {
+    overlaps: overlaps.length,
+    toldBefore: signalled.filter((o) => o.lagMs <= 0).length,
+    toldAfter: signalled.filter((o) => o.lagMs > 0).length,
+    toldByRelease: overlaps.filter((o) => o.toldBy === 'release').length,
+    silent: overlaps.filter((o) => o.toldBy === undefined && !isInverted(o)).length,
+    inverted: overlaps.filter(isInverted).length,
+    maxSignalLagMs: Math.max(0, ...signalled.map((o) => o.lagMs)),
+    sample: [
+      ...overlaps.filter((o) => o.toldBy === undefined && !isInverted(o)),
+      ...signalled.filter((o) => o.lagMs > 0),
+      ...overlaps.filter(isInverted),
+      ...overlaps.filter((o) => o.toldBy !== undefined && !(o.lagMs > 0 && o.toldBy !== 'release')),
+    ].slice(0, 5),
+  };
 }
 
 export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptions): Promise<ExclusionFigures> {
@@ -175,11 +239,7 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
   const children: Fixture[] = [];
   let proxy: FaultProxy | undefined;
   try {
-    await db.query(`CREATE TABLE ${table} (id text PRIMARY KEY, key text NOT NULL, proc int NOT NULL, worker int NOT NULL,
-      started timestamptz NOT NULL DEFAULT clock_timestamp(), ended timestamptz, grant_cas numeric)`);
-    await db.query(
-      `CREATE TABLE ${table}_aborts (id text NOT NULL, kind text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`,
-    );
+    await createHistoryTables(db, table);
     if (options.mode === 'partition') proxy = await startProxy(mc.endpoint);
     for (let p = 0; p < processes; p++) {
       children.push(
@@ -225,7 +285,11 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
           WHERE proc = 0 AND ended IS NULL AND started > clock_timestamp() - interval '300 milliseconds'`)
             ).rows[0].n,
           );
-        while ((await open()) === 0 && performance.now() + stallMs < until) await sleep(20);
+        let holding = false;
+        while (!(holding = (await open()) > 0) && performance.now() + stallMs < until) await sleep(20);
+        // Too late for a partition that would catch a section (a loaded machine starts the workers late):
+        // no fault rather than one that proves nothing.
+        if (!holding) break;
         proxy.stall();
         faults++;
         log(`partition ${faults}: process 0 stalled for ${stallMs} ms`);
@@ -238,28 +302,12 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
     await Promise.all(children.map((c) => c.exited));
     const elapsedMs = performance.now() - start;
 
-    const sections = (
-      await db.query(`SELECT id, key, proc,
-        (extract(epoch FROM started) * 1000)::float8 AS started,
-        COALESCE((extract(epoch FROM ended) * 1000)::float8, 'Infinity'::float8) AS ended,
-        grant_cas::text AS grant_cas
-      FROM ${table} ORDER BY key, started`)
-    ).rows.map((r: Row & { grant_cas: string | null }) => ({
-      ...r,
-      grantCas: r.grant_cas === null ? null : BigInt(r.grant_cas),
-    })) as Row[];
-    const aborts = (
-      await db.query(`SELECT id, kind, (extract(epoch FROM at) * 1000)::float8 AS at FROM ${table}_aborts ORDER BY at`)
-    ).rows as Array<{ id: string; kind: string; at: number }>;
-    const told = new Map<string, { kind: string; at: number }>();
-    for (const a of aborts) if (!told.has(a.id)) told.set(a.id, { kind: a.kind, at: a.at });
-
-    const overlaps = sweepOverlaps(sections, told);
+    const { sections, losses } = await readHistory(db, table);
+    const tally = tallyOverlaps(sections, losses);
     const sum = (f: (d: Record<string, unknown>) => number): number => done.reduce((n, d) => n + f(d), 0);
     const lost: Record<string, number> = {};
     for (const d of done)
       for (const [k, v] of Object.entries(d.lost as Record<string, number>)) lost[k] = (lost[k] ?? 0) + v;
-    const signalled = overlaps.filter((o) => o.toldBy !== undefined && o.toldBy !== 'release');
     return {
       mode: options.mode,
       durationMs: elapsedMs,
@@ -273,24 +321,24 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
       lost,
       releaseFailed: sum((d) => d.releaseFailed as number),
       faults,
-      overlaps: overlaps.length,
-      toldBefore: signalled.filter((o) => o.lagMs <= 0).length,
-      toldAfter: signalled.filter((o) => o.lagMs > 0).length,
-      toldByRelease: overlaps.filter((o) => o.toldBy === 'release').length,
-      silent: overlaps.filter((o) => o.toldBy === undefined).length,
-      maxSignalLagMs: Math.max(0, ...signalled.map((o) => o.lagMs)),
+      overlaps: tally.overlaps,
+      toldBefore: tally.toldBefore,
+      toldAfter: tally.toldAfter,
+      toldByRelease: tally.toldByRelease,
+      silent: tally.silent,
+      inverted: tally.inverted,
+      maxSignalLagMs: tally.maxSignalLagMs,
       unfinished: sections.filter((s) => s.ended === Infinity).length,
       unexpected: [
         ...done.flatMap((d) => d.unexpected as string[]),
         ...children.filter((c) => c.child.exitCode !== 0).map((c) => `exit ${c.child.exitCode}: ${c.stderr()}`),
       ],
-      sample: overlaps.slice(0, 5),
+      sample: tally.sample,
     };
   } finally {
     await Promise.all(children.map((c) => c.kill()));
     await proxy?.close();
-    await db.query(`DROP TABLE IF EXISTS ${table}`).catch(() => undefined);
-    await db.query(`DROP TABLE IF EXISTS ${table}_aborts`).catch(() => undefined);
+    await dropHistoryTables(db, table).catch(() => undefined);
     await db.end();
   }
 }
@@ -305,6 +353,17 @@ export function describeExclusion(f: ExclusionFigures): string {
     `${f.mode}: ${f.processes}x${f.workers} workers on ${f.keys} keys for ${(f.durationMs / 1000).toFixed(1)} s: ` +
     `${f.sections} sections (${f.sectionsPerSecond.toFixed(0)}/s), refused ${f.notAcquired}, unavailable ${f.unavailable}, ` +
     `faults ${f.faults}, lost signals: ${lost}, failed releases ${f.releaseFailed}; overlaps ${f.overlaps} ` +
-    `(told before ${f.toldBefore}, after ${f.toldAfter} [max lag ${f.maxSignalLagMs.toFixed(1)} ms], by release ${f.toldByRelease}, silent ${f.silent})`
+    `(told before ${f.toldBefore}, after ${f.toldAfter} [max lag ${f.maxSignalLagMs.toFixed(1)} ms], by release ${f.toldByRelease}, silent ${f.silent}, stamped out of order ${f.inverted})`
+  );
+}
+
+/**
+ * The counts test/faults/repeat.sh adds up over runs, as one greppable line:
+ * `figures: scenario=exclusion mode=M overlaps=N toldAfter=N silent=N toldByRelease=N inverted=N maxLagMs=N`.
+ */
+export function figuresLine(f: ExclusionFigures): string {
+  return (
+    `figures: scenario=exclusion mode=${f.mode} overlaps=${f.overlaps} toldAfter=${f.toldAfter} ` +
+    `silent=${f.silent} toldByRelease=${f.toldByRelease} inverted=${f.inverted} maxLagMs=${f.maxSignalLagMs.toFixed(1)}`
   );
 }
