@@ -205,6 +205,7 @@ async function main(): Promise<number> {
     progress('checking servers');
     let memcacheServers = process.env.MEMCACHE_SERVERS?.trim() || null;
     let memcachedStartedWith: string | null = null;
+    let memcachedPid: number | null = null;
     let memcacheReason: string | null = null;
     if (!memcacheServers && needs.has('memcache')) {
       const own = await startMemcached();
@@ -212,11 +213,12 @@ async function main(): Promise<number> {
         exitCleanups.push(own.value.stop);
         memcacheServers = own.value.servers;
         memcachedStartedWith = own.value.args.join(' ');
+        memcachedPid = own.value.pid;
         progress(`started memcached on ${memcacheServers}`);
       } else memcacheReason = own.reason;
     }
     const [mc, redis, pgProbe, memlock] = await Promise.all([
-      memcacheServers ? probeMemcache(memcacheServers) : Promise.resolve(null),
+      memcacheServers ? probeMemcache(memcacheServers, memcachedPid) : Promise.resolve(null),
       needs.has('redis') ? probeRedis() : Promise.resolve(null),
       needs.has('pg') ? probePg() : Promise.resolve(null),
       needs.has('memlock') ? loadMemlock() : Promise.resolve(null),
@@ -336,7 +338,13 @@ async function main(): Promise<number> {
     mkdirSync(dir, { recursive: true });
     writeFileSync(`${dir}latest.json`, `${JSON.stringify(jsonDocument(system, reports), null, 2)}\n`);
     writeFileSync(`${dir}latest.svg`, renderSvg(system, reports));
-    progress(`wrote bench/results/latest.json and bench/results/latest.svg`);
+    // The Markdown tables as printed, with the command and the system line: what docs/benchmarks.md and the README quote.
+    writeFileSync(
+      `${dir}latest.md`,
+      `Run of ${system.date}: \`npm run bench -- ${process.argv.slice(2).join(' ')}\`\n\n` +
+        `${reports.map((r) => renderTable(r)).join('\n\n')}\n\n${systemLine(system)}\n`,
+    );
+    progress(`wrote bench/results/latest.json, latest.md and latest.svg`);
     return failed > 0 ? 1 : 0;
   } finally {
     for (const close of asyncCleanups.reverse()) await Promise.resolve(close()).catch(() => undefined);

@@ -5,7 +5,11 @@
 import type { PoolConfig } from 'pg';
 import type { Settings as RedlockSettings } from '@sesamecare-oss/redlock';
 
-export type FleetSubject = 'no-lock' | 'memlock' | 'redlock';
+/**
+ * 'redlock': retry every 10 ms +- 10 ms (the headline rival); 'redlock-200ms':
+ * redlock's default retry, 200 ms +- 100 ms (an extra row, how it ships).
+ */
+export type FleetSubject = 'no-lock' | 'memlock' | 'redlock' | 'redlock-200ms';
 
 /** Set up one subject in a worker process: pg connections, and the lock client of the subject. */
 export interface FleetPrepare {
@@ -48,7 +52,10 @@ export interface FleetProcessResult {
   /** Transactions rolled back on 40001 in the measured window. */
   abortedTx: number;
   abortedTxTotal: number;
+  /** Every BEGIN sent, warm-up and stragglers included (committed, rolled back on 40001, failed): divide by commitsTotal. */
   dbTxTotal: number;
+  /** CPU ms of this process (process.cpuUsage(), user + system) from the workers' start to their end: divide by commitsTotal. */
+  cpuMs: number;
   /** ms from the start of the lock attempt to COMMIT, per commit in the window. */
   latencies: number[];
   /** Attempts that gave up waiting (LockNotAcquiredError / redlock's ExecutionError) in the window. */

@@ -3,8 +3,8 @@
 // counting operations on the server side (so "operations per commit" is what
 // the server saw, not what a client library claims it sent).
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -160,8 +160,12 @@ export interface MemcacheProbe {
   close: () => void;
 }
 
-/** Connects to every server of the list; fails with a one-line reason if any does not answer. */
-export async function probeMemcache(servers: string): Promise<Avail<MemcacheProbe>> {
+/**
+ * Connects to every server of the list; fails with a one-line reason if any
+ * does not answer. `ownPid`: the memcached the bench started, whose CPU time
+ * it can read (servers given in MEMCACHE_SERVERS are not ours to measure).
+ */
+export async function probeMemcache(servers: string, ownPid: number | null = null): Promise<Avail<MemcacheProbe>> {
   const list = parseServers(servers);
   if (list.length === 0) return { ok: false, reason: `no memcache servers in '${servers}'` };
   const conns = list.map((s) => new MemcacheText(s.host, s.port));
@@ -181,6 +185,7 @@ export async function probeMemcache(servers: string): Promise<Avail<MemcacheProb
       ops: async () => countMemcacheOps(await stats()),
       // The bench only deletes behind a holder's back with a single server (loss-detection needs to know where the key lives).
       deleteRaw: (key) => (conns[0] as MemcacheText).delete(key),
+      cpuMs: () => (ownPid ? procCpuMs(ownPid) : null),
     };
     return { ok: true, value: { target, versions, close } };
   } catch (err) {
@@ -219,7 +224,40 @@ function freePort(): Promise<number> {
 export interface OwnMemcached {
   servers: string;
   args: string[];
+  /** The memcached process, for its CPU time (procCpuMs). */
+  pid: number;
   stop: () => void;
+}
+
+let clockTicks: number | null = null;
+
+/** USER_HZ, the unit of /proc/PID/stat's times (100 on every common Linux; getconf says for sure). */
+function ticksPerSecond(): number {
+  if (clockTicks === null) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+/**
+ * CPU time (user + system, ms) a process has used so far, from
+ * /proc/PID/stat; null where there is no /proc or the process is gone.
+ * Resolution: one clock tick (10 ms).
+ */
+export function procCpuMs(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces: fields after its closing parenthesis start at field 3.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(rest[11]) + Number(rest[12]); // utime (field 14) + stime (field 15)
+    return Number.isFinite(ticks) ? (ticks * 1000) / ticksPerSecond() : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -263,7 +301,7 @@ export async function startMemcached(): Promise<Avail<OwnMemcached>> {
         // Do not let the child's pipes keep the benchmark process alive.
         child.stderr?.destroy();
         child.unref();
-        return { ok: true, value: { servers: `127.0.0.1:${port}`, args: [bin, ...args], stop } };
+        return { ok: true, value: { servers: `127.0.0.1:${port}`, args: [bin, ...args], pid: child.pid ?? 0, stop } };
       } catch {
         await sleep(100);
       }
@@ -306,6 +344,13 @@ function countRedisScriptCalls(info: string): number {
   return sum;
 }
 
+/** The Redis server's own CPU time (used_cpu_user + used_cpu_sys of INFO cpu), ms; null when not reported. */
+function redisCpuMs(info: string): number | null {
+  const seconds = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? NaN);
+  const total = seconds('used_cpu_user') + seconds('used_cpu_sys');
+  return Number.isFinite(total) ? total * 1000 : null;
+}
+
 export interface RedisProbe {
   target: RedisTarget;
   version: string;
@@ -330,7 +375,11 @@ export async function probeRedis(): Promise<Avail<RedisProbe>> {
     await client.connect();
     const info = await client.info('server');
     const version = /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown';
-    const target: RedisTarget = { url, ops: async () => countRedisScriptCalls(await client.info('commandstats')) };
+    const target: RedisTarget = {
+      url,
+      ops: async () => countRedisScriptCalls(await client.info('commandstats')),
+      cpuMs: async () => redisCpuMs(await client.info('cpu')),
+    };
     return {
       ok: true,
       value: { target, version, close: async () => void (await client.quit().catch(() => client.disconnect())) },

@@ -17,12 +17,16 @@ export interface MemcacheTarget {
   stats: () => Promise<Record<string, number>>;
   /** Raw text-protocol delete of a full memcache key, independent of any client library. */
   deleteRaw: (key: string) => Promise<boolean>;
+  /** CPU ms the memcached has used so far: only for the one the bench started (null: not ours, or not readable). */
+  cpuMs: () => number | null;
 }
 
 export interface RedisTarget {
   url: string;
   /** Lock round trips the server counted so far (script calls, see servers.ts). */
   ops: () => Promise<number>;
+  /** CPU ms the Redis server has used so far (INFO cpu; server-wide, other clients included); null when not reported. */
+  cpuMs: () => Promise<number | null>;
 }
 
 export interface BenchContext {

@@ -154,16 +154,23 @@ export class Memlock {
    * before `fn` rejected); the lock is released afterwards (a failed release
    * is reported on `memlock:release-failed`, never thrown over the result).
    */
-  async tryWithLock<T>(
+  tryWithLock<T>(
     key: string,
     clientId: string,
     fn: (signal: AbortSignal) => T | Promise<T>,
     options?: LockOptions,
   ): Promise<T> {
-    checkCallArgs(key, clientId);
-    if (typeof fn !== 'function')
-      throw new TypeError(`Expected \`fn\` to be a function, got ${fn === null ? 'null' : typeof fn}`);
-    return this.#run(key, clientId, fn, this.#resolve(options));
+    // Not async: #run's promise is returned as it is, without another
+    // promise and the ticks of resolving one with it (the per-lock hot path).
+    // Bad arguments still reject, never throw.
+    try {
+      checkCallArgs(key, clientId);
+      if (typeof fn !== 'function')
+        throw new TypeError(`Expected \`fn\` to be a function, got ${fn === null ? 'null' : typeof fn}`);
+      return this.#run(key, clientId, fn, this.#resolve(options));
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
   }
 
   async #run<T>(
@@ -213,23 +220,44 @@ export class Memlock {
     return options === undefined ? this.#defaultLockOptions : resolveLockOptions(options, this.#options);
   }
 
-  async #acquire(key: string, clientId: string, call: ResolvedLockOptions): Promise<HeldLock> {
+  /**
+   * Acquires for a call. Without a caller signal there is nothing to link
+   * or dispose: the attempt's promise is returned as it is (the common,
+   * per-lock hot path). A synchronous throw here reaches the callers, #run
+   * and acquire(), inside their own try or async body: a rejection all the same.
+   */
+  #acquire(key: string, clientId: string, call: ResolvedLockOptions): Promise<HeldLock> {
+    if (call.signal !== undefined) return this.#acquireLinked(key, clientId, call);
+    this.#checkOpen();
+    return this.#attempt(key, clientId, call, undefined);
+  }
+
+  /** #acquire with a caller signal: a native mirror of it (polyfilled signals too), disposed when the attempt settles. */
+  async #acquireLinked(key: string, clientId: string, call: ResolvedLockOptions): Promise<HeldLock> {
     this.#checkOpen();
     const { signal, dispose } = linkedSignal(call.signal);
     try {
       signal?.throwIfAborted();
-      const memcacheKey = memcacheKeyOf(this.#options.prefix, key);
-      const attempt: Attempt = { key, memcacheKey, clientId, call, signal };
-      if (call.wait === undefined)
-        return await this.#once(attempt, this.#waiting.expectRefusal(memcacheKey) ? 'probe' : 'add');
-      // Tracked: close() stops waiting calls and lets each finish its cleanup
-      // (leaving the waiter queue, deleting an entry handed to it) first.
-      const waiting = this.#waiting.waitFor(attempt);
-      this.#track(waiting);
-      return await waiting;
+      return await this.#attempt(key, clientId, call, signal);
     } finally {
       dispose();
     }
+  }
+
+  #attempt(
+    key: string,
+    clientId: string,
+    call: ResolvedLockOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<HeldLock> {
+    const memcacheKey = memcacheKeyOf(this.#options.prefix, key);
+    const attempt: Attempt = { key, memcacheKey, clientId, call, signal };
+    if (call.wait === undefined) return this.#once(attempt, this.#waiting.expectRefusal(memcacheKey) ? 'probe' : 'add');
+    // Tracked: close() stops waiting calls and lets each finish its cleanup
+    // (leaving the waiter queue, deleting an entry handed to it) first.
+    const waiting = this.#waiting.waitFor(attempt);
+    this.#track(waiting);
+    return waiting;
   }
 
   /** `fn` without a lock (`failOpen`): its signal follows only the caller's signal. */

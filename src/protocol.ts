@@ -42,13 +42,28 @@
  *   a waiter that gives up deletes a reservation made for it
  *   (`cancelReservation`).
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Entry, LockClient } from './client.js';
 import { MemcacheUnavailableError } from './errors.js';
 
 const VALUE_TAG = 'ml1';
 const DONE_TAG = 'ml1d';
 const RESERVED_TAG = 'ml1r';
+
+/** 96 random bits per process: with the counter, an entry token no other write anywhere carries. */
+const TOKEN_PREFIX = randomBytes(12).toString('base64url');
+let tokenCount = 0;
+
+/**
+ * A fresh entry token: tells our own write apart from any other (an
+ * ambiguous add that landed, a same-clientId entry from the same
+ * millisecond). Unique per process by the counter and across processes by
+ * the random prefix; cheaper than a randomUUID() per lock. No ':' in it
+ * (base64url and base 36), which the value format needs.
+ */
+export function newToken(): string {
+  return `${TOKEN_PREFIX}${(tokenCount++).toString(36)}`;
+}
 
 /**
  * Expiry of a reservation: the longest a key waits for a reserved waiter that
@@ -125,7 +140,7 @@ export type AcquireOutcome =
 export function encodeValue(
   clientId: string,
   acquiredAt: number,
-  token: string = randomUUID(),
+  token: string = newToken(),
   state: EntryState = 'held',
 ): Buffer {
   const tag = state === 'held' ? VALUE_TAG : state === 'done' ? DONE_TAG : RESERVED_TAG;
@@ -386,7 +401,7 @@ export async function replaceEntry(
   try {
     result = await client.casSet(
       held.memcacheKey,
-      encodeValue(clientId, Date.now(), randomUUID(), state),
+      encodeValue(clientId, Date.now(), newToken(), state),
       ttlSeconds,
       held.cas,
     );

@@ -47,6 +47,14 @@ test('values: encode/decode round trip, clientId last (may hold colons), tagged 
   t.is(decodeValue(encodeValue('A', 1, 't', 'reserved'))?.state, 'reserved');
   t.is(decodeValue(encodeValue('', 1, 't'))?.clientId, '');
   t.not(encodeValue('A', 1).toString(), encodeValue('A', 1).toString(), 'a random token per acquisition');
+  // The generated token must survive the value format (no ':'), and stay unique over many locks.
+  const tokens = new Set<string>();
+  for (let i = 0; i < 10_000; i++) {
+    const decoded = decodeValue(encodeValue('host:1:worker', 1));
+    t.is(decoded?.clientId, 'host:1:worker');
+    tokens.add(decoded?.token ?? '');
+  }
+  t.is(tokens.size, 10_000);
   for (const bad of [
     '',
     'ml1',
