@@ -63,7 +63,7 @@ export interface MemlockOptions {
   /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
   readonly lockClient?: LockClient | undefined;
   /**
-   * SASL PLAIN username (binary protocol only; memcached has no SASL on meta).
+   * SASL PLAIN username (binary protocol only; memcached has no SASL on the text protocols).
    * @default process.env.MEMCACHE_USERNAME (as memjs reads it)
    */
   readonly username?: string | undefined;
@@ -71,8 +71,10 @@ export interface MemlockOptions {
   readonly password?: string | undefined;
   /**
    * Wire protocol of memlock's own connections: `'binary'` (memcached's
-   * binary protocol, with SASL) or `'meta'` (the meta text protocol of
-   * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless).
+   * binary protocol, with SASL), `'meta'` (the meta text protocol of
+   * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless) or
+   * `'text'` (the classic ASCII commands only: `add`, `gets`, `cas`; for
+   * twemproxy and other proxies that speak nothing else).
    * SASL credentials need `'binary'`. @default 'binary'
    */
   readonly protocol?: ProtocolName | undefined;
@@ -332,9 +334,9 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
   }
   const protocol = o.protocol ?? 'binary';
   if (typeof protocol !== 'string')
-    throw new TypeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
-  if (protocol !== 'binary' && protocol !== 'meta')
-    throw new RangeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+    throw new TypeError(`Expected \`protocol\` to be 'binary', 'meta' or 'text', got ${describe(protocol)}`);
+  if (protocol !== 'binary' && protocol !== 'meta' && protocol !== 'text')
+    throw new RangeError(`Expected \`protocol\` to be 'binary', 'meta' or 'text', got ${describe(protocol)}`);
   const tls = o.tls ?? false;
   if (typeof tls !== 'boolean' && !isPlainObject(tls)) {
     throw new TypeError(`Expected \`tls\` to be a boolean or tls.connect options, got ${describe(tls)}`);
@@ -352,7 +354,7 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
         throw new RangeError(error.message.replace('`servers`', '`servers` (from MEMCACHE_SERVERS)'));
       }
     });
-    if (protocol === 'meta' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
+    if (protocol !== 'binary' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
       const from =
         o.username !== undefined
           ? 'the `username` option'
@@ -365,7 +367,7 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
     }
   } else if (o.lockClient === undefined) {
     // A caller's memjs client: binary protocol, no TLS, its own credentials.
-    if (o.protocol === 'meta')
+    if (o.protocol !== undefined && o.protocol !== 'binary')
       throw new RangeError(
         "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)",
       );

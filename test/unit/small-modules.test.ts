@@ -501,13 +501,14 @@ test.serial(
       ref: true,
     });
     t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'meta' }).protocol, 'meta');
+    t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'text' }).protocol, 'text');
     t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 5 as never }), {
       instanceOf: TypeError,
-      message: "Expected `protocol` to be 'binary' or 'meta', got number",
+      message: "Expected `protocol` to be 'binary', 'meta' or 'text', got number",
     });
     t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 'ascii' as never }), {
       instanceOf: RangeError,
-      message: "Expected `protocol` to be 'binary' or 'meta', got string \"ascii\"",
+      message: "Expected `protocol` to be 'binary', 'meta' or 'text', got string \"ascii\"",
     });
     const ca = { ca: 'pem' };
     t.is(resolveMemlockOptions({ servers: 'a:1', tls: ca }).tls, ca);
@@ -527,7 +528,12 @@ test.serial(
       sasl({ servers: 'a:1', protocol: 'meta', username: 'u' }),
       "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol",
     );
+    t.is(
+      sasl({ servers: 'a:1', protocol: 'text', username: 'u' }),
+      "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol",
+    );
     t.regex(sasl({ servers: 'u:p@a:1', protocol: 'meta' }), /\(from a `servers` entry\)/);
+    t.regex(sasl({ servers: 'u:p@a:1', protocol: 'text' }), /\(from a `servers` entry\)/);
     t.regex(sasl({ servers: ['a:1', 'u:p@b:2'], protocol: 'meta' }), /\(from a `servers` entry\)/, 'any entry');
     process.env.MEMCACHE_USERNAME = 'envuser';
     process.env.MEMCACHE_PASSWORD = 'envpass';
@@ -549,6 +555,10 @@ test.serial(
     t.throws(() => resolveMemlockOptions({ client, protocol: 'meta' }), {
       instanceOf: RangeError,
       message: "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)",
+    });
+    t.throws(() => resolveMemlockOptions({ client, protocol: 'text' }), {
+      instanceOf: RangeError,
+      message: /`protocol` to be 'binary' with a memjs `client`/,
     });
     t.throws(() => resolveMemlockOptions({ client, tls: true }), {
       instanceOf: RangeError,

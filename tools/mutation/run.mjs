@@ -58,6 +58,7 @@ const testsFor = {
   'transport/codec.ts': [unit('codecs')],
   'transport/binary-codec.ts': [unit('codecs')],
   'transport/meta-codec.ts': [unit('codecs')],
+  'transport/text-codec.ts': [unit('text-codec')],
 };
 
 // Without an active mutant (Stryker's dry run): the whole fast tier, less
