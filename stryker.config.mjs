@@ -37,6 +37,7 @@ export default {
     'src/transport/codec.ts',
     'src/transport/binary-codec.ts',
     'src/transport/meta-codec.ts',
+    'src/transport/text-codec.ts',
   ],
   coverageAnalysis: 'off', // the command runner cannot map tests to mutants
   // Four processes on two cores: checks are short, so runners get most of it.

@@ -13,12 +13,15 @@ import { formatEvent, likelyCause } from './diagnostics.js';
 import { memcacheKeyOf } from './keys.js';
 import { resolveMemlockOptions, type MemlockOptions } from './options.js';
 import { decodeValue, type Holder } from './protocol.js';
+import type { ProtocolName } from './transport/codec.js';
 import { MemcacheLockClient } from './transport/memcache-lock-client.js';
 
 const EXIT_OK = 0;
 const EXIT_NOT_FOUND = 1;
 const EXIT_USAGE = 2;
 const EXIT_UNAVAILABLE = 3;
+
+const PROTOCOLS: readonly ProtocolName[] = ['binary', 'meta', 'text'];
 
 const HELP = `Usage: memlock <command> [options]
 
@@ -30,7 +33,7 @@ Commands:
 Options:
   --servers LIST         memcache servers, 'host:port[,host:port]' (default: MEMCACHE_SERVERS, else localhost:11211)
   --prefix PREFIX        key prefix of the Memlock instances (default: 'memlock:')
-  --protocol NAME        'binary' or 'meta', as the library's \`protocol\` option
+  --protocol NAME        'binary', 'meta' or 'text', as the library's \`protocol\` option
   --tls                  connect with TLS (system CAs), as the library's \`tls: true\`
   --ca FILE              connect with TLS, trusting the CA certificate(s) in FILE (PEM) instead of
                          the system CAs, as the library's \`tls: { ca }\`
@@ -99,8 +102,8 @@ function parse(argv: string[]): Parsed | 'help' {
   if (command !== 'watch' && keys.length > 1) throw new UsageError(`${command}: expected one KEY, got ${keys.length}`);
   if (keys.includes('')) throw new UsageError(`${command}: KEY must not be empty`);
   if (values.force === true && command !== 'release') throw new UsageError('--force applies to release only');
-  if (values.protocol !== undefined && values.protocol !== 'binary' && values.protocol !== 'meta') {
-    throw new UsageError(`--protocol must be 'binary' or 'meta', got ${JSON.stringify(values.protocol)}`);
+  if (values.protocol !== undefined && !PROTOCOLS.includes(values.protocol as ProtocolName)) {
+    throw new UsageError(`--protocol must be 'binary', 'meta' or 'text', got ${JSON.stringify(values.protocol)}`);
   }
   const number = (name: string, text: string | undefined, fallback: number): number => {
     if (text === undefined) return fallback;
@@ -113,7 +116,7 @@ function parse(argv: string[]): Parsed | 'help' {
     servers: values.servers,
     prefix: values.prefix,
     timeoutMs: number('timeout-ms', values['timeout-ms'], 500),
-    protocol: values.protocol as 'binary' | 'meta' | undefined,
+    protocol: values.protocol as ProtocolName | undefined,
     tls: values.ca !== undefined ? { ca: readCa(values.ca) } : values.tls === true ? true : undefined,
   };
   return {

@@ -28,7 +28,13 @@ export interface Entry {
   readonly conn: number;
 }
 
-/** Outcome of a write the server answered. */
+/**
+ * Outcome of a write the server answered. For `ok`, `conn` is the connection
+ * generation the new CAS came over. A client that could not learn the new
+ * CAS (the text protocol, when the read-back after the write found another
+ * value or failed) gives a generation no connection has: `isCurrent` is
+ * false, so the lock protocol reads the entry back before it uses that CAS.
+ */
 export type WriteResult =
   | { readonly status: 'ok'; readonly cas: bigint; readonly conn: number }
   | { readonly status: 'exists' }

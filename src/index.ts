@@ -1,7 +1,7 @@
 export { Memlock, tryWithLock, defaultMemlock } from './memlock.js';
 export type { WrapOptions, LockInfo } from './memlock.js';
 export type { Lock } from './lock.js';
-export type { MemlockOptions, LockOptions, WaitOptions } from './options.js';
+export type { MemlockOptions, LockOptions, TurnOptions, WaitOptions } from './options.js';
 export { defaults } from './options.js';
 export {
   MemlockError,

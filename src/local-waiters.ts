@@ -5,14 +5,18 @@
  * process costs one delete and one add instead of a poll storm.
  *
  * The local queue is bounded by the cross-process queue (fleet-queue.ts):
- * while other processes wait, a process hands the key to its own waiters at
- * most `batch` times per turn (the waiters it had when its turn began, capped
- * at MAX_BATCH), then reserves the key for the remote head and queues up
- * again. memcache stays the only authority on who holds the key.
+ * while other processes wait, a process hands the key to its own waiters,
+ * including ones that arrive during its turn, only while the turn lasts
+ * (bounded in time and in handoffs: the `turn` option), then reserves the
+ * key for the remote head and queues up again. memcache stays the only
+ * authority on who holds the key.
  */
 
-/** Most local handoffs per turn while remote waiters exist. */
-export const MAX_BATCH = 8;
+/** A turn's bounds (the resolved `turn` option). */
+export interface TurnBounds {
+  readonly maxMs: number;
+  readonly maxHandoffs: number;
+}
 /** `position` when our place in the waiter queue is unknown (not read yet, or the queue failed); -1 means read and absent. */
 export const UNKNOWN_POSITION = -2;
 /** First guess of the handoff interval, before the queue was seen to move. */
@@ -31,8 +35,10 @@ export interface Ticket<G = unknown> {
 /** Per-key local state: which local locks hold it, who waits, and our place in the remote queue. */
 export class LocalKey<L = unknown, G = unknown> {
   readonly holders = new Set<L>();
-  /** Local handoffs left in this process's current turn. */
-  batch = 0;
+  /** `performance.now()` when this process's current turn began (it got the key from memcache); undefined: no turn. */
+  turnStartedAt: number | undefined = undefined;
+  /** Local handoffs made in the current turn. */
+  turnHandoffs = 0;
   /** Our token is (probably) in the remote waiter queue. */
   queued = false;
   /** `performance.now()` of our last queue write (liveness refresh). */
@@ -86,9 +92,27 @@ export class LocalKey<L = unknown, G = unknown> {
     this.#positionAt = now;
   }
 
-  /** Starts a turn: the waiters present now may be served locally, up to MAX_BATCH. */
-  startTurn(): void {
-    this.batch = Math.min(Math.max(0, this.#waiters.length - 1), MAX_BATCH);
+  /** Starts a turn at `now`: local waiters, present or arriving, may be served locally within `TurnBounds`. */
+  startTurn(now: number): void {
+    this.turnStartedAt = now;
+    this.turnHandoffs = 0;
+  }
+
+  /** Ends the turn (the key went to another process). */
+  endTurn(): void {
+    this.turnStartedAt = undefined;
+  }
+
+  /**
+   * Whether a release at `now` may hand the key to a local waiter while
+   * other processes wait: the turn is under both bounds. Counts the handoff
+   * when it says yes.
+   */
+  takeTurnHandoff(now: number, bounds: TurnBounds): boolean {
+    const started = this.turnStartedAt;
+    if (started === undefined || now - started >= bounds.maxMs || this.turnHandoffs >= bounds.maxHandoffs) return false;
+    this.turnHandoffs++;
+    return true;
   }
 
   /** Joins the queue. */

@@ -45,8 +45,9 @@ export interface Lock {
 
 /**
  * How a release hands the key on: reserve it for the head of the remote
- * waiter queue, or transfer it to a local waiter (one CAS write of that
- * waiter's value; it adopts the entry without a round trip of its own).
+ * waiter queue, transfer it to a local waiter (one CAS write of that
+ * waiter's value; it adopts the entry without a round trip of its own), or
+ * park it for a moment of this process's turn.
  */
 export type Handoff =
   | {
@@ -62,6 +63,15 @@ export type Handoff =
       readonly ttlSeconds: number;
       /** Hands the transferred entry over; `false` when the waiter left meanwhile. */
       readonly give: (held: Held) => boolean;
+    }
+  | {
+      /**
+       * Keep the entry, unchanged, for a caller of this process that may come
+       * right back (a worker loop) during the turn; waiting.ts lets it go
+       * (reserve, hand on or delete) when nobody takes it.
+       */
+      readonly kind: 'park';
+      readonly park: (held: Held) => void;
     };
 
 /** @internal What a lock needs from its Memlock. */
@@ -319,17 +329,8 @@ export class HeldLock implements Lock, Scheduled {
         let result;
         if (hold) {
           result = await replaceEntry(this.#ctx.client, this.#held, 'done', this.clientId, this.#holdTtlSeconds);
-        } else if (handoff?.kind === 'remote') {
-          result = await replaceEntry(this.#ctx.client, this.#held, 'reserved', handoff.token, RESERVATION_TTL_SECONDS);
-          if (result === 'replaced') await handoff.reserved();
-        } else if (handoff?.kind === 'local') {
-          const next = await transferEntry(this.#ctx.client, this.#held, handoff.clientId, handoff.ttlSeconds);
-          if (typeof next === 'string') result = next;
-          else if (handoff.give(next)) result = 'released';
-          // The waiter gave up while the write was out: let go of its entry.
-          else result = await releaseEntry(this.#ctx.client, next);
         } else {
-          result = await releaseEntry(this.#ctx.client, this.#held);
+          result = await letGo(this.#ctx.client, this.#held, handoff);
         }
         if (result === 'replaced') result = 'released';
         ok = result === 'released';
@@ -362,4 +363,32 @@ export class HeldLock implements Lock, Scheduled {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
   }
+}
+
+/**
+ * Lets go of a held entry as `handoff` says: reserve it for a remote waiter,
+ * transfer it to a local one, park it (no round trip), or delete it.
+ */
+export async function letGo(
+  client: LockClient,
+  held: Held,
+  handoff: Handoff | undefined,
+): Promise<'released' | 'replaced' | 'gone' | 'taken'> {
+  if (handoff?.kind === 'remote') {
+    const result = await replaceEntry(client, held, 'reserved', handoff.token, RESERVATION_TTL_SECONDS);
+    if (result === 'replaced') await handoff.reserved();
+    return result;
+  }
+  if (handoff?.kind === 'local') {
+    const next = await transferEntry(client, held, handoff.clientId, handoff.ttlSeconds);
+    if (typeof next === 'string') return next;
+    if (handoff.give(next)) return 'released';
+    // The waiter gave up while the write was out: let go of its entry.
+    return releaseEntry(client, next);
+  }
+  if (handoff?.kind === 'park') {
+    handoff.park(held);
+    return 'released';
+  }
+  return releaseEntry(client, held);
 }

@@ -127,6 +127,7 @@ export class Memlock {
       client: this.#client,
       prefix: this.#options.prefix,
       token: this.#token,
+      turn: this.#options.turn,
       closed: this.#closed.signal,
       track: (work) => this.#track(work),
       once: (attempt, mode) => this.#once(attempt, mode),
@@ -252,12 +253,25 @@ export class Memlock {
   ): Promise<HeldLock> {
     const memcacheKey = memcacheKeyOf(this.#options.prefix, key);
     const attempt: Attempt = { key, memcacheKey, clientId, call, signal };
-    if (call.wait === undefined) return this.#once(attempt, this.#waiting.expectRefusal(memcacheKey) ? 'probe' : 'add');
+    if (call.wait === undefined) {
+      // Parked by our own release moments ago, during a turn: take it with one
+      // CAS (synchronously undefined when nothing is parked: no extra hop).
+      const parked = this.#waiting.takeParked(attempt);
+      if (parked !== undefined) return this.#parkedOrOnce(parked, attempt);
+      return this.#once(attempt, this.#waiting.expectRefusal(memcacheKey) ? 'probe' : 'add');
+    }
     // Tracked: close() stops waiting calls and lets each finish its cleanup
     // (leaving the waiter queue, deleting an entry handed to it) first.
     const waiting = this.#waiting.waitFor(attempt);
     this.#track(waiting);
     return waiting;
+  }
+
+  /** The parked entry if the CAS took it, else an ordinary attempt. */
+  async #parkedOrOnce(parked: Promise<HeldLock | undefined>, attempt: Attempt): Promise<HeldLock> {
+    const lock = await parked;
+    if (lock !== undefined) return lock;
+    return this.#once(attempt, this.#waiting.expectRefusal(attempt.memcacheKey) ? 'probe' : 'add');
   }
 
   /** `fn` without a lock (`failOpen`): its signal follows only the caller's signal. */
@@ -462,6 +476,7 @@ export class Memlock {
   }
 
   async #close(): Promise<void> {
+    this.#waiting.flushParked();
     const locks = [...this.#locks];
     for (const lock of locks) lock.lose('closed', undefined);
     await Promise.all(locks.map((lock) => lock.release()));

@@ -19,7 +19,24 @@ export const defaults = Object.freeze({
   timeoutMs: 500,
   servers: 'localhost:11211',
   wait: Object.freeze({ timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 }),
+  turn: Object.freeze({ maxMs: 5, maxHandoffs: 16 }),
 });
+
+/**
+ * A process's turn with a key while other processes wait for it (a cohort
+ * lock): its own waiting callers, including ones that arrive during the
+ * turn, get the key from each other without a cross-process handoff until
+ * either bound is reached; then the key goes to the process that has waited
+ * longest. Larger bounds buy throughput (fewer handoffs between processes)
+ * with unfairness: a remote waiter waits at most about one turn per process
+ * ahead of it in the queue, plus the holds in progress.
+ */
+export interface TurnOptions {
+  /** How long a turn lasts, from when the process got the key from memcache. 0 = no local handoffs while others wait. 0 to 60000. @default 5 */
+  readonly maxMs?: number | undefined;
+  /** Most local handoffs per turn. 0 = none while others wait. Integer, 0 to 1000000. @default 16 */
+  readonly maxHandoffs?: number | undefined;
+}
 
 /** Smallest lease: memcache expiry has 1 s granularity, so 2 s is the least that leaves a guaranteed 1 s. */
 export const MIN_LEASE_MS = 2000;
@@ -46,7 +63,7 @@ export interface MemlockOptions {
   /** Lower-level transport (tests, custom backends). Takes precedence over `client`/`servers`. */
   readonly lockClient?: LockClient | undefined;
   /**
-   * SASL PLAIN username (binary protocol only; memcached has no SASL on meta).
+   * SASL PLAIN username (binary protocol only; memcached has no SASL on the text protocols).
    * @default process.env.MEMCACHE_USERNAME (as memjs reads it)
    */
   readonly username?: string | undefined;
@@ -54,8 +71,10 @@ export interface MemlockOptions {
   readonly password?: string | undefined;
   /**
    * Wire protocol of memlock's own connections: `'binary'` (memcached's
-   * binary protocol, with SASL) or `'meta'` (the meta text protocol of
-   * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless).
+   * binary protocol, with SASL), `'meta'` (the meta text protocol of
+   * memcached >= 1.6, its proxy, mcrouter, and ElastiCache Serverless) or
+   * `'text'` (the classic ASCII commands only: `add`, `gets`, `cas`; for
+   * twemproxy and other proxies that speak nothing else).
    * SASL credentials need `'binary'`. @default 'binary'
    */
   readonly protocol?: ProtocolName | undefined;
@@ -85,6 +104,8 @@ export interface MemlockOptions {
    * operations always do. @default true (false for the shared default instance)
    */
   readonly ref?: boolean | undefined;
+  /** Bounds of a process's turn with a contested key (bounded unfairness, see `TurnOptions`). @default { maxMs: 5, maxHandoffs: 16 } */
+  readonly turn?: TurnOptions | undefined;
 }
 
 /**
@@ -159,6 +180,7 @@ const MEMLOCK_OPTION_NAMES: Readonly<Record<keyof MemlockOptions, true>> = {
   heartbeatMs: true,
   timeoutMs: true,
   ref: true,
+  turn: true,
 };
 /** Every per-call option name (`tryWithLock`, `acquire`; `wrap` adds its own). */
 export const LOCK_OPTION_NAMES: Readonly<Record<keyof LockOptions, true>> = {
@@ -269,6 +291,7 @@ export interface ResolvedMemlockOptions {
   readonly protocol: ProtocolName;
   readonly tls: boolean | TlsConnectionOptions;
   readonly ref: boolean;
+  readonly turn: Required<TurnOptions>;
 }
 
 /** Validates `new Memlock(options)`; throws before anything is opened. */
@@ -311,9 +334,9 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
   }
   const protocol = o.protocol ?? 'binary';
   if (typeof protocol !== 'string')
-    throw new TypeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
-  if (protocol !== 'binary' && protocol !== 'meta')
-    throw new RangeError(`Expected \`protocol\` to be 'binary' or 'meta', got ${describe(protocol)}`);
+    throw new TypeError(`Expected \`protocol\` to be 'binary', 'meta' or 'text', got ${describe(protocol)}`);
+  if (protocol !== 'binary' && protocol !== 'meta' && protocol !== 'text')
+    throw new RangeError(`Expected \`protocol\` to be 'binary', 'meta' or 'text', got ${describe(protocol)}`);
   const tls = o.tls ?? false;
   if (typeof tls !== 'boolean' && !isPlainObject(tls)) {
     throw new TypeError(`Expected \`tls\` to be a boolean or tls.connect options, got ${describe(tls)}`);
@@ -331,7 +354,7 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
         throw new RangeError(error.message.replace('`servers`', '`servers` (from MEMCACHE_SERVERS)'));
       }
     });
-    if (protocol === 'meta' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
+    if (protocol !== 'binary' && (username !== undefined || specs.some((spec) => spec.username !== undefined))) {
       const from =
         o.username !== undefined
           ? 'the `username` option'
@@ -344,13 +367,38 @@ export function resolveMemlockOptions(options: unknown): ResolvedMemlockOptions 
     }
   } else if (o.lockClient === undefined) {
     // A caller's memjs client: binary protocol, no TLS, its own credentials.
-    if (o.protocol === 'meta')
+    if (o.protocol !== undefined && o.protocol !== 'binary')
       throw new RangeError(
         "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)",
       );
     if (tls !== false) throw new RangeError('Expected `tls` to be false with a memjs `client` (memjs has no TLS)');
   }
-  return { prefix, leaseMs, heartbeatMs, timeoutMs, servers, username, password, protocol, tls, ref: o.ref ?? true };
+  const turn = resolveTurn(o.turn);
+  return {
+    prefix,
+    leaseMs,
+    heartbeatMs,
+    timeoutMs,
+    servers,
+    username,
+    password,
+    protocol,
+    tls,
+    ref: o.ref ?? true,
+    turn,
+  };
+}
+
+/** Validates `turn` (instance option). */
+function resolveTurn(turn: unknown): Required<TurnOptions> {
+  if (turn === undefined) return defaults.turn;
+  if (!isPlainObject(turn)) throw new TypeError(`Expected \`turn\` to be an object, got ${describe(turn)}`);
+  const t = turn as TurnOptions;
+  const maxMs = checkNumber('turn.maxMs', t.maxMs ?? defaults.turn.maxMs, 0, 60_000);
+  const maxHandoffs = checkNumber('turn.maxHandoffs', t.maxHandoffs ?? defaults.turn.maxHandoffs, 0, 1_000_000);
+  if (!Number.isInteger(maxHandoffs))
+    throw new RangeError(`Expected \`turn.maxHandoffs\` to be an integer, got ${maxHandoffs}`);
+  return Object.freeze({ maxMs, maxHandoffs });
 }
 
 function isMemjsClient(value: unknown): boolean {

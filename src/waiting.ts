@@ -18,13 +18,14 @@ import {
   type QueueState,
 } from './fleet-queue.js';
 import { queueKeyOf } from './keys.js';
-import { LocalKey, UNKNOWN_POSITION, type Ticket } from './local-waiters.js';
-import type { Handoff, HeldLock } from './lock.js';
+import { LocalKey, UNKNOWN_POSITION, type Ticket, type TurnBounds } from './local-waiters.js';
+import { letGo, type Handoff, type HeldLock } from './lock.js';
 import type { ResolvedLockOptions } from './options.js';
 import { nextDelay } from './pacing.js';
 import {
   cancelReservation,
   releaseEntry,
+  transferEntry,
   type AcquireHow,
   type AcquireMode,
   type Held,
@@ -40,6 +41,18 @@ const REMOTE_WINDOW_MS = 10_000;
 const QUEUED_WINDOW_MS = 1000;
 /** How often a queued waiter refreshes its liveness in the waiter queue (under a third of QUEUE_ALIVE_MS). */
 const QUEUE_REFRESH_MS = 3000;
+/**
+ * Longest a released entry stays parked for a caller of this process that
+ * comes right back (a worker loop calling again as soon as its call
+ * resolves), within the turn's bounds. Short: other processes wait meanwhile.
+ */
+export const PARK_MS = 1;
+
+/** An entry released during a turn and kept for a moment for this process's next caller. */
+interface Parked {
+  readonly held: Held;
+  readonly timer: NodeJS.Timeout;
+}
 
 /** @internal One call's acquisition: what every attempt, wait and hold of it needs. */
 export interface Attempt {
@@ -73,6 +86,8 @@ export interface WaitingHost {
   readonly track: (work: Promise<unknown>) => void;
   /** One attempt; rejects with `LockNotAcquiredError` when refused. */
   readonly once: (attempt: Attempt, mode: AcquireMode) => Promise<HeldLock>;
+  /** Bounds of this instance's turn with a contested key (the `turn` option). */
+  readonly turn: TurnBounds;
   /** Turns an acquired entry into a held lock. */
   readonly hold: (attempt: Attempt, acquired: Acquired, started: number) => HeldLock | Promise<HeldLock>;
 }
@@ -84,6 +99,8 @@ export class Waiting {
   readonly #contested = new Map<string, true>();
   /** Keys other processes wanted recently (refusals, queued waiters): `performance.now()` of the last sign. */
   readonly #remote = new Map<string, number>();
+  /** Entries parked by a release during a turn (see PARK_MS). */
+  readonly #parked = new Map<string, Parked>();
 
   constructor(host: WaitingHost) {
     this.#host = host;
@@ -141,6 +158,8 @@ export class Waiting {
     const { key, memcacheKey, clientId, call } = attempt;
     const wait = call.wait as NonNullable<ResolvedLockOptions['wait']>;
     const deadline = performance.now() + wait.timeoutMs;
+    const parked = await this.takeParked(attempt);
+    if (parked !== undefined) return parked;
     // Our own clientId holds it here: that is a takeover (re-entry), not a reason to queue behind ourselves.
     if ([...(this.#local.get(memcacheKey)?.holders ?? [])].some((held) => held.clientId === clientId)) {
       try {
@@ -173,7 +192,7 @@ export class Waiting {
         if (tryNow) {
           try {
             const lock = await this.#host.once(waiting, mode);
-            local.startTurn();
+            local.startTurn(performance.now());
             local.position = UNKNOWN_POSITION;
             // The releaser that reserved the key for us took us out of the queue
             // (if it died between its two writes, our entry expires or is
@@ -242,8 +261,6 @@ export class Waiting {
   #leave(local: LocalKey<HeldLock, Held>, ticket: Ticket<Held>, memcacheKey: string, gaveUp: boolean): void {
     local.leave(ticket);
     if (local.waiting === 0) {
-      // The turn's waiters are gone: a later waiter starts a new turn.
-      local.batch = 0;
       // A releaser may have reserved the key for us (only a queued waiter
       // can be reserved for): the last local waiter to give up deletes
       // that reservation, so the key is not blocked until it expires.
@@ -336,22 +353,96 @@ export class Waiting {
 
   /**
    * How a release lets go (lock.ts asks): hand the key to a local waiter
-   * while this turn's batch lasts; otherwise, when other processes queue for
-   * it, reserve it for the queue's head; else delete it.
+   * while this process's turn lasts (bounded in time and handoffs, waiters
+   * that arrived during the turn included); otherwise, when other processes
+   * queue for it, reserve it for the queue's head; else delete it.
    */
   planRelease(lock: HeldLock): Handoff | Promise<Handoff | undefined> | undefined {
     const memcacheKey = lock.memcacheKey;
     const local = this.#local.get(memcacheKey);
     const localWaiters = local?.waiting ?? 0;
-    if (local !== undefined && localWaiters > 0 && local.batch > 0) {
-      local.batch--;
+    if (local !== undefined && localWaiters > 0 && local.takeTurnHandoff(performance.now(), this.#host.turn))
       return localHandoff(local);
-    }
     const seen = this.#remote.get(memcacheKey);
     const remote = seen !== undefined && performance.now() - seen < REMOTE_WINDOW_MS;
     // Nobody else seems to want it: delete, decided synchronously (the uncontended path).
     if (localWaiters === 0 && !remote && !lock.waited && local?.queued !== true) return undefined;
+    // Others want it, but our turn is not over: keep it a moment for a
+    // worker of ours that calls again at once (it takes it with one CAS).
+    if (
+      local !== undefined &&
+      localWaiters === 0 &&
+      remote &&
+      !this.#host.closed.aborted &&
+      !this.#parked.has(memcacheKey) &&
+      local.takeTurnHandoff(performance.now(), this.#host.turn)
+    )
+      return { kind: 'park', park: (held) => this.#park(memcacheKey, held) };
     return this.#planRemote(memcacheKey, local, localWaiters);
+  }
+
+  /** Keeps `held` for this process's next caller until the turn ends (at most PARK_MS); then lets it go. */
+  #park(memcacheKey: string, held: Held): void {
+    const local = this.#local.get(memcacheKey);
+    const left =
+      local?.turnStartedAt === undefined ? 0 : local.turnStartedAt + this.#host.turn.maxMs - performance.now();
+    const timer = setTimeout(() => this.#unpark(memcacheKey), Math.max(0, Math.min(PARK_MS, left)));
+    this.#parked.set(memcacheKey, { held, timer });
+    if (this.#host.closed.aborted) this.#unpark(memcacheKey);
+  }
+
+  /**
+   * A caller of this process takes the entry parked for `memcacheKey`, if
+   * any, with one CAS write of its own value (the turn goes on). Resolves
+   * `undefined` when nothing is parked or the entry is no longer ours.
+   */
+  takeParked(attempt: Attempt): Promise<HeldLock | undefined> | undefined {
+    const parked = this.#parked.get(attempt.memcacheKey);
+    if (parked === undefined) return undefined;
+    this.#parked.delete(attempt.memcacheKey);
+    clearTimeout(parked.timer);
+    const started = performance.now();
+    const work = (async (): Promise<HeldLock | undefined> => {
+      const { clientId, call } = attempt;
+      let next;
+      try {
+        next = await transferEntry(this.#host.client, parked.held, clientId, call.ttlSeconds);
+      } catch {
+        // Unknown whether it landed: the entry is not trusted; acquire as usual (it expires at worst).
+        return undefined;
+      }
+      if (typeof next === 'string') return undefined;
+      const lock = await this.#host.hold(attempt, { held: next, how: 'handoff', previous: null }, started);
+      lock.waited = true;
+      return lock;
+    })();
+    this.#host.track(work);
+    return work;
+  }
+
+  /** Nobody took the parked entry in time (or close()): let it go as a release would. Never rejects. */
+  #unpark(memcacheKey: string): void {
+    const parked = this.#parked.get(memcacheKey);
+    if (parked === undefined) return;
+    this.#parked.delete(memcacheKey);
+    clearTimeout(parked.timer);
+    const local = this.#local.get(memcacheKey);
+    const work = (async (): Promise<void> => {
+      const plan = this.#host.closed.aborted
+        ? undefined
+        : await this.#planRemote(memcacheKey, local, local?.waiting ?? 0);
+      await letGo(this.#host.client, parked.held, plan?.kind === 'park' ? undefined : plan);
+    })()
+      .catch(noop)
+      .finally(() => {
+        if (local !== undefined) this.#forget(memcacheKey, local);
+      });
+    this.#host.track(work);
+  }
+
+  /** close(): lets every parked entry go now. */
+  flushParked(): void {
+    for (const memcacheKey of [...this.#parked.keys()]) this.#unpark(memcacheKey);
   }
 
   /** Reads the waiter queue: reserve for its head, or hand to a local waiter, or delete. Never rejects. */
@@ -368,7 +459,13 @@ export class Waiting {
       return undefined;
     }
     const head = liveOthers(state.waiters, this.#host.token, Date.now())[0];
-    if (head === undefined) return local !== undefined && localWaiters > 0 ? localHandoff(local) : undefined;
+    if (head === undefined) {
+      if (local === undefined || localWaiters === 0) return undefined;
+      // Nobody else waits: a new turn starts now, so the next local releases
+      // need not read the queue until it ends.
+      local.startTurn(performance.now());
+      return localHandoff(local);
+    }
     this.#sawRemote(memcacheKey);
     return {
       kind: 'remote',
@@ -395,7 +492,7 @@ export class Waiting {
       const rest = without([head, token], now)(waiters) ?? waiters;
       return requeue ? joined(token, now)(rest) : rest;
     };
-    local.batch = 0;
+    local.endTurn();
     try {
       const list = await updateQueue(this.#host.client, queueKey, change, state);
       local.queued = requeue && list !== undefined;
@@ -420,7 +517,8 @@ export class Waiting {
 
   /** Drops `local` from the map once nothing uses it (and only if it is still the map's entry). */
   #forget(memcacheKey: string, local: LocalKey<HeldLock, Held>): void {
-    if (local.idle && !local.queued && this.#local.get(memcacheKey) === local) this.#local.delete(memcacheKey);
+    if (local.idle && !local.queued && !this.#parked.has(memcacheKey) && this.#local.get(memcacheKey) === local)
+      this.#local.delete(memcacheKey);
   }
 
   #localKey(memcacheKey: string): LocalKey<HeldLock, Held> {

@@ -85,6 +85,7 @@ export function replyStatus(status: number): Reply['status'] {
 /** The binary protocol. One instance per client: it caches renewal requests. */
 export class BinaryCodec implements Codec {
   readonly name = 'binary' as const;
+  readonly writeReturnsCas = true;
   /** Renewal requests by the value they write (see casSet). */
   readonly #renewals = new WeakMap<Buffer, Buffer>();
 
@@ -140,6 +141,7 @@ export class BinaryCodec implements Codec {
     reply.seq = buf.readUInt32BE(offset + 12);
     reply.sasl = buf[offset + 1] === OP_SASL_AUTH;
     reply.fatal = false;
+    reply.mayHaveApplied = false;
     reply.code = reply.status === 'error' ? status : 0;
     reply.message = reply.status === 'error' ? errorText(status, value) : '';
     reply.value = reply.status === 'ok' ? value : EMPTY;

@@ -187,7 +187,8 @@ export class Connection {
     while (offset < buf.length) {
       let end: number;
       try {
-        end = codec.parse(buf, offset, reply);
+        // The request the next reply answers: a text-protocol reply does not say.
+        end = codec.parse(buf, offset, reply, this.#authenticating ? undefined : this.#queue[this.#head]?.op);
       } catch (error) {
         this.#fail(socket, error);
         return;
@@ -215,7 +216,7 @@ export class Connection {
       }
       if (!pending.done) this.sink.reply(pending, reply, this.gen);
       if (reply.fatal) {
-        this.#fail(socket, new ProtocolError(`memcache protocol error: ${reply.message}`));
+        this.#fail(socket, new ProtocolError(`connection dropped after the error reply: ${reply.message}`));
         return;
       }
       if (socket !== this.#socket) return;

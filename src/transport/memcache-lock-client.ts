@@ -2,7 +2,12 @@
  * `LockClient` over memlock's own connections: one `Connection` per server,
  * keys placed on a consistent hash ring (no failover: a lock key never moves
  * to another server while its own is down), one deadline timer for all
- * requests, and the binary or meta codec.
+ * requests, and the binary, meta or classic text codec.
+ *
+ * The text protocol's stored replies carry no CAS, so there an add or a CAS
+ * write goes out with a `gets` of the same key in one write: still one round
+ * trip, and the read, answered after the write, yields the new CAS when it
+ * finds the value just written.
  */
 import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import type { Entry, LockClient, WriteResult } from '../client.js';
@@ -14,8 +19,23 @@ import { HashRing } from './hashring.js';
 import { MetaCodec } from './meta-codec.js';
 import { Deadlines, settle, timedOut, unavailable, type Op, type Pending } from './requests.js';
 import { parseServer, tlsFor } from './servers.js';
+import { TextCodec } from './text-codec.js';
 
 const MAX_SEQ = 0x7fff_ffff;
+
+/**
+ * Connection generation of a write whose new CAS is unknown (text protocol:
+ * the read-back found another value, or none). No connection ever has it,
+ * so `isCurrent` is false and the lock protocol reads the entry back before
+ * it uses that CAS.
+ */
+export const UNKNOWN_CAS_CONN = -1;
+
+function codecFor(protocol: ProtocolName): Codec {
+  if (protocol === 'meta') return new MetaCodec();
+  if (protocol === 'text') return new TextCodec();
+  return new BinaryCodec();
+}
 
 /** Options of `MemcacheLockClient`. */
 export interface MemcacheLockClientOptions {
@@ -35,7 +55,7 @@ export interface MemcacheLockClientOptions {
   readonly ref?: boolean | undefined;
 }
 
-/** `LockClient` on memlock's own `net`/`tls` connections (binary or meta protocol). */
+/** `LockClient` on memlock's own `net`/`tls` connections (binary, meta or text protocol). */
 export class MemcacheLockClient implements LockClient {
   readonly #connections: Connection[];
   readonly #ring: HashRing;
@@ -44,10 +64,10 @@ export class MemcacheLockClient implements LockClient {
   #seq = 0;
   #closed = false;
 
-  /** @throws {RangeError} on a bad server spec, or SASL credentials with the meta protocol. */
+  /** @throws {RangeError} on a bad server spec, or SASL credentials with the meta or text protocol. */
   constructor(options: MemcacheLockClientOptions) {
     const protocol = options.protocol ?? 'binary';
-    this.#codec = protocol === 'meta' ? new MetaCodec() : new BinaryCodec();
+    this.#codec = codecFor(protocol);
     this.#deadlines = new Deadlines(options.timeoutMs, (expired) => this.#expire(expired));
     const sink: ConnectionSink = {
       reply: (pending, reply, conn) => this.#reply(pending, reply, conn),
@@ -57,7 +77,7 @@ export class MemcacheLockClient implements LockClient {
     if (specs.length === 0) throw new RangeError('Expected at least one memcache server');
     this.#connections = specs.map((spec) => {
       const username = spec.username ?? options.username;
-      if (username !== undefined && protocol === 'meta') {
+      if (username !== undefined && protocol !== 'binary') {
         throw new RangeError(
           "Expected `protocol` to be 'binary' with SASL credentials (memcached has SASL only on the binary protocol)",
         );
@@ -79,7 +99,7 @@ export class MemcacheLockClient implements LockClient {
     this.#ring = new HashRing(this.#connections.map((c) => c.name));
   }
 
-  /** Wire protocol and transport, e.g. 'binary' or 'meta+tls'. */
+  /** Wire protocol and transport, e.g. 'binary', 'meta+tls' or 'text'. */
   get label(): string {
     return (this.#connections[0] as Connection).label;
   }
@@ -138,11 +158,57 @@ export class MemcacheLockClient implements LockClient {
     );
   }
 
+  /**
+   * A write and a read of its key, in one write on one connection (one
+   * round trip), answered in order. Settled results: the write's error must
+   * win over the read's, so neither is thrown here.
+   */
+  async #writeThenGet(
+    connection: Connection,
+    op: Op,
+    key: string,
+    encode: (seq: number) => Buffer,
+  ): Promise<[PromiseSettledResult<WriteResult>, PromiseSettledResult<Entry | null>]> {
+    const writeSeq = this.#nextSeq();
+    const getSeq = this.#nextSeq();
+    const writeBuf = encode(writeSeq);
+    const getBuf = this.#codec.get(key, getSeq);
+    connection.batch();
+    const write = this.#send(connection, op, writeSeq, writeBuf) as Promise<WriteResult>;
+    const read = this.#send(connection, 'get', getSeq, getBuf) as Promise<Entry | null>;
+    return Promise.allSettled([write, read]);
+  }
+
+  /**
+   * Text protocol: a write with its CAS taken from the read that followed
+   * it. The read found the value just written (values are unique per
+   * acquisition): that entry's CAS is the write's, unless it is `previous`,
+   * the CAS the write replaced (a proxy that ran the read first). Otherwise
+   * (another value, none, a failed read) the write stands with its CAS unknown.
+   */
+  async #writeWithCas(
+    connection: Connection,
+    op: Op,
+    key: string,
+    value: Buffer,
+    previous: bigint | undefined,
+    encode: (seq: number) => Buffer,
+  ): Promise<WriteResult> {
+    const [write, read] = await this.#writeThenGet(connection, op, key, encode);
+    if (write.status === 'rejected') throw write.reason;
+    return withReadCas(write.value, read, value, previous);
+  }
+
   // add, get, casSet and casDelete are not async: each is one request on the
   // hot path, and returning #send's promise saves a promise and a tick.
   add(key: string, value: Buffer, ttlSeconds: number): Promise<WriteResult> {
     const connection = this.#connection(key);
     if (this.#closed) return this.#closedError(connection);
+    if (!this.#codec.writeReturnsCas) {
+      return this.#writeWithCas(connection, 'add', key, value, undefined, (seq) =>
+        this.#codec.add(key, value, ttlSeconds, seq),
+      );
+    }
     const seq = this.#nextSeq();
     return this.#send(connection, 'add', seq, this.#codec.add(key, value, ttlSeconds, seq)) as Promise<WriteResult>;
   }
@@ -150,20 +216,18 @@ export class MemcacheLockClient implements LockClient {
   async addThenGet(key: string, value: Buffer, ttlSeconds: number): Promise<{ add: WriteResult; entry: Entry | null }> {
     const connection = this.#connection(key);
     if (this.#closed) return this.#closedError(connection);
-    const addSeq = this.#nextSeq();
-    const getSeq = this.#nextSeq();
-    const addBuf = this.#codec.add(key, value, ttlSeconds, addSeq);
-    const getBuf = this.#codec.get(key, getSeq);
-    // Both requests leave in one write, answered in order.
-    connection.batch();
-    const addP = this.#send(connection, 'add', addSeq, addBuf) as Promise<WriteResult>;
-    const getP = this.#send(connection, 'get', getSeq, getBuf) as Promise<Entry | null>;
-    const [add, entry] = await Promise.allSettled([addP, getP]);
+    const [add, entry] = await this.#writeThenGet(connection, 'add', key, (seq) =>
+      this.#codec.add(key, value, ttlSeconds, seq),
+    );
     if (add.status === 'rejected') throw add.reason;
     // A granted add stands whatever became of the read (it only matters
     // when the add is refused): throwing here would leave our own entry
-    // blocking the key for a whole lease.
-    if (add.value.status === 'ok') return { add: add.value, entry: entry.status === 'fulfilled' ? entry.value : null };
+    // blocking the key for a whole lease. The text protocol takes the add's
+    // CAS from that read (unknown when the read failed).
+    if (add.value.status === 'ok') {
+      const granted = this.#codec.writeReturnsCas ? add.value : withReadCas(add.value, entry, value, undefined);
+      return { add: granted, entry: fulfilled(entry) };
+    }
     if (entry.status === 'rejected') throw entry.reason;
     return { add: add.value, entry: entry.value };
   }
@@ -178,6 +242,11 @@ export class MemcacheLockClient implements LockClient {
   casSet(key: string, value: Buffer, ttlSeconds: number, cas: bigint): Promise<WriteResult> {
     const connection = this.#connection(key);
     if (this.#closed) return this.#closedError(connection);
+    if (!this.#codec.writeReturnsCas) {
+      return this.#writeWithCas(connection, 'set', key, value, cas, (seq) =>
+        this.#codec.casSet(key, value, ttlSeconds, cas, seq),
+      );
+    }
     const seq = this.#nextSeq();
     return this.#send(
       connection,
@@ -216,4 +285,23 @@ export class MemcacheLockClient implements LockClient {
       );
     }
   }
+}
+
+/** A stored write's result with the CAS of the read that followed it (see `#writeWithCas`). */
+function withReadCas(
+  write: WriteResult,
+  read: PromiseSettledResult<Entry | null>,
+  value: Buffer,
+  previous: bigint | undefined,
+): WriteResult {
+  if (write.status !== 'ok') return write;
+  const entry = fulfilled(read);
+  if (entry !== null && entry.cas !== previous && entry.value.equals(value)) {
+    return { status: 'ok', cas: entry.cas, conn: entry.conn };
+  }
+  return { status: 'ok', cas: 0n, conn: UNKNOWN_CAS_CONN };
+}
+
+function fulfilled(read: PromiseSettledResult<Entry | null>): Entry | null {
+  return read.status === 'fulfilled' ? read.value : null;
 }

@@ -69,6 +69,7 @@ function casOf(line: string): bigint {
 /** The meta protocol. Stateless. */
 export class MetaCodec implements Codec {
   readonly name = 'meta' as const;
+  readonly writeReturnsCas = true;
 
   add(key: string, value: Buffer, ttlSeconds: number): Buffer {
     return store(`${storeKey(key, value.length)} T${ttlSeconds} c ME\r\n`, value);
@@ -101,6 +102,7 @@ export class MetaCodec implements Codec {
     reply.seq = -1;
     reply.sasl = false;
     reply.fatal = false;
+    reply.mayHaveApplied = false;
     reply.code = 0;
     reply.message = '';
     reply.value = EMPTY;

@@ -6,10 +6,9 @@
  */
 import type { Entry, WriteResult } from '../client.js';
 import { MemcacheUnavailableError } from '../errors.js';
-import type { Reply } from './codec.js';
+import type { Op, Reply } from './codec.js';
 
-/** What a request is, to turn its reply into a result without a wrapper. */
-export type Op = 'add' | 'set' | 'delete' | 'get';
+export type { Op } from './codec.js';
 
 /** A request waiting for its reply. */
 export interface Pending {
@@ -149,7 +148,7 @@ export function settle(
   }
 }
 
-/** The server answered with an error: nothing was applied. */
+/** The server answered with an error: nothing was applied, unless a proxy says it may have been. */
 function badStatus(op: Op, reply: Reply, where: { server: string; label: string }): MemcacheUnavailableError {
   const cause = Object.assign(new Error(reply.message || 'server error'), {
     status: reply.code === 0 ? reply.message : reply.code,
@@ -157,7 +156,7 @@ function badStatus(op: Op, reply: Reply, where: { server: string; label: string 
   return new MemcacheUnavailableError(`memcache ${op} failed (${where.server}, ${where.label}): ${cause.message}`, {
     cause,
     server: where.server,
-    mayHaveApplied: false,
+    mayHaveApplied: op !== 'get' && reply.mayHaveApplied,
   });
 }
 

@@ -1,8 +1,8 @@
 /**
- * Scenario 3, the part test/integration/restart.test.ts does not cover: memcached
+ * Scenario 3, the part test/integration/restart.protocols.test.ts does not cover: memcached
  * restarting while acquisitions are in flight, and under continuous load.
  * (Restart during a hold, and restart followed by another client acquiring
- * with a reused CAS, are in test/integration/restart.test.ts.) Each test owns its memcached.
+ * with a reused CAS, are in test/integration/restart.protocols.test.ts.) Each test owns its memcached.
  */
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -1,5 +1,5 @@
 /**
- * Scenario 6, variants of the event-loop stall that test/integration/restart.test.ts does
+ * Scenario 6, variants of the event-loop stall that test/integration/restart.protocols.test.ts does
  * not cover (it covers a synchronous busy loop longer than the lease):
  * - an async fn that never yields to the event loop (a microtask-only loop of
  *   awaits): timers and sockets starve just like in a synchronous stall;

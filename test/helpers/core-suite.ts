@@ -1,6 +1,6 @@
 /**
  * memlock's core semantics (acquire, refuse, takeover, steal, renew, release,
- * loss) as one suite, run against a real memcached (test/integration/core-memcached.test.ts)
+ * loss) as one suite, run against a real memcached (test/integration/core-memcached.protocols.test.ts)
  * and against the `memlock/testing` stand-in (test/unit/core-standin.test.ts):
  * the same assertions on both, so the stand-in cannot drift from the server.
  * Real time on both; bounds follow the configured lease and heartbeat.

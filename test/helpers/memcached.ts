@@ -6,11 +6,14 @@
  * failing or timed-out test leaves nothing behind.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { accessSync, constants as fsConstants, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { deathSigPrefix, freePort } from './child-process.js';
+import { startRecordingProxy } from './recording-proxy.js';
+import { startTwemproxy } from './twemproxy.js';
 import {
   binarySaslClient,
   textClient,
@@ -21,6 +24,7 @@ import {
 } from './raw-protocol.js';
 
 export type { RawEntry, RawOptions, SaslCredentials } from './raw-protocol.js';
+export { freePort } from './child-process.js';
 
 /** Options of {@link startMemcached}. */
 export interface MemcachedOptions {
@@ -38,6 +42,67 @@ export interface MemcachedOptions {
   sasl?: SaslCredentials;
   /** How long to wait for the server to accept connections, default 5000 ms. */
   startTimeoutMs?: number;
+  /**
+   * No front even when the environment asks for one (see {@link testFront}):
+   * `address` is then memcached itself. For tests of binary-only clients.
+   */
+  direct?: boolean;
+}
+
+/** What the environment puts between the tests' clients and each memcached. */
+export interface TestFront {
+  /** MEMLOCK_TEST_VIA=twemproxy: a nutcracker in front of each memcached. */
+  readonly twemproxy: boolean;
+  /**
+   * MEMLOCK_TEST_PROTOCOL=text without twemproxy: a recording proxy in front
+   * that fails the test process on any command that is not classic text
+   * protocol. (nutcracker itself drops a connection that sends a meta
+   * command or a binary request; one hop is enough for the tests' short
+   * deadlines on a busy machine.)
+   */
+  readonly classicOnly: boolean;
+}
+
+/** The front the environment asks for (`npm run test:text` sets it). */
+export function testFront(): TestFront {
+  const twemproxy = process.env['MEMLOCK_TEST_VIA'] === 'twemproxy';
+  return { twemproxy, classicOnly: !twemproxy && process.env['MEMLOCK_TEST_PROTOCOL'] === 'text' };
+}
+
+/** A running front: where clients connect instead of memcached. */
+interface Front {
+  readonly host: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** A `version` request through `target`; resolves once it is answered. */
+function warmUp(target: { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(target);
+    const timer = setTimeout(() => socket.destroy(new Error('front: no answer to version within 5 s')), 5000);
+    socket.on('connect', () => socket.write('version\r\n'));
+    socket.on('data', (chunk: Buffer) => {
+      if (!chunk.includes('\r\n')) return;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve();
+    });
+    socket.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+  });
+}
+
+/**
+ * An uncaught exception fails the ava test file, whichever test was running:
+ * memlock must never send such a command with the text protocol.
+ */
+function failOnViolation(violation: string): void {
+  process.nextTick(() => {
+    throw new Error(`MEMLOCK_TEST_PROTOCOL=text, but a client sent a non-classic command: ${violation}`);
+  });
 }
 
 const HOST = '127.0.0.1';
@@ -54,37 +119,6 @@ function installExitHook(): void {
     for (const m of registry) m.killSync();
   });
 }
-
-/** Asks the OS for a free loopback port (bind :0, read it, close). */
-export async function freePort(): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => (port ? resolve(port) : reject(new Error('could not read a free port'))));
-    });
-  });
-}
-
-/**
- * `setpriv --pdeathsig KILL` (util-linux) makes the kernel SIGKILL memcached
- * when the test process dies in a way that skips 'exit' handlers (SIGKILL,
- * ava's timeout teardown). setpriv execs memcached, so the pid is unchanged.
- */
-const deathSigPrefix: string[] = (() => {
-  for (const dir of (process.env['PATH'] ?? '').split(path.delimiter)) {
-    try {
-      accessSync(path.join(dir || '.', 'setpriv'), fsConstants.X_OK);
-      return ['setpriv', '--pdeathsig', 'KILL'];
-    } catch {
-      // not in this dir
-    }
-  }
-  return [];
-})();
 
 /** Creates a private SASL config dir (sasldb + memcached.conf) for one user. */
 async function makeSaslDir(creds: SaslCredentials): Promise<string> {
@@ -129,6 +163,7 @@ export class MemcachedProcess {
   private exited: Promise<void> = Promise.resolve();
   private stderrTail = '';
   private paused = false;
+  private front: Front | undefined;
   private readonly raw: RawClient;
 
   /** @internal use {@link startMemcached}. */
@@ -142,9 +177,63 @@ export class MemcachedProcess {
     this.raw = options.sasl ? binarySaslClient(this, options.sasl) : textClient(this);
   }
 
-  /** 'host:port', what memjs and Memlock take as a server. */
+  /**
+   * 'host:port', what memjs and Memlock take as a server: memcached itself,
+   * or the front the environment asks for (see {@link testFront}), which
+   * stays up while memcached is killed, paused or restarted.
+   */
   get address(): string {
+    return `${this.endpoint.host}:${this.endpoint.port}`;
+  }
+
+  /** Host and port of {@link address}, e.g. for a fault proxy in front. */
+  get endpoint(): { host: string; port: number } {
+    return this.front ?? { host: this.host, port: this.port };
+  }
+
+  /** 'host:port' of memcached itself, bypassing any front. */
+  get serverAddress(): string {
     return `${this.host}:${this.port}`;
+  }
+
+  /** @internal puts the fronts `wanted` in front of this server. */
+  async openFront(wanted: TestFront): Promise<void> {
+    const closers: Array<() => Promise<void>> = [];
+    let target: { host: string; port: number } = { host: this.host, port: this.port };
+    try {
+      if (wanted.twemproxy) {
+        const proxy = await startTwemproxy([target]);
+        closers.push(() => proxy.stop());
+        target = proxy;
+      }
+      if (wanted.classicOnly) {
+        const recorder = await startRecordingProxy(target, {
+          classicOnly: true,
+          onViolation: failOnViolation,
+          ref: false,
+        });
+        closers.push(() => recorder.close());
+        target = recorder;
+      }
+    } catch (error) {
+      await Promise.all(closers.map((close) => close()));
+      throw error;
+    }
+    if (closers.length === 0) return;
+    // One round trip through the whole chain, so the tests' first requests
+    // do not pay for cold connections and code (their deadlines are short).
+    await warmUp(target).catch(async (error: unknown) => {
+      await Promise.all(closers.map((close) => close()));
+      throw error;
+    });
+    this.front = {
+      host: target.host,
+      port: target.port,
+      close: async () => {
+        // Outermost first.
+        for (const close of closers.reverse()) await close();
+      },
+    };
   }
 
   /** Pid of the current process (undefined before the first start). */
@@ -256,9 +345,16 @@ export class MemcachedProcess {
     }
   }
 
-  /** Graceful stop: SIGTERM and wait for the exit. */
+  /** Graceful stop: SIGTERM and wait for the exit; closes the front too. */
   async stop(): Promise<void> {
-    await this.kill('SIGTERM');
+    await Promise.all([this.kill('SIGTERM'), this.closeFront()]);
+  }
+
+  /** Closes the front, if any; `address` is memcached itself from then on. */
+  async closeFront(): Promise<void> {
+    const front = this.front;
+    this.front = undefined;
+    await front?.close();
   }
 
   /**
@@ -404,6 +500,12 @@ export async function startMemcached(options: MemcachedOptions = {}): Promise<Me
     registry.add(m);
     try {
       await m.spawn();
+      if (options.sasl === undefined && options.direct !== true) {
+        await m.openFront(testFront()).catch(async (error: unknown) => {
+          await m.kill();
+          throw error;
+        });
+      }
       return m;
     } catch (err) {
       registry.delete(m);
@@ -422,7 +524,7 @@ export async function stopAll(): Promise<void> {
   registry.clear();
   await Promise.all(
     all.map(async (m) => {
-      await m.kill();
+      await Promise.all([m.kill(), m.closeFront()]);
       m.removeSaslDir();
     }),
   );

@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortController as PolyfillController } from 'abort-controller';
 import { Memlock, LockNotAcquiredError, LockLostError, channels } from '../../src/index.js';
 import { startMemcached } from '../helpers/memcached.js';
+import { testProtocol } from '../helpers/protocol.js';
 import { sharedServer } from '../helpers/shared.js';
 import { waitFor } from '../helpers/resources.js';
 
@@ -145,7 +146,14 @@ test.serial('diagnostics: acquired, refused, stolen, lost, released, release-fai
 
   // Heartbeat errors: pause the server while holding.
   const own = await startMemcached();
-  const p = new Memlock({ servers: own.address, prefix: 'dg-', leaseMs: 3000, heartbeatMs: 200, timeoutMs: 100 });
+  const p = new Memlock({
+    protocol: testProtocol,
+    servers: own.address,
+    prefix: 'dg-',
+    leaseMs: 3000,
+    heartbeatMs: 200,
+    timeoutMs: 100,
+  });
   const errors: unknown[] = [];
   const onError = (msg: unknown): void => {
     errors.push(msg);
@@ -191,7 +199,7 @@ test.serial('nothing is published without subscribers (no work for an unobserved
 });
 
 test('close() releases held locks, aborts their signals, and later calls fail', async (t) => {
-  const m = new Memlock({ servers: shared.mc.address, prefix: 'close:' });
+  const m = new Memlock({ protocol: testProtocol, servers: shared.mc.address, prefix: 'close:' });
   const lock = await m.acquire('k', 'A');
   await m.close();
   t.true(lock.signal.aborted);
@@ -208,7 +216,8 @@ function runFixture(mode: string): Promise<string> {
       process.execPath,
       ['--import=tsx', script, mode],
       {
-        env: { ...process.env, MEMCACHE_SERVERS: shared.mc.address },
+        // The default instance speaks binary: memcached itself, not a text-only front.
+        env: { ...process.env, MEMCACHE_SERVERS: shared.mc.serverAddress },
         timeout: 15_000,
       },
       (error, out, err) => (error ? reject(new Error(`${error.message}\n${err}`)) : resolve(out)),

@@ -110,7 +110,7 @@ test('SASL credentials with the meta protocol are a RangeError naming `protocol`
 });
 
 test('protocol and tls are validated; a memjs client is binary-only and has no TLS', (t) => {
-  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'text' as never }), {
+  t.throws(() => new Memlock({ servers: 'h:1', protocol: 'ascii' as never }), {
     instanceOf: RangeError,
     message: /`protocol`/,
   });

@@ -1,5 +1,5 @@
 /**
- * Framing of both codecs against a real memcached whose bytes reach the
+ * Framing of every codec against a real memcached whose bytes reach the
  * client 1-7 bytes at a time (the fault proxy's fragment mode), so every
  * reply header, reply line and value straddles 'data' events, and many
  * replies arrive back to back.
@@ -15,7 +15,7 @@ test.before(async () => {
 });
 test.after.always(() => mc?.stop());
 
-for (const protocol of ['binary', 'meta'] as ProtocolName[]) {
+for (const protocol of ['binary', 'meta', 'text'] as ProtocolName[]) {
   test(`${protocol}: replies split into 1-7-byte pieces and batched many per chunk are framed right`, async (t) => {
     const proxy = await startProxy(mc);
     proxy.fragment(7);
@@ -28,7 +28,8 @@ for (const protocol of ['binary', 'meta'] as ProtocolName[]) {
     });
     const key = (i: number): string => `frame-${protocol}:${i}`;
     // Values that look like replies, to catch a parser that scans the data.
-    const value = (i: number): Buffer => Buffer.from(`HD c${i}\r\nVA 3 c1\r\n`.padEnd(300 + i, 'x'));
+    const value = (i: number): Buffer =>
+      Buffer.from(`HD c${i}\r\nVA 3 c1\r\nEND\r\nVALUE k 0 3 ${i}\r\nSTORED\r\n`.padEnd(300 + i, 'x'));
     const added = await Promise.all(Array.from({ length: 50 }, (_, i) => split.add(key(i), value(i), 30)));
     t.true(added.every((r) => r.status === 'ok'));
     const entries = await Promise.all(Array.from({ length: 50 }, (_, i) => split.get(key(i))));

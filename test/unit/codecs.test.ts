@@ -216,6 +216,7 @@ test('emptyReply: a fresh ok reply with nothing in it; ProtocolError is named', 
     code: 0,
     fatal: false,
     sasl: false,
+    mayHaveApplied: false,
   });
   t.not(emptyReply(), emptyReply());
   t.is(new ProtocolError('x').name, 'ProtocolError');
@@ -237,10 +238,19 @@ test('binary parse: the value starts after extras and key; every field of the re
   t.like(reply, { status: 'ok', cas: 7n, seq: 9, sasl: false, fatal: false, code: 0, message: '' });
   t.is(reply.value.toString(), 'value');
   // The next reply, an error with a message, must overwrite every field.
-  Object.assign(reply, { fatal: true, sasl: true });
+  Object.assign(reply, { fatal: true, sasl: true, mayHaveApplied: true });
   const error = binaryResponse({ opcode: 0x01, status: 0x82, seq: 10, value: text('Out of memory') });
   c.parse(error, 0, reply);
-  t.like(reply, { status: 'error', code: 0x82, message: 'Out of memory', fatal: false, sasl: false, cas: 0n, seq: 10 });
+  t.like(reply, {
+    status: 'error',
+    code: 0x82,
+    message: 'Out of memory',
+    fatal: false,
+    sasl: false,
+    mayHaveApplied: false,
+    cas: 0n,
+    seq: 10,
+  });
   t.is(reply.value.length, 0, 'an error carries no value');
   c.parse(binaryResponse({ status: 0x83 }), 0, reply);
   t.is(reply.message, 'status 0x83', 'no text: the status');
@@ -296,9 +306,18 @@ test('meta parse: cas and size fields, CRLF checks, and every reply field reset'
   c.parse(chunk, 0, reply);
   chunk.write('XYZ', 9);
   t.is(reply.value.toString(), 'abc', 'the value is a copy');
-  Object.assign(reply, { fatal: true, sasl: true, code: 5, message: 'old', seq: 3 });
+  Object.assign(reply, { fatal: true, sasl: true, mayHaveApplied: true, code: 5, message: 'old', seq: 3 });
   c.parse(text('EN\r\n'), 0, reply);
-  t.like(reply, { status: 'not_found', fatal: false, sasl: false, code: 0, message: '', seq: -1, cas: 0n });
+  t.like(reply, {
+    status: 'not_found',
+    fatal: false,
+    sasl: false,
+    mayHaveApplied: false,
+    code: 0,
+    message: '',
+    seq: -1,
+    cas: 0n,
+  });
   t.is(reply.value.length, 0);
   for (const [line, status] of [
     ['NS', 'exists'],

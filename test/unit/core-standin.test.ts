@@ -1,7 +1,7 @@
 /**
  * The core semantics suite (test/helpers/core-suite.ts) against the
  * `memlock/testing` stand-in, one stand-in per test. The same suite runs
- * against a real memcached in test/integration/core-memcached.test.ts.
+ * against a real memcached in test/integration/core-memcached.protocols.test.ts.
  */
 import test from 'ava';
 import type { Memlock } from '../../src/index.js';

@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { getEventListeners } from 'node:events';
-import { LocalKey, MAX_BATCH, UNKNOWN_POSITION } from '../../src/local-waiters.js';
+import { LocalKey, UNKNOWN_POSITION } from '../../src/local-waiters.js';
 import { MemcacheStandIn } from '../../src/testing.js';
 import { fakeTime } from '../helpers/clock.js';
 
@@ -80,20 +80,35 @@ test.serial(
   },
 );
 
-test('startTurn: local handoffs per turn are the waiters present minus one, capped at MAX_BATCH', (t) => {
+test('a turn allows local handoffs until its time bound or its handoff bound, whichever comes first', (t) => {
   const local = new LocalKey();
-  local.startTurn();
-  t.is(local.batch, 0);
+  const bounds = { maxMs: 5, maxHandoffs: 3 };
+  t.false(local.takeTurnHandoff(0, bounds), 'no turn: no local handoff while others wait');
+  local.startTurn(100);
+  t.true(local.takeTurnHandoff(100, bounds));
+  t.true(local.takeTurnHandoff(104.9, bounds));
+  t.false(local.takeTurnHandoff(105, bounds), 'the time bound ends the turn');
+  local.startTurn(200);
+  t.is(local.turnHandoffs, 0, 'a new turn starts counting afresh');
+  t.deepEqual(
+    [1, 2, 3, 4].map(() => local.takeTurnHandoff(201, bounds)),
+    [true, true, true, false],
+    'the handoff bound ends the turn',
+  );
+  local.startTurn(300);
+  local.endTurn();
+  t.false(local.takeTurnHandoff(300, bounds), 'an ended turn allows nothing');
+  local.startTurn(400);
+  t.false(local.takeTurnHandoff(400, { maxMs: 0, maxHandoffs: 16 }), 'maxMs 0: strict handoffs');
+  t.false(local.takeTurnHandoff(400, { maxMs: 5, maxHandoffs: 0 }), 'maxHandoffs 0: strict handoffs');
+});
+
+test('leave: leaving twice is harmless', (t) => {
+  const local = new LocalKey();
   const tickets = Array.from({ length: 3 }, () => local.join('c', 2));
-  local.startTurn();
-  t.is(local.batch, 2);
-  for (let i = 0; i < 20; i++) tickets.push(local.join('c', 2));
-  local.startTurn();
-  t.is(local.batch, MAX_BATCH);
-  t.is(MAX_BATCH, 8);
   for (const ticket of tickets) local.leave(ticket);
   t.is(local.waiting, 0);
-  local.leave(tickets[0]!); // leaving twice is harmless
+  local.leave(tickets[0]!);
   t.is(local.waiting, 0);
 });
 

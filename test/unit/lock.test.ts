@@ -315,7 +315,8 @@ test.serial(
         id,
         async () => {
           order.push(id);
-          await new Promise((resolve) => setTimeout(resolve, 10));
+          // Within the turn's default 5 ms: no release in it reads the waiter queue but the last.
+          await new Promise((resolve) => setTimeout(resolve, 1));
         },
         { wait: { timeoutMs: 10_000 } },
       );

@@ -65,7 +65,7 @@ test('keys: prefix + key when it fits and is clean, else prefix + sha256:hex', (
 
 test('options: defaults and bounds', (t) => {
   t.deepEqual(
-    { ...defaults, wait: { ...defaults.wait } },
+    { ...defaults, wait: { ...defaults.wait }, turn: { ...defaults.turn } },
     {
       prefix: 'memlock:',
       leaseMs: 16_000,
@@ -73,9 +73,10 @@ test('options: defaults and bounds', (t) => {
       timeoutMs: 500,
       servers: 'localhost:11211',
       wait: { timeoutMs: 30_000, minDelayMs: 2, maxDelayMs: 500 },
+      turn: { maxMs: 5, maxHandoffs: 16 },
     },
   );
-  t.true(Object.isFrozen(defaults) && Object.isFrozen(defaults.wait));
+  t.true(Object.isFrozen(defaults) && Object.isFrozen(defaults.wait) && Object.isFrozen(defaults.turn));
   t.is(MIN_LEASE_MS, 2000);
   t.is(MAX_LEASE_MS, 30 * 24 * 3600 * 1000);
   t.is(MAX_CLIENT_ID_BYTES, 4096);
@@ -94,7 +95,19 @@ test('options: defaults and bounds', (t) => {
     timeoutMs: 500,
     servers: ['localhost:11211'],
     ref: true,
+    turn: { maxMs: 5, maxHandoffs: 16 },
   });
+  t.deepEqual(resolveMemlockOptions({ turn: { maxMs: 0 } }).turn, { maxMs: 0, maxHandoffs: 16 });
+  t.deepEqual(resolveMemlockOptions({ turn: { maxHandoffs: 0 } }).turn, { maxMs: 5, maxHandoffs: 0 });
+  for (const [turn, error, pattern] of [
+    [3, TypeError, /`turn` to be an object/],
+    [{ maxMs: '5' }, TypeError, /`turn.maxMs` to be a number/],
+    [{ maxMs: -1 }, RangeError, /`turn.maxMs`/],
+    [{ maxMs: Infinity }, RangeError, /`turn.maxMs`/],
+    [{ maxHandoffs: 1.5 }, RangeError, /`turn.maxHandoffs` to be an integer/],
+    [{ maxHandoffs: -1 }, RangeError, /`turn.maxHandoffs`/],
+  ] as const)
+    t.throws(() => resolveMemlockOptions({ turn } as never), { instanceOf: error, message: pattern });
   process.env.MEMCACHE_SERVERS = ' a:1 , b:2 ,';
   t.deepEqual(resolveMemlockOptions({}).servers, ['a:1', 'b:2']);
   t.deepEqual(resolveMemlockOptions({ servers: 'x:1,y:2' }).servers, ['x:1', 'y:2']);
@@ -488,13 +501,14 @@ test.serial(
       ref: true,
     });
     t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'meta' }).protocol, 'meta');
+    t.is(resolveMemlockOptions({ servers: 'a:1', protocol: 'text' }).protocol, 'text');
     t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 5 as never }), {
       instanceOf: TypeError,
-      message: "Expected `protocol` to be 'binary' or 'meta', got number",
+      message: "Expected `protocol` to be 'binary', 'meta' or 'text', got number",
     });
     t.throws(() => resolveMemlockOptions({ servers: 'a:1', protocol: 'ascii' as never }), {
       instanceOf: RangeError,
-      message: "Expected `protocol` to be 'binary' or 'meta', got string \"ascii\"",
+      message: "Expected `protocol` to be 'binary', 'meta' or 'text', got string \"ascii\"",
     });
     const ca = { ca: 'pem' };
     t.is(resolveMemlockOptions({ servers: 'a:1', tls: ca }).tls, ca);
@@ -514,7 +528,12 @@ test.serial(
       sasl({ servers: 'a:1', protocol: 'meta', username: 'u' }),
       "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol",
     );
+    t.is(
+      sasl({ servers: 'a:1', protocol: 'text', username: 'u' }),
+      "Expected `protocol` to be 'binary' with SASL credentials (from the `username` option): memcached has SASL only on the binary protocol",
+    );
     t.regex(sasl({ servers: 'u:p@a:1', protocol: 'meta' }), /\(from a `servers` entry\)/);
+    t.regex(sasl({ servers: 'u:p@a:1', protocol: 'text' }), /\(from a `servers` entry\)/);
     t.regex(sasl({ servers: ['a:1', 'u:p@b:2'], protocol: 'meta' }), /\(from a `servers` entry\)/, 'any entry');
     process.env.MEMCACHE_USERNAME = 'envuser';
     process.env.MEMCACHE_PASSWORD = 'envpass';
@@ -536,6 +555,10 @@ test.serial(
     t.throws(() => resolveMemlockOptions({ client, protocol: 'meta' }), {
       instanceOf: RangeError,
       message: "Expected `protocol` to be 'binary' with a memjs `client` (memjs speaks only the binary protocol)",
+    });
+    t.throws(() => resolveMemlockOptions({ client, protocol: 'text' }), {
+      instanceOf: RangeError,
+      message: /`protocol` to be 'binary' with a memjs `client`/,
     });
     t.throws(() => resolveMemlockOptions({ client, tls: true }), {
       instanceOf: RangeError,

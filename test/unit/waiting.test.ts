@@ -7,13 +7,13 @@
  */
 import test from 'ava';
 import type { Entry, LockClient, WriteResult } from '../../src/client.js';
-import { LockNotAcquiredError, Memlock, type LockOptions } from '../../src/index.js';
+import { LockNotAcquiredError, Memlock, type LockOptions, type MemlockOptions } from '../../src/index.js';
 import { memcacheKeyOf, queueKeyOf } from '../../src/keys.js';
 import { decodeValue, encodeValue, RESERVATION_TTL_SECONDS } from '../../src/protocol.js';
 import { decodeQueue, encodeQueue } from '../../src/fleet-queue.js';
-import { MAX_BATCH } from '../../src/local-waiters.js';
 import { MemcacheStandIn } from '../../src/testing.js';
-import { EPOCH, fakeTime } from '../helpers/clock.js';
+import { PARK_MS } from '../../src/waiting.js';
+import { EPOCH, fakeTime, type Clock } from '../helpers/clock.js';
 
 const MKEY = memcacheKeyOf('memlock:', 'k');
 const QKEY = queueKeyOf('memlock:', MKEY);
@@ -65,11 +65,12 @@ function processes(
   t: { teardown: (fn: () => Promise<unknown>) => void },
   memcache: MemcacheStandIn,
   count: number,
+  options: MemlockOptions = {},
 ): Proc[] {
   return Array.from({ length: count }, () => {
     const log: Sent[] = [];
     const client = memcache.client();
-    const memlock = new Memlock({ lockClient: recording(client, log) });
+    const memlock = new Memlock({ ...options, lockClient: recording(client, log) });
     t.teardown(async () => {
       await memlock.close();
       await client.close();
@@ -223,47 +224,230 @@ test.serial(
   },
 );
 
-for (const workers of [3, 12]) {
+/** Runs `workers` looping callers per process (3 calls each, holding 10 ms); resolves with the order of processes served. */
+async function alternate(
+  t: { teardown: (fn: () => Promise<unknown>) => void },
+  clock: Clock,
+  options: MemlockOptions,
+  workers: number,
+): Promise<{ turns: number[]; order: string; requests: number }> {
+  const memcache = new MemcacheStandIn();
+  const procs = processes(t, memcache, 2, options);
+  const order: number[] = [];
+  const run = async (p: number, w: number): Promise<void> => {
+    for (let i = 0; i < 3; i++) {
+      await procs[p]!.memlock.tryWithLock(
+        'k',
+        `p${p}w${w}`,
+        async () => {
+          order.push(p);
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        },
+        WAIT,
+      );
+    }
+  };
+  const all = Promise.all([0, 1].flatMap((p) => Array.from({ length: workers }, (_, w) => run(p, w))));
+  await clock.tickAsync(30_000);
+  await all;
+  const turns = order
+    .join('')
+    .match(/0+|1+/g)!
+    .map((turn) => turn.length);
+  return { turns, order: order.join(''), requests: procs.reduce((n, p) => n + p.log.length, 0) };
+}
+
+test.serial('a turn ends at its handoff bound: then the remote head gets the key', async (t) => {
+  const clock = fakeTime(t);
+  const { turns, order, requests } = await alternate(t, clock, { turn: { maxMs: 60_000, maxHandoffs: 3 } }, 6);
+  t.is(Math.max(...turns), 4, order);
+  // Every turn but the last of each process is a full one: the bound is used, and holds.
+  t.true(
+    turns.slice(0, -2).every((n) => n === 4),
+    order,
+  );
+  t.is(order.length, 36);
+  t.true(requests / order.length < 5, `${requests / order.length} requests per acquisition`);
+});
+
+test.serial('a turn ends at its time bound: then the remote head gets the key', async (t) => {
+  const clock = fakeTime(t);
+  // Holds of 10 ms: releases at 10 and 20 ms into the turn hand on locally, the one at 30 ms does not.
+  const { turns, order } = await alternate(t, clock, { turn: { maxMs: 25, maxHandoffs: 1000 } }, 6);
+  t.is(Math.max(...turns), 3, order);
+  t.true(
+    turns.slice(0, -2).every((n) => n === 3),
+    order,
+  );
+});
+
+test.serial('callers that arrive during the turn are served in it (a worker calling again at once)', async (t) => {
+  const clock = fakeTime(t);
+  // Three workers, three calls each: each worker's next call arrives while
+  // another worker of its process holds the key. A long turn serves them all.
+  const { turns, order } = await alternate(t, clock, { turn: { maxMs: 60_000, maxHandoffs: 1000 } }, 3);
+  t.deepEqual(turns, [9, 9], order);
+});
+
+test.serial('strict turns (maxHandoffs 0): the key alternates between processes at every release', async (t) => {
+  const clock = fakeTime(t);
+  const { turns, order } = await alternate(t, clock, { turn: { maxMs: 60_000, maxHandoffs: 0 } }, 3);
+  t.true(
+    turns.slice(1, -1).every((n) => n === 1),
+    order,
+  );
+});
+
+/** Two processes of one worker each, looping on the key (hold 1 ms) for `ms`: the order in which the processes were served. */
+async function singleWorkers(
+  t: { teardown: (fn: () => Promise<unknown>) => void },
+  clock: Clock,
+  options: MemlockOptions,
+  ms: number,
+): Promise<{ turns: number[]; order: string; requests: number }> {
+  const memcache = new MemcacheStandIn();
+  const procs = processes(t, memcache, 2, options);
+  const order: number[] = [];
+  let stop = false;
+  const run = async (p: number): Promise<void> => {
+    while (!stop)
+      await procs[p]!.memlock.tryWithLock(
+        'k',
+        `p${p}`,
+        async () => {
+          order.push(p);
+          await new Promise((resolve) => setTimeout(resolve, 1));
+        },
+        WAIT,
+      );
+  };
+  const all = Promise.all([run(0), run(1)]);
+  await clock.tickAsync(ms);
+  stop = true;
+  await clock.tickAsync(1000);
+  await all;
+  const turns = order
+    .join('')
+    .match(/0+|1+/g)!
+    .map((turn) => turn.length);
+  return { turns, order: order.join(''), requests: procs.reduce((n, p) => n + p.log.length, 0) };
+}
+
+test.serial(
+  'one worker per process: its next call, right after its release, is served in the same turn (the entry is parked for it)',
+  async (t) => {
+    const clock = fakeTime(t);
+    const { turns, order, requests } = await singleWorkers(t, clock, { turn: { maxMs: 5, maxHandoffs: 16 } }, 2000);
+    const middle = turns.slice(2, -2);
+    t.true(middle.length > 10, order);
+    // Holds of 1 ms in a 5 ms turn: several calls per turn, never more than the bounds allow.
+    t.true(
+      middle.every((n) => n >= 2 && n <= 6),
+      `turns ${middle.join(',')}`,
+    );
+    t.true(requests / order.length < 4, `${(requests / order.length).toFixed(2)} requests per acquisition`);
+  },
+);
+
+test.serial('one worker per process: the handoff bound also ends a turn of parked re-takes', async (t) => {
+  const clock = fakeTime(t);
+  const { turns, order } = await singleWorkers(t, clock, { turn: { maxMs: 1000, maxHandoffs: 2 } }, 2000);
+  const middle = turns.slice(2, -2);
+  t.true(middle.length > 10, order);
+  t.true(
+    middle.every((n) => n === 3),
+    `turns ${middle.join(',')}`,
+  );
+});
+
+for (const how of ['stops calling', 'closes'] as const) {
   test.serial(
-    `two processes x ${workers} workers: the key alternates in turns of at most the waiters present, capped at 1 + MAX_BATCH`,
+    `a process with an entry parked for its worker ${how}: the other process gets the key within PARK_MS and a poll`,
     async (t) => {
       const clock = fakeTime(t);
       const memcache = new MemcacheStandIn();
-      const procs = processes(t, memcache, 2);
-      const order: number[] = [];
-      const run = async (p: number, w: number): Promise<void> => {
-        for (let i = 0; i < 3; i++) {
-          await procs[p]!.memlock.tryWithLock(
-            'k',
-            `p${p}w${w}`,
-            async () => {
-              order.push(p);
-              await new Promise((resolve) => setTimeout(resolve, 10));
-            },
-            WAIT,
-          );
+      const [a, b] = processes(t, memcache, 2, { turn: { maxMs: 20, maxHandoffs: 1000 } }) as [Proc, Proc];
+      const wait: LockOptions = { wait: { timeoutMs: 30_000, minDelayMs: 1, maxDelayMs: 10 } };
+      let stopA = false;
+      let stopB = false;
+      let releasedAt = -1;
+      const bGot: number[] = [];
+      const loopA = (async (): Promise<void> => {
+        while (!stopA) {
+          await a.memlock
+            .tryWithLock('k', 'A', () => new Promise((resolve) => setTimeout(resolve, 1)), wait)
+            .catch(() => undefined);
+          releasedAt = performance.now();
         }
-      };
-      const all = Promise.all([0, 1].flatMap((p) => Array.from({ length: workers }, (_, w) => run(p, w))));
-      await clock.tickAsync(30_000);
-      await all;
-      const turns = order
-        .join('')
-        .match(/0+|1+/g)!
-        .map((turn) => turn.length);
-      const longest = Math.min(workers, 1 + MAX_BATCH);
-      t.is(Math.max(...turns), longest, order.join(''));
-      // Every turn but the last of each process is a full one: the batch is used, and bounded.
-      t.true(
-        turns.slice(0, -2).every((n) => n === longest),
-        order.join(''),
-      );
-      t.is(order.filter((p) => p === 0).length, 3 * workers);
-      const requests = procs.reduce((n, p) => n + p.log.length, 0);
-      t.true(requests / order.length < 5, `${requests / order.length} requests per acquisition`);
+      })();
+      const loopB = (async (): Promise<void> => {
+        while (!stopB)
+          await b.memlock.tryWithLock(
+            'k',
+            'B',
+            () => {
+              bGot.push(performance.now());
+              return new Promise((resolve) => setTimeout(resolve, 1));
+            },
+            wait,
+          );
+      })();
+      await clock.tickAsync(200);
+      // A parks the entry between its calls: it is A's most of the time.
+      t.like(decodeValue(memcache.peek(MKEY)!.value), { state: 'held' });
+      stopA = true;
+      const closing = how === 'closes' ? a.memlock.close() : undefined;
+      await clock.tickAsync(100);
+      await loopA;
+      await closing;
+      const stoppedAt = releasedAt;
+      stopB = true;
+      await clock.tickAsync(1000);
+      await loopB;
+      const next = bGot.find((at) => at >= stoppedAt);
+      t.true(next !== undefined);
+      t.true(next! - stoppedAt <= PARK_MS + 10 + 5, `B got the key ${next! - stoppedAt} ms after A's last release`);
     },
   );
 }
+
+test.serial(
+  'a remote waiter is not starved by a busy process: it waits at most about one turn and one poll',
+  async (t) => {
+    const clock = fakeTime(t);
+    const memcache = new MemcacheStandIn();
+    const turn = { maxMs: 20, maxHandoffs: 1000 };
+    const [a, b] = processes(t, memcache, 2, { turn }) as [Proc, Proc];
+    const wait: LockOptions = { wait: { timeoutMs: 30_000, minDelayMs: 1, maxDelayMs: 10 } };
+    let stop = false;
+    const holdMs = 2;
+    const loop = async (w: number): Promise<void> => {
+      while (!stop)
+        await a.memlock.tryWithLock('k', `a${w}`, () => new Promise((resolve) => setTimeout(resolve, holdMs)), wait);
+    };
+    const workers = Promise.all([0, 1, 2, 3].map(loop));
+    await clock.tickAsync(100);
+    const waits: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const asked = performance.now();
+      let got = -1;
+      const call = b.memlock.tryWithLock('k', 'B', () => void (got = performance.now()), wait);
+      await clock.tickAsync(1000);
+      await call;
+      waits.push(got - asked);
+      await clock.tickAsync(37);
+    }
+    stop = true;
+    await clock.tickAsync(1000);
+    await workers;
+    // The turn in progress, the hold at its end, the reservation's write and one poll of the head.
+    const bound = turn.maxMs + holdMs + 10 + 5;
+    t.true(
+      waits.every((ms) => ms >= 0 && ms <= bound),
+      `waits ${waits.join(', ')} ms, bound ${bound} ms`,
+    );
+  },
+);
 
 test.serial(
   'a release reads the waiter queue only while other processes were seen wanting the key (10 s); otherwise it just deletes',

@@ -51,13 +51,14 @@ const testsFor = {
   'memlock.ts': [unit('memlock', 'waiting'), unit('contested', 'lock', 'local-waiters', 'scheduler')],
   'waiting.ts': [unit('waiting', 'memlock'), unit('contested', 'lock', 'local-waiters', 'fleet-queue')],
   'pacing.ts': [unit('pacing'), unit('waiting')],
-  'signals.ts': [unit('memlock'), unit('waiting', 'local-waiters')],
+  'signals.ts': [unit('abort-listeners', 'memlock'), unit('waiting', 'local-waiters')],
   'fleet-queue.ts': [unit('fleet-queue'), unit('waiting', 'memlock')],
   'testing.ts': [unit('testing'), unit('protocol', 'memlock')],
   'transport/hashring.ts': [unit('hashring')],
   'transport/codec.ts': [unit('codecs')],
   'transport/binary-codec.ts': [unit('codecs')],
   'transport/meta-codec.ts': [unit('codecs')],
+  'transport/text-codec.ts': [unit('text-codec')],
 };
 
 // Without an active mutant (Stryker's dry run): the whole fast tier, less

@@ -240,7 +240,7 @@ export async function runExclusion(mc: MemcachedProcess, options: ExclusionOptio
   let proxy: FaultProxy | undefined;
   try {
     await createHistoryTables(db, table);
-    if (options.mode === 'partition') proxy = await startProxy({ host: mc.host, port: mc.port });
+    if (options.mode === 'partition') proxy = await startProxy(mc.endpoint);
     for (let p = 0; p < processes; p++) {
       children.push(
         startFixture('exclusion-worker.mts', {

@@ -61,7 +61,7 @@ export async function runPartition(mc: MemcachedProcess, options: PartitionOptio
   const key = options.key ?? `partition-${mode}`;
   const prefix = 'p:';
   const memcacheKey = prefix + key;
-  const proxy = await startProxy({ host: mc.host, port: mc.port });
+  const proxy = await startProxy(mc.endpoint);
   const recorder = new RecordingClient(
     new MemcacheLockClient({ servers: [proxy.address], timeoutMs, protocol: testProtocol }),
     (_op, k) => k === memcacheKey,

@@ -8,7 +8,7 @@
  *
  * It forwards to a real transport (`MemjsLockClient`) and changes nothing.
  */
-import type { Entry, LockClient, WriteResult } from '../../../src/index.js';
+import { MemcacheLockClient, type Entry, type LockClient, type WriteResult } from '../../../src/index.js';
 
 export type OpName = 'add' | 'addThenGet' | 'get' | 'casSet' | 'casDelete';
 
@@ -29,11 +29,21 @@ export class RecordingClient implements LockClient {
   readonly ops: OpRecord[] = [];
   /** Count of requests written per operation (addThenGet counts as one add and one get). */
   readonly sent = { add: 0, get: 0, casSet: 0, casDelete: 0 };
+  /**
+   * Requests written as memcached counts them (`cmd_set`, `cmd_get`,
+   * `delete_hits + delete_misses`): over the text protocol an add and a CAS
+   * write go out with a read of their key (for the new CAS), and a delete is
+   * a CAS write.
+   */
+  readonly wire = { set: 0, get: 0, del: 0 };
+  readonly #text: boolean;
 
   constructor(
     readonly inner: LockClient,
     private readonly keep: (op: OpName, key: string) => boolean = () => true,
-  ) {}
+  ) {
+    this.#text = inner instanceof MemcacheLockClient && inner.label.startsWith('text');
+  }
 
   async #track<T>(
     op: OpName,
@@ -57,6 +67,8 @@ export class RecordingClient implements LockClient {
 
   add(key: string, value: Buffer, ttlSeconds: number): Promise<WriteResult> {
     this.sent.add++;
+    this.wire.set++;
+    if (this.#text) this.wire.get++;
     return this.#track(
       'add',
       key,
@@ -68,6 +80,8 @@ export class RecordingClient implements LockClient {
   addThenGet(key: string, value: Buffer, ttlSeconds: number): Promise<{ add: WriteResult; entry: Entry | null }> {
     this.sent.add++;
     this.sent.get++;
+    this.wire.set++;
+    this.wire.get++;
     return this.#track(
       'addThenGet',
       key,
@@ -78,6 +92,7 @@ export class RecordingClient implements LockClient {
 
   get(key: string): Promise<Entry | null> {
     this.sent.get++;
+    this.wire.get++;
     return this.#track(
       'get',
       key,
@@ -88,6 +103,8 @@ export class RecordingClient implements LockClient {
 
   casSet(key: string, value: Buffer, ttlSeconds: number, cas: bigint): Promise<WriteResult> {
     this.sent.casSet++;
+    this.wire.set++;
+    if (this.#text) this.wire.get++;
     return this.#track(
       'casSet',
       key,
@@ -98,6 +115,8 @@ export class RecordingClient implements LockClient {
 
   casDelete(key: string, cas: bigint): Promise<WriteResult> {
     this.sent.casDelete++;
+    if (this.#text) this.wire.set++;
+    else this.wire.del++;
     return this.#track(
       'casDelete',
       key,

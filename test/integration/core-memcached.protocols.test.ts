@@ -7,13 +7,14 @@ import test from 'ava';
 import { Memlock } from '../../src/index.js';
 import { coreSemantics } from '../helpers/core-suite.js';
 import { startMemcached } from '../helpers/memcached.js';
+import { testProtocol } from '../helpers/protocol.js';
 
 coreSemantics(test, async () => {
   const mc = await startMemcached();
   const instances: Memlock[] = [];
   return {
     memlock(options = {}) {
-      const m = new Memlock({ ...options, servers: mc.address });
+      const m = new Memlock({ protocol: testProtocol, ...options, servers: mc.address });
       instances.push(m);
       return m;
     },
