@@ -40,7 +40,7 @@ test('npm test without memcached: one line naming what to install, exit 1, befor
     JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
   ).scripts;
   // Checked first, so a missing check fails here instead of running the whole suite from inside it.
-  for (const name of ['test', 'test:servers', 'test:meta'])
+  for (const name of ['test', 'test:servers', 'test:meta', 'test:text'])
     t.regex(scripts[name] ?? '', /^node tools\/require-memcached\.mjs && /, name);
   if (!scripts.test?.startsWith('node tools/require-memcached.mjs && ')) return;
 
