@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { root } from '../helpers/package.js';
@@ -13,12 +13,20 @@ import { root } from '../helpers/package.js';
 const INSTALL_LINE =
   'memcached not found on PATH: apt-get install memcached (or brew install memcached); the server tests start their own. `npm run test:unit` runs the fast tier without it.';
 
+/** npm: beside this node if it is there (Node 20 here), else the first on PATH (Node 24 from npm has none beside it). */
+function npmBin(): string {
+  const dirs = [path.dirname(process.execPath), ...(process.env.PATH ?? '').split(path.delimiter)];
+  const found = dirs.map((dir) => path.join(dir, 'npm')).find((file) => existsSync(file));
+  if (found === undefined) throw new Error('npm not found beside node or on PATH');
+  return found;
+}
+
 /** A directory holding only node, npm and sh: a PATH on which memcached is not found. */
 function pathWithoutMemcached(t: import('ava').ExecutionContext): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'memlock-no-memcached-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   symlinkSync(process.execPath, path.join(dir, 'node'));
-  symlinkSync(path.join(path.dirname(process.execPath), 'npm'), path.join(dir, 'npm'));
+  symlinkSync(npmBin(), path.join(dir, 'npm'));
   symlinkSync('/bin/sh', path.join(dir, 'sh'));
   return dir;
 }
@@ -40,7 +48,7 @@ test('npm test without memcached: one line naming what to install, exit 1, befor
     JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
   ).scripts;
   // Checked first, so a missing check fails here instead of running the whole suite from inside it.
-  for (const name of ['test', 'test:servers', 'test:meta'])
+  for (const name of ['test', 'test:servers', 'test:meta', 'test:text'])
     t.regex(scripts[name] ?? '', /^node tools\/require-memcached\.mjs && /, name);
   if (!scripts.test?.startsWith('node tools/require-memcached.mjs && ')) return;
 
